@@ -1,0 +1,3 @@
+from lofit_bench.cli import main
+
+raise SystemExit(main())

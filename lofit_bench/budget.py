@@ -1,0 +1,96 @@
+"""Budgets: one named, recorded object that every method in a sweep shares.
+
+The budget is what makes a comparison fair: the same training examples, epochs, batch size,
+sequence length, schedule, seeds, evaluation subset and number of hyper-parameter trials
+on the dev split for every method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from lofit_bench.errors import UserError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything a run may spend. ``None`` for a size means the whole split."""
+
+    name: str = field(metadata={"help": "preset name, recorded with every run"})
+    train_examples: int | None = field(
+        default=None, metadata={"help": "training examples per fold (None: the task's full train split)"}
+    )
+    dev_examples: int | None = field(
+        default=None, metadata={"help": "dev examples used for hyper-parameter trials (None: all)"}
+    )
+    eval_examples: int | None = field(
+        default=None, metadata={"help": "test examples evaluated per fold (None: all, the paper's test set)"}
+    )
+    epochs: int = field(default=5, metadata={"help": "training epochs"})
+    batch_size: int = field(default=8, metadata={"help": "training batch size"})
+    eval_batch_size: int = field(default=16, metadata={"help": "evaluation batch size"})
+    max_length: int = field(default=400, metadata={"help": "max tokens of a training sequence"})
+    lr_scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule (to 0)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps spent warming up"})
+    seeds: tuple[int, ...] = field(default=(42,), metadata={"help": "seeds run for each method"})
+    trials: int = field(
+        default=4, metadata={"help": "hyper-parameter trials a method may spend on the dev split"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("train_examples", "dev_examples", "eval_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"budget {self.name!r}: {name} must be at least 1 (or unset for all)")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError(f"budget {self.name!r}: epochs and batch sizes must be at least 1")
+        if self.trials < 1:
+            raise UserError(f"budget {self.name!r}: trials must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["seeds"] = list(self.seeds)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Budget:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown budget fields: {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
+        values = dict(data)
+        if "seeds" in values:
+            values["seeds"] = tuple(int(seed) for seed in values["seeds"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Budget:
+        return dataclasses.replace(self, **changes)
+
+
+BUDGETS: dict[str, Budget] = {
+    # The paper's protocol (LoFiT Sec. 4 and App. B): full splits, 5 epochs, batch 8.
+    "paper": Budget(name="paper"),
+    # The README's quick start: proves the machinery end to end in a few minutes on 2 cores.
+    "smoke": Budget(
+        name="smoke",
+        train_examples=16,
+        dev_examples=8,
+        eval_examples=12,
+        epochs=1,
+        batch_size=8,
+        eval_batch_size=16,
+        max_length=256,
+        trials=1,
+    ),
+}
+
+
+def get_budget(name: str) -> Budget:
+    try:
+        return BUDGETS[name]
+    except KeyError:
+        raise UserError(
+            f"unknown budget: {name}.{did_you_mean(name, BUDGETS)} Known budgets: {', '.join(BUDGETS)}."
+        ) from None

@@ -1,0 +1,246 @@
+"""The `lofit-bench` command line. Heavy libraries are imported inside commands, so `--help`
+answers at once; every user error becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lofit_bench.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
+
+
+def _split_names(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return names
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        return [int(seed) for seed in _split_names(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, e.g. 42,43 (got {value!r})") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_values(items: list[str], what: str) -> dict[str, Any]:
+    result = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise UserError(f"{what} {item!r} must look like KEY=VALUE")
+        result[key.strip()] = _parse_value(value.strip())
+    return result
+
+
+def _method_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in _key_values(items, "--method-set").items():
+        method, separator, field = key.partition(".")
+        if not separator or not field:
+            raise UserError(f"--method-set {key}=... must name METHOD.FIELD, e.g. lofit.learning_rate=0.01")
+        options.setdefault(method, {})[field] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lofit-bench",
+        description="Compare LoFiT and other ways of steering or fine-tuning a language model "
+        "under identical data splits and budgets.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="train/fit methods on tasks and evaluate them; one JSON record per (method, task, seed)",
+        description="Run every method on every task and seed under one budget, writing one JSON "
+        "record per run into OUT/records and a report into OUT.",
+    )
+    run.add_argument("--methods", type=_split_names, required=True, help="comma-separated method names (`lofit-bench list methods`)")
+    run.add_argument("--tasks", type=_split_names, required=True, help="comma-separated task names (`lofit-bench list tasks`)")
+    run.add_argument("--model", default=None, help="model short name, local Hugging Face folder or hub id (default: smollm2-135m, bundled)")
+    run.add_argument("--budget", default="paper", help="budget preset: paper (default) or smoke (`lofit-bench list budgets`)")
+    run.add_argument("--budget-set", action="append", default=[], metavar="FIELD=VALUE", help="override one budget field for the whole sweep, e.g. eval_examples=50 (repeatable)")
+    run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
+    run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
+    run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
+    run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (auto: fp32 on CPU, bf16 on CUDA)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
+    run.add_argument("--force", action="store_true", help="rerun runs whose record already exists")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI or LOFIT_BENCH_QUIET is set)")
+
+    report = commands.add_parser(
+        "report",
+        help="tables from the records of a run folder; writes report.md and results.csv",
+        description="Print a markdown comparison table from OUT/records and write report.md and results.csv into RUNS_DIR.",
+    )
+    report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
+
+    listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
+    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
+    listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
+
+    commands.add_parser(
+        "plugins",
+        help="installed plugins: distribution, version and the hooks they implement",
+        description="Show every registered plugin (built-ins included), its distribution, version and hooks.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    warnings.formatwarning = _one_line_warning
+    try:
+        return COMMANDS[arguments.command](arguments)
+    except UserError as error:
+        if arguments.debug:
+            raise
+        print(f"lofit-bench: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("lofit-bench: interrupted; finished runs are saved in their records", file=sys.stderr)
+        return 130
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    from lofit_bench.plugins import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        return f"lofit-bench: warning: {message}\n"
+    return f"{filename}:{lineno}: {category.__name__}: {message}\n"
+
+
+# -- commands --------------------------------------------------------------------------------
+def command_run(arguments: argparse.Namespace) -> int:
+    from lofit_bench.budget import get_budget
+    from lofit_bench.models import DEFAULT_MODEL
+    from lofit_bench.runner import ModelSettings, check_output_folder, plan_sweep, run_sweep
+
+    if arguments.quiet:
+        os.environ["LOFIT_BENCH_QUIET"] = "1"
+    budget = get_budget(arguments.budget)
+    overrides = _key_values(arguments.budget_set, "--budget-set")
+    if overrides:
+        from lofit_bench.budget import Budget
+
+        budget = Budget.from_dict(budget.to_dict() | overrides)
+    model = ModelSettings(arguments.model or DEFAULT_MODEL, arguments.dtype, arguments.device, arguments.trust_remote_code)
+    specs = plan_sweep(arguments.methods, arguments.tasks, budget, model, arguments.seeds, _method_options(arguments.method_set))
+    _check_model_name(model.name)
+    out_dir = arguments.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    check_output_folder(out_dir)
+    print(f"lofit-bench: {len(specs)} run(s) on {model.name} with budget {budget.name!r} -> {out_dir}")
+    outcomes = run_sweep(specs, out_dir, force=arguments.force, progress=not arguments.quiet)
+    if any(outcome.status in ("ok", "skipped") for outcome in outcomes):
+        from lofit_bench.report import build_report
+
+        print()
+        print(build_report(out_dir).markdown)
+        print(f"\nrecords: {out_dir / 'records'}; report: {out_dir / 'report.md'}, {out_dir / 'results.csv'}")
+    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
+    if failed:
+        print(f"lofit-bench: {len(failed)} of {len(outcomes)} run(s) failed; see their records", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return 0
+
+
+def _check_model_name(name: str) -> None:
+    """Reject an unknown model name before any run starts (loading itself happens per run)."""
+    from lofit_bench.models import MODELS, _looks_like_hub_id
+
+    if name in MODELS or Path(name).expanduser().is_dir() or _looks_like_hub_id(name):
+        return
+    from lofit_bench.errors import did_you_mean
+
+    raise UserError(
+        f"unknown model: {name}.{did_you_mean(name, MODELS)} Known models: {', '.join(MODELS)}; "
+        "--model also takes a local Hugging Face folder or a hub id (org/name)."
+    )
+
+
+def command_report(arguments: argparse.Namespace) -> int:
+    from lofit_bench.report import build_report
+
+    report = build_report(arguments.runs_dir)
+    print(report.markdown)
+    print(f"\nwrote {arguments.runs_dir / 'report.md'} and {arguments.runs_dir / 'results.csv'}")
+    return 0
+
+
+def command_list(arguments: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    if arguments.what == "models":
+        from lofit_bench.models import MODELS
+
+        rows = [[entry.name, entry.description] for entry in MODELS.values()]
+        print(tabulate(rows, headers=["model", "description"], tablefmt="simple"))
+        print("\n--model also takes a local Hugging Face folder or a hub id (needs network access).")
+        return 0
+    if arguments.what == "budgets":
+        from lofit_bench.budget import BUDGETS
+
+        rows = [[name, *(_show(value) for key, value in budget.to_dict().items() if key != "name")] for name, budget in BUDGETS.items()]
+        headers = ["budget", *(key for key in next(iter(BUDGETS.values())).to_dict() if key != "name")]
+        print(tabulate(rows, headers=headers, tablefmt="simple"))
+        return 0
+    from lofit_bench.plugins import get_host
+
+    host = get_host()
+    if arguments.what == "methods":
+        for name in host.methods:
+            cls = host.methods.get(name)
+            print(f"{name:<16} {cls.description}  [{host.methods.owner(name)}]")
+            if arguments.verbose:
+                for field in cls.config_class.describe_fields():
+                    print(f"    {field['name']} = {field['default']!r}: {field['help']}")
+        return 0
+    rows = []
+    for name in host.tasks:
+        cls = host.tasks.get(name)
+        rows.append([name, cls.objective, cls.evaluation, ", ".join(cls.metrics), ", ".join(cls.folds), cls.license, cls.description])
+    print(tabulate(rows, headers=["task", "training", "evaluation", "metrics", "folds", "license", "description"], tablefmt="simple"))
+    return 0
+
+
+def _show(value: Any) -> str:
+    return "all" if value is None else str(value)
+
+
+def command_plugins(arguments: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lofit_bench.plugins import get_host
+
+    rows = [
+        [info.name, info.distribution, info.version, ", ".join(info.hooks), "built-in" if info.builtin else "installed"]
+        for info in get_host().plugins()
+    ]
+    print(tabulate(rows, headers=["plugin", "distribution", "version", "hooks", "kind"], tablefmt="simple"))
+    return 0
+
+
+COMMANDS = {"run": command_run, "report": command_report, "list": command_list, "plugins": command_plugins}

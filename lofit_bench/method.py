@@ -1,0 +1,149 @@
+"""The method interface: what every way of steering or fine-tuning a model provides.
+
+A method is a small class with a dataclass config. The runner drives it through one life:
+``prepare`` on a loaded model -> ``fit`` on a task's training data under the budget ->
+evaluation of ``evaluation_model()`` -> ``save`` -> ``remove`` (the model is left as it was).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
+
+from lofit_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from lofit_bench.budget import Budget
+    from lofit_bench.models import LoadedModel
+    from lofit_bench.task import Task, TrainingExample
+
+CONFIG_FILE = "method_config.json"
+
+
+@dataclass
+class MethodConfig:
+    """Base of method configs. Subclasses add fields with ``metadata={"help": ...}``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise UserError(
+                f"unknown option(s) for {cls.__name__}: {', '.join(unknown)}. "
+                f"Known: {', '.join(fields) or '(none)'}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def describe_fields(cls) -> list[dict[str, Any]]:
+        """Name, type, default and help of each field (for `lofit-bench list methods -v`)."""
+        rows = []
+        for item in dataclasses.fields(cls):
+            default = item.default if item.default is not dataclasses.MISSING else (
+                item.default_factory() if item.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            )
+            rows.append(
+                {"name": item.name, "type": str(item.type), "default": default, "help": item.metadata.get("help", "")}
+            )
+        return rows
+
+
+@dataclass
+class FitContext:
+    """What a method may use while it trains or fits: data, budget and where to write."""
+
+    lm: LoadedModel
+    task: Task
+    fold: str
+    budget: Budget
+    seed: int
+    work_dir: Path
+    progress: bool = False
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def training_examples(self) -> list[TrainingExample]:
+        """The task's training split for this fold, cut to the budget's size."""
+        examples = self.task.training_examples(self.fold, "train")
+        return examples[: self.budget.train_examples] if self.budget.train_examples else examples
+
+    def dev_examples(self) -> list[TrainingExample]:
+        examples = self.task.training_examples(self.fold, "dev")
+        return examples[: self.budget.dev_examples] if self.budget.dev_examples else examples
+
+
+class Method(ABC):
+    """Base class of every method plugin."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    #: False for methods that never look at the training split (zero-shot).
+    uses_training_data: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.lm: LoadedModel | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+    @abstractmethod
+    def prepare(self, lm: LoadedModel) -> None:
+        """Attach hooks or wrap the model; nothing is trained yet."""
+
+    def fit(self, context: FitContext) -> dict[str, Any]:
+        """Train (or fit without gradients) under ``context.budget``.
+
+        Returns what should be recorded about the fit (chosen hyper-parameters...); a method
+        that trains puts its :class:`~lofit_bench.training.TrainResult` dict under
+        ``"training"``. The default is a method with nothing to fit.
+        """
+        return {}
+
+    def evaluation_model(self) -> nn.Module:
+        """The module the task scores (the prepared model, hooks attached, by default)."""
+        return self.require_prepared().model
+
+    @abstractmethod
+    def trainable_parameters(self) -> int:
+        """Exact count of trained values (numel of the trained tensors)."""
+
+    def stored_values(self) -> int:
+        """Values the method stores besides trained ones (e.g. ITI's fitted directions)."""
+        return 0
+
+    @abstractmethod
+    def remove(self) -> None:
+        """Detach everything ``prepare`` attached; the model is exactly as before."""
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Write the config as JSON; methods with state add safetensors files beside it."""
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {"method": self.name, "config": self.config.to_dict()}
+        (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+    def load(self, directory: Path) -> None:
+        """Restore state written by :meth:`save` onto the prepared model."""
+        payload = json.loads((directory / CONFIG_FILE).read_text())
+        if payload.get("method") != self.name:
+            raise UserError(f"{directory} holds a {payload.get('method')!r} state, not {self.name!r}")
+        self.config = self.config_class.from_dict(payload["config"])
+
+    # -- helpers -----------------------------------------------------------------------------
+    def require_prepared(self) -> LoadedModel:
+        if self.lm is None:
+            raise RuntimeError(f"method {self.name!r} is used before prepare()")
+        return self.lm
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None = None) -> Method:
+        return cls(cls.config_class.from_dict(options or {}))

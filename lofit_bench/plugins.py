@@ -1,0 +1,195 @@
+"""Plugin loading: built-ins first, then installed packages from the ``lofit_bench`` entry points.
+
+Follows simonw/llm's design: built-in methods and tasks are ordinary plugins, installed
+plugins are found through the entry-point group ``lofit_bench``, and the environment
+variable ``LOFIT_BENCH_LOAD_PLUGINS`` is an allowlist of entry-point names (``""`` loads
+none). A plugin that fails to import, raises inside a hook, or registers a taken name costs
+one warning line, never the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import pluggy
+
+from lofit_bench import hookspecs
+from lofit_bench.registry import Registry
+
+ENTRY_POINT_GROUP = "lofit_bench"
+ALLOWLIST_VARIABLE = "LOFIT_BENCH_LOAD_PLUGINS"
+
+BUILTIN_PLUGINS = (
+    "lofit_bench.methods.zero_shot",
+    "lofit_bench.tasks.truthfulqa",
+    "lofit_bench.tasks.clutrr",
+    "lofit_bench.tasks.mquake",
+)
+
+
+class PluginWarning(UserWarning):
+    """A plugin misbehaved; lofit-bench skipped the broken part and went on."""
+
+
+@dataclass
+class PluginInfo:
+    """What `lofit-bench plugins` shows about one registered plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    hooks: list[str] = field(default_factory=list)
+    builtin: bool = False
+
+
+def warn_plugin(message: str) -> None:
+    warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+class PluginHost:
+    """The plugin manager plus the method and task registries it fills."""
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager.add_hookspecs(hookspecs)
+        self.methods: Registry[type] = Registry("method")
+        self.tasks: Registry[type] = Registry("task")
+        self._info: dict[str, PluginInfo] = {}
+        self._loaded = False
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self, entry_points: bool = True) -> PluginHost:
+        """Register built-ins and installed plugins, then fill the registries (idempotent)."""
+        if self._loaded:
+            return self
+        self._loaded = True
+        for module_name in BUILTIN_PLUGINS:
+            module = importlib.import_module(module_name)
+            self._register_plugin(module, module_name, "lofit-bench", _own_version(), True)
+        if entry_points:
+            self._load_entry_points()
+        self._check_pending()
+        self._collect()
+        return self
+
+    def register(self, plugin: object, name: str, distribution: str = "(in-process)") -> None:
+        """Register an in-process plugin object (tests, notebooks) and refill the registries."""
+        self._register_plugin(plugin, name, distribution, "", False)
+        self._check_pending()
+        self._collect_from(name)
+
+    def _load_entry_points(self) -> None:
+        allowlist = os.environ.get(ALLOWLIST_VARIABLE)
+        allowed = None if allowlist is None else {n.strip() for n in allowlist.split(",") if n.strip()}
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if allowed is not None and entry_point.name not in allowed:
+                continue
+            if self.manager.has_plugin(entry_point.name):
+                continue
+            distribution = getattr(entry_point, "dist", None)
+            dist_name = distribution.metadata["Name"] if distribution else "?"
+            dist_version = distribution.version if distribution else "?"
+            try:
+                plugin = entry_point.load()
+            except Exception as error:  # noqa: BLE001 - any import failure must not stop the CLI
+                warn_plugin(
+                    f"plugin {entry_point.name!r} ({dist_name}) failed to import and was skipped: "
+                    f"{type(error).__name__}: {error}"
+                )
+                continue
+            self._register_plugin(plugin, entry_point.name, dist_name, dist_version, False)
+
+    def _register_plugin(
+        self, plugin: object, name: str, distribution: str, version: str, builtin: bool
+    ) -> None:
+        try:
+            self.manager.register(plugin, name=name)
+        except Exception as error:  # noqa: BLE001
+            warn_plugin(f"plugin {name!r} could not be registered and was skipped: {error}")
+            return
+        hooks = sorted(hook.name for hook in self.manager.get_hookcallers(plugin) or [])
+        self._info[name] = PluginInfo(name, distribution, version, hooks, builtin)
+
+    def _check_pending(self) -> None:
+        """Unregister plugins whose hook names match no spec (a misspelled hook)."""
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as error:
+            plugin = error.plugin
+            name = self.manager.get_name(plugin) or repr(plugin)
+            warn_plugin(f"plugin {name!r} was skipped: {error}")
+            self.manager.unregister(plugin)
+            self._info.pop(name, None)
+            self._check_pending()
+
+    # -- registries ------------------------------------------------------------------------
+    def _collect(self) -> None:
+        for name in list(self._info):
+            self._collect_from(name)
+
+    def _collect_from(self, plugin_name: str) -> None:
+        plugin = self.manager.get_plugin(plugin_name)
+        if plugin is None:
+            return
+        for hook_name, registry in (("register_methods", self.methods), ("register_tasks", self.tasks)):
+            implementation = getattr(plugin, hook_name, None)
+            if implementation is None:
+                continue
+
+            def register(cls: type, _registry: Registry = registry) -> None:
+                name = getattr(cls, "name", None)
+                if not isinstance(name, str) or not name:
+                    warn_plugin(f"plugin {plugin_name!r} registered {cls!r}, which has no `name`")
+                    return
+                if not _registry.add(name, cls, owner=plugin_name):
+                    warn_plugin(
+                        f"plugin {plugin_name!r} tried to register {_registry.kind} {name!r}, "
+                        f"which plugin {_registry.owner(name)!r} already registered; kept the first"
+                    )
+
+            try:
+                implementation(register=register)
+            except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
+                warn_plugin(
+                    f"plugin {plugin_name!r} raised in {hook_name} and was skipped: "
+                    f"{type(error).__name__}: {error}"
+                )
+
+    def plugins(self) -> list[PluginInfo]:
+        return sorted(self._info.values(), key=lambda info: (not info.builtin, info.name))
+
+
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version("lofit-bench")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+_host: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, loaded on first use."""
+    global _host
+    if _host is None:
+        _host = PluginHost().load()
+    return _host
+
+
+def reset_host() -> None:
+    """Forget the loaded plugins (tests use this to reload with another allowlist)."""
+    global _host
+    _host = None
+
+
+def get_method_class(name: str) -> type:
+    return get_host().methods.get(name)
+
+
+def get_task_class(name: str) -> type:
+    return get_host().tasks.get(name)

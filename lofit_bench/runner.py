@@ -1,0 +1,247 @@
+"""Runs: one (method, task, seed) on one model under one budget, and sweeps of them.
+
+A run walks one straight path per fold of the task: load model -> method.prepare ->
+method.fit on the fold's training data -> task.evaluate on the fold's test split ->
+method.save -> method.remove. Its record is written atomically as soon as it ends, so a
+later failure never loses it; a failed run is recorded with its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import tempfile
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lofit_bench.budget import Budget
+from lofit_bench.errors import UserError
+from lofit_bench.measure import MemoryMeter, Stopwatch
+from lofit_bench.method import FitContext, Method
+from lofit_bench.models import DEFAULT_MODEL, load_model
+from lofit_bench.plugins import get_host
+from lofit_bench.progress import progress_enabled
+from lofit_bench.records import (
+    RECORD_SCHEMA,
+    environment,
+    record_path,
+    run_key,
+    write_json_atomic,
+)
+from lofit_bench.scoring import Scorer
+
+ARTIFACTS_FOLDER = "artifacts"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one run; plain data, so it can cross process boundaries."""
+
+    method: str
+    task: str
+    seed: int
+    budget: Budget
+    model: ModelSettings = field(default_factory=ModelSettings)
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return run_key(self.method, self.method_options, self.task, self.budget.to_dict(), self.model.name, self.seed)
+
+    def record_path(self, out_dir: Path) -> Path:
+        return record_path(out_dir, self.method, self.task, self.seed, self.key)
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    status: str  # "ok", "failed" or "skipped"
+    path: Path
+    error: str | None = None
+
+
+def plan_sweep(
+    methods: list[str],
+    tasks: list[str],
+    budget: Budget,
+    model: ModelSettings,
+    seeds: list[int] | None = None,
+    method_options: dict[str, dict[str, Any]] | None = None,
+) -> list[RunSpec]:
+    """Validate every name up front (one clear error for all unknown ones), then expand."""
+    host = get_host()
+    method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
+    host.tasks.resolve(tasks)
+    method_options = method_options or {}
+    for name, options in method_options.items():
+        if name not in method_classes:
+            raise UserError(f"options were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
+        method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
+    return [
+        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})))
+        for method in methods
+        for task in tasks
+        for seed in (seeds or list(budget.seeds))
+    ]
+
+
+def check_output_folder(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to output folder {out_dir}: {error.strerror or error}; choose another --out") from None
+
+
+def run_sweep(
+    specs: list[RunSpec], out_dir: Path, force: bool = False, progress: bool = True, echo=print
+) -> list[RunOutcome]:
+    """Run every spec in order, skipping those whose record already says ``ok``."""
+    check_output_folder(out_dir)
+    outcomes = []
+    for index, spec in enumerate(specs, start=1):
+        path = spec.record_path(out_dir)
+        label = f"[{index}/{len(specs)}] {spec.method} on {spec.task} (seed {spec.seed})"
+        if not force and _finished(path):
+            echo(f"{label}: already done, skipped ({path.name}; --force reruns)")
+            outcomes.append(RunOutcome(spec, "skipped", path))
+            continue
+        echo(f"{label}: running")
+        record = execute_run(spec, out_dir, progress=progress)
+        write_json_atomic(path, record)
+        if record["status"] == "ok":
+            summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
+            echo(f"{label}: {summary} ({record['timings']['total_s']:.0f} s)")
+            outcomes.append(RunOutcome(spec, "ok", path))
+        else:
+            error = record["error"]
+            echo(f"{label}: FAILED: {error['type']}: {error['message']} (recorded in {path})")
+            outcomes.append(RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}"))
+    return outcomes
+
+
+def _finished(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "ok"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Run one spec and return its record (status ``failed`` with the error if it raised)."""
+    started = _now()
+    record: dict[str, Any] = {
+        "schema": RECORD_SCHEMA,
+        "key": spec.key,
+        "status": "running",
+        "method": {"name": spec.method, "options": spec.method_options},
+        "task": {"name": spec.task},
+        "seed": spec.seed,
+        "budget": spec.budget.to_dict(),
+        "model_settings": asdict(spec.model),
+        "environment": environment(),
+        "started_at": started,
+    }
+    try:
+        _execute(spec, out_dir, record, progress_enabled(progress))
+        record["status"] = "ok"
+    except Exception as error:  # noqa: BLE001 - a failed run is data, not the end of the sweep
+        record["status"] = "failed"
+        record["error"] = {
+            "type": type(error).__name__,
+            "message": str(error).splitlines()[0] if str(error) else "",
+            "traceback": traceback.format_exc(),
+        }
+    record["finished_at"] = _now()
+    return record
+
+
+def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: bool) -> None:
+    from transformers import set_seed
+
+    host = get_host()
+    method_class = host.methods.get(spec.method)
+    task = host.tasks.get(spec.task)()
+    watch = Stopwatch()
+    record["method"]["plugin"] = host.methods.owner(spec.method)
+    record["task"].update(
+        plugin=host.tasks.owner(spec.task),
+        objective=task.objective,
+        evaluation=task.evaluation,
+        metrics=list(task.metrics),
+        primary_metric=task.primary_metric,
+        license=task.license,
+        split_sizes=task.data_summary(),
+    )
+    folds: dict[str, Any] = {}
+    record["folds"] = folds
+    memory: MemoryMeter | None = None
+    artifacts = out_dir / ARTIFACTS_FOLDER / spec.record_path(out_dir).stem
+    for fold in task.folds:
+        with watch.phase("load_model"):
+            lm = load_model(spec.model.name, spec.model.dtype, spec.model.device, spec.model.trust_remote_code)
+        record["model"] = lm.describe()
+        memory = memory or MemoryMeter(lm.device)
+        set_seed(spec.seed)
+        method: Method = method_class.from_options(spec.method_options)
+        record["method"]["config"] = method.config.to_dict()
+        fold_record: dict[str, Any] = {"split_sizes": task.data_summary()[fold]}
+        folds[fold] = fold_record
+        with tempfile.TemporaryDirectory(prefix="lofit-bench-") as work:
+            context = FitContext(lm, task, fold, spec.budget, spec.seed, Path(work), progress)
+            with memory.phase("fit"), watch.phase("fit"):
+                method.prepare(lm)
+                fold_record["fit"] = method.fit(context)
+            fold_record["train_ids"] = [example.id for example in context.training_examples()] if method.uses_training_data else []
+        scorer = Scorer(method.evaluation_model(), lm.tokenizer, spec.budget.eval_batch_size, progress)
+        with memory.phase("evaluate"), watch.phase("evaluate"):
+            result = task.evaluate(scorer, fold, "test", limit=spec.budget.eval_examples)
+        fold_record["metrics"] = result.metrics
+        fold_record["eval_size"] = result.size
+        fold_record["eval_ids"] = result.example_ids
+        fold_record["eval_tokens"] = scorer.tokens_processed
+        fold_record["per_example"] = result.per_example
+        method.save(artifacts / fold)
+        record["trainable_parameters"] = {
+            "count": method.trainable_parameters(),
+            "percent_of_base": 100.0 * method.trainable_parameters() / lm.parameter_count,
+            "stored_values": method.stored_values(),
+            "base_parameters": lm.parameter_count,
+        }
+        method.remove()
+        del lm, method, scorer
+    record["metrics"] = _average_over_folds(folds)
+    record["timings"] = watch.to_dict() | {"total_s": round(sum(watch.seconds.values()), 3)}
+    eval_tokens = sum(fold["eval_tokens"] for fold in folds.values())
+    train_tokens = sum(fold["fit"].get("training", {}).get("tokens", 0) for fold in folds.values())
+    record["throughput"] = {
+        "train_tokens": train_tokens,
+        "train_tokens_per_s": round(train_tokens / watch.seconds["fit"], 1) if train_tokens else None,
+        "eval_tokens": eval_tokens,
+        "eval_tokens_per_s": round(eval_tokens / watch.seconds["evaluate"], 1) if watch.seconds.get("evaluate") else None,
+    }
+    record["memory"] = memory.to_dict() if memory else None
+    record["artifacts"] = str(artifacts.relative_to(out_dir))
+
+
+def _average_over_folds(folds: dict[str, Any]) -> dict[str, float]:
+    """Unweighted mean over folds (the paper averages TruthfulQA's two folds)."""
+    names = next(iter(folds.values()))["metrics"].keys()
+    return {name: sum(fold["metrics"][name] for fold in folds.values()) / len(folds) for name in names}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

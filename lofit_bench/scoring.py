@@ -1,0 +1,201 @@
+"""Model-side evaluation primitives that tasks build on: summed log-probs and greedy generation.
+
+Tokenisation follows lm-eval's convention, so scores are comparable with it: the context and
+``context + continuation`` are encoded, and the continuation's tokens are what the whole
+encoding has beyond the context's. Requests that share a context (the choices of one
+multiple-choice question) reuse the context's KV cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lofit_bench.progress import progress_bar
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``; accept both."""
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _output_cache(output) -> object:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One greedy generation: ``full_text`` is the whole decoded sequence (prompt included)."""
+
+    prompt: str
+    full_text: str
+    new_text: str
+    new_tokens: int
+
+
+class Scorer:
+    """Scores a causal LM (with whatever hooks are attached to it) on text requests."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        batch_size: int = 16,
+        progress: bool = False,
+        reuse_context_cache: bool = True,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        self.reuse_context_cache = reuse_context_cache
+        self.tokens_processed = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split: trailing spaces of the context move to the continuation."""
+        trailing = len(context) - len(context.rstrip(" "))
+        if trailing:
+            context, continuation = context[:-trailing], context[-trailing:] + continuation
+        whole = self.encode(context + continuation)
+        context_ids = self.encode(context)
+        return context_ids, whole[len(context_ids) :]
+
+    # -- log-likelihood ------------------------------------------------------------------
+    @torch.no_grad()
+    def loglikelihoods(self, requests: Sequence[tuple[str, str]], description: str = "scoring") -> list[float]:
+        """Sum of the continuation tokens' log-probs, one float per (context, continuation)."""
+        groups: OrderedDict[tuple[int, ...], list[tuple[int, list[int]]]] = OrderedDict()
+        for index, (context, continuation) in enumerate(requests):
+            context_ids, continuation_ids = self.encode_pair(context, continuation)
+            if not continuation_ids:
+                raise ValueError(f"empty continuation for request {index}: {continuation!r}")
+            groups.setdefault(tuple(context_ids), []).append((index, continuation_ids))
+        scores = [0.0] * len(requests)
+        self.model.eval()
+        with progress_bar(total=len(requests), description=description, enabled=self.progress) as bar:
+            for context_ids, members in groups.items():
+                for start in range(0, len(members), self.batch_size):
+                    chunk = members[start : start + self.batch_size]
+                    values = (
+                        self._score_shared_context(list(context_ids), [ids for _, ids in chunk])
+                        if self.reuse_context_cache and context_ids
+                        else self._score_full([(list(context_ids), ids) for _, ids in chunk])
+                    )
+                    for (index, _), value in zip(chunk, values, strict=True):
+                        scores[index] = value
+                    bar.update(len(chunk))
+        return scores
+
+    def _score_full(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Reference path: one right-padded forward over context + continuation."""
+        sequences = [context + continuation for context, continuation in pairs]
+        input_ids, attention_mask = self._right_pad(sequences)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        self.tokens_processed += int(attention_mask.sum())
+        results = []
+        for row, (context, continuation) in enumerate(pairs):
+            positions = torch.arange(len(context) - 1, len(context) + len(continuation) - 1, device=logits.device)
+            targets = torch.tensor(continuation, device=logits.device)
+            results.append(float(log_probs[row, positions, targets].sum()))
+        return results
+
+    def _score_shared_context(self, context: list[int], continuations: list[list[int]]) -> list[float]:
+        """Encode the context once, then score every continuation on a copy of its KV cache."""
+        device = self.device
+        context_tensor = torch.tensor([context], device=device)
+        context_out = self.model(input_ids=context_tensor, use_cache=True)
+        cache = _output_cache(context_out)
+        last_log_probs = torch.log_softmax(context_out.logits[0, -1].float(), dim=-1)
+        batch = len(continuations)
+        cache.batch_repeat_interleave(batch)
+        input_ids, continuation_mask = self._right_pad(continuations)
+        attention_mask = torch.cat(
+            [torch.ones(batch, len(context), dtype=continuation_mask.dtype, device=device), continuation_mask], dim=1
+        )
+        position_ids = torch.arange(len(context), len(context) + input_ids.shape[1], device=device).expand(batch, -1)
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{_cache_argument(self.model): cache},
+        ).logits.float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        self.tokens_processed += len(context) + int(continuation_mask.sum())
+        results = []
+        for row, continuation in enumerate(continuations):
+            total = last_log_probs[continuation[0]]
+            if len(continuation) > 1:
+                positions = torch.arange(0, len(continuation) - 1, device=device)
+                targets = torch.tensor(continuation[1:], device=device)
+                total = total + log_probs[row, positions, targets].sum()
+            results.append(float(total))
+        return results
+
+    def _right_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(sequence) for sequence in sequences)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            input_ids[row, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[row, : len(sequence)] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    # -- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int = 16, description: str = "generating"
+    ) -> list[Generation]:
+        """Greedy decoding with left padding and a KV cache, batched, stopping at EOS."""
+        tokenizer = self.tokenizer
+        previous_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        self.model.eval()
+        results: list[Generation] = []
+        try:
+            with progress_bar(total=len(prompts), description=description, enabled=self.progress) as bar:
+                for start in range(0, len(prompts), self.batch_size):
+                    chunk = list(prompts[start : start + self.batch_size])
+                    encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
+                    output = self.model.generate(
+                        **encoded,
+                        do_sample=False,
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id,
+                        temperature=None,
+                        top_p=None,
+                        top_k=None,
+                    )
+                    prompt_width = encoded["input_ids"].shape[1]
+                    self.tokens_processed += int(encoded["attention_mask"].sum()) + output[:, prompt_width:].numel()
+                    for row, prompt in enumerate(chunk):
+                        new_ids = output[row, prompt_width:]
+                        results.append(
+                            Generation(
+                                prompt=prompt,
+                                full_text=tokenizer.decode(output[row], skip_special_tokens=True),
+                                new_text=tokenizer.decode(new_ids, skip_special_tokens=True),
+                                new_tokens=int((new_ids != tokenizer.pad_token_id).sum()),
+                            )
+                        )
+                    bar.update(len(chunk))
+        finally:
+            tokenizer.padding_side = previous_side
+        return results

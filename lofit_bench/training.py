@@ -1,0 +1,239 @@
+"""The shared training loop: SFT and DPO through trl, so methods differ only in what is trained.
+
+Every trained method (LoFiT, LoRA, RED, a plugin's BitFit...) calls :func:`train` with its
+trainable parameters already registered on the model (hook parameters must live in a
+submodule of the model: the Trainer builds its optimizer from ``model.named_parameters()``).
+The budget fixes epochs, batch size, sequence length and schedule; the method chooses only
+its learning rate, weight decay and an optional extra loss term (LoFiT's L1 penalty).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lofit_bench.budget import Budget
+from lofit_bench.progress import progress_enabled
+from lofit_bench.task import Objective, PreferenceExample, SFTExample
+
+DPO_BETA = 0.5  # LoFiT's TruthfulQA setting (the lo-fit script default)
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW as in the LoFiT paper: eps 1e-8, weight decay 0.01, linear decay, grad clip 1.0."""
+
+    learning_rate: float
+    weight_decay: float = 0.01
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainResult:
+    """What one training run did, for the run record."""
+
+    objective: str
+    examples: int
+    epochs: int
+    steps: int
+    seconds: float
+    tokens: int
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective,
+            "examples": self.examples,
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "tokens": self.tokens,
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "final_loss": self.final_loss,
+            "losses": [round(loss, 6) for loss in self.losses],
+        }
+
+
+ExtraLoss = Callable[[], torch.Tensor]
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    """numel of every tensor that will receive gradients."""
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def train(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[SFTExample | PreferenceExample],
+    objective: Objective,
+    budget: Budget,
+    optimizer: OptimizerSettings,
+    seed: int,
+    work_dir: Path,
+    extra_loss: ExtraLoss | None = None,
+    peft_config: Any = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``model``'s trainable parameters on ``examples`` with the task's objective.
+
+    SFT puts the loss on completion tokens only (trl's completion-only loss); DPO uses
+    beta 0.5 with reference log-probs precomputed from the model as it is when training
+    starts (the LoFiT code's setting; with ``peft_config`` the adapter-disabled model).
+    """
+    if not examples:
+        raise ValueError("no training examples")
+    _quiet_libraries(progress)
+    trainer = _build_trainer(
+        model, tokenizer, examples, objective, budget, optimizer, seed, work_dir, extra_loss, peft_config, progress
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; losses go to the record
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return TrainResult(
+        objective=objective,
+        examples=len(examples),
+        epochs=budget.epochs,
+        steps=trainer.state.global_step,
+        seconds=seconds,
+        tokens=int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
+        losses=[float(loss) for loss in losses if not math.isnan(loss)] if losses else [],
+    )
+
+
+def _common_arguments(
+    budget: Budget, optimizer: OptimizerSettings, seed: int, work_dir: Path, model: nn.Module, progress: bool
+) -> dict[str, Any]:
+    parameter = next(model.parameters())
+    on_cpu = parameter.device.type == "cpu"
+    return dict(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=budget.batch_size,
+        num_train_epochs=budget.epochs,
+        learning_rate=optimizer.learning_rate,
+        weight_decay=optimizer.weight_decay,
+        adam_epsilon=optimizer.adam_epsilon,
+        max_grad_norm=optimizer.max_grad_norm,
+        lr_scheduler_type=budget.lr_scheduler,
+        warmup_steps=budget.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+        max_length=budget.max_length,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=on_cpu,
+        bf16=parameter.dtype == torch.bfloat16,
+        fp16=parameter.dtype == torch.float16,
+        activation_checkpointing=False,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        logging_strategy="steps",
+        disable_tqdm=not progress_enabled(progress),
+        include_num_input_tokens_seen=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+
+
+def _build_trainer(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[SFTExample | PreferenceExample],
+    objective: Objective,
+    budget: Budget,
+    optimizer: OptimizerSettings,
+    seed: int,
+    work_dir: Path,
+    extra_loss: ExtraLoss | None,
+    peft_config: Any,
+    progress: bool,
+):
+    from datasets import Dataset
+
+    arguments = _common_arguments(budget, optimizer, seed, work_dir, model, progress)
+    if objective == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        if not all(isinstance(example, SFTExample) for example in examples):
+            raise TypeError("SFT training needs SFTExample items")
+        dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
+        config = SFTConfig(completion_only_loss=True, packing=False, **arguments)
+        trainer_class: type = _with_extra_loss(SFTTrainer, extra_loss)
+    elif objective == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        if not all(isinstance(example, PreferenceExample) for example in examples):
+            raise TypeError("DPO training needs PreferenceExample items")
+        dataset = Dataset.from_list(
+            [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in examples]
+        )
+        config = DPOConfig(
+            beta=DPO_BETA,
+            precompute_ref_log_probs=True,
+            precompute_ref_batch_size=budget.batch_size,
+            **arguments,
+        )
+        trainer_class = _with_extra_loss(DPOTrainer, extra_loss)
+    else:
+        raise ValueError(f"unknown objective {objective!r}; expected 'sft' or 'dpo'")
+    kwargs: dict[str, Any] = dict(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    if peft_config is not None:
+        kwargs["peft_config"] = peft_config
+    if objective == "dpo":
+        kwargs["ref_model"] = None
+    return trainer_class(**kwargs)
+
+
+def _with_extra_loss(trainer_class: type, extra_loss: ExtraLoss | None) -> type:
+    """A trainer subclass whose loss is the objective's plus ``extra_loss()`` (e.g. an L1 term)."""
+    if extra_loss is None:
+        return trainer_class
+
+    class PenalizedTrainer(trainer_class):  # type: ignore[valid-type, misc]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+            if return_outputs:
+                loss, outputs = result
+                return loss + extra_loss(), outputs
+            return result + extra_loss()
+
+    PenalizedTrainer.__name__ = f"Penalized{trainer_class.__name__}"
+    return PenalizedTrainer
+
+
+def _quiet_libraries(progress: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+
+    if progress_enabled(progress):
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
+    for name in ("transformers.trainer", "trl", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*Mismatch between tokenized prompt and the start.*")

@@ -1,0 +1,1 @@
+"""Built-in method plugins, registered through the same hooks a third-party plugin uses."""
