@@ -1,0 +1,178 @@
+"""CLUTRR 2-hop kinship reasoning as the LoFiT paper runs it: SFT, exact match after greedy decoding.
+
+Data: lo-fit's ``train.json`` (a pool of 3,151 stories), ``val.json`` (450) and ``test.json``
+(450). Training uses ``random.sample(pool, 300)`` after ``random.seed(42)``, as lo-fit's
+``--train_size 300`` does; a local ``random.Random(42)`` draws the same sample (first ids
+03bbe084…, 1bffcc3e…, 9f9ea60f…) without touching the global RNG.
+
+Prompt (lo-fit ``utils/dataloaders.py::CLUTRR``): brackets removed from ``clean_story``; the
+query ``('A', 'B')`` is split on ',' after dropping parentheses and quotes, so B keeps a
+leading space and the prompt reads "how is  Roy related to Cleo? Answer:  Roy is Cleo 's"
+(two spaces, kept on purpose: it changes tokenisation). Training and evaluation prompts end
+with ``'s\\n``; the SFT completion is the gold relation (the trainer appends EOS).
+
+Evaluation (``utils/evaluate.py::evaluate_clutrr``): greedy, at most 16 new tokens; the
+prediction is read from the whole decoded sequence by
+:func:`~lofit_bench.metrics.parse_clutrr_answer` and must equal the lowercased gold relation.
+Example ids are the dataset's story uuids.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lofit_bench import hookimpl
+from lofit_bench.errors import UserError
+from lofit_bench.metrics import mean, parse_clutrr_answer
+from lofit_bench.task import EvalResult, SFTExample, Split, Task
+
+PROMPT_TEMPLATE = (
+    'Read the following story about a family. "{story}" Assume the relations described in the '
+    "story are all true. Based on relations between the fictional characters in the story "
+    "(assume the relations are all true) and your commonsense knowledge about family "
+    "relationship, how is {second} related to {first}? Answer: {second} is {first} 's"
+)
+SPLIT_FILES = {"train": "train.json", "dev": "val.json", "test": "test.json"}
+TRAIN_SIZE = 300
+TRAIN_SEED = 42
+MAX_NEW_TOKENS = 16
+
+
+def parse_query(query: str) -> tuple[str, str]:
+    """(A, B) from "('A', 'B')" as lo-fit parses it; B keeps the space that followed the comma."""
+    persons = query[1:-1].replace("'", "").split(",")
+    return persons[0], persons[1]
+
+
+@dataclass(frozen=True)
+class ClutrrStory:
+    """One CLUTRR record: the fields the protocol reads. B is asked about relative to A."""
+
+    id: str
+    clean_story: str
+    first: str
+    second: str
+    target_text: str
+
+    @property
+    def prompt(self) -> str:
+        """The template plus the newline both training and evaluation put after it."""
+        story = self.clean_story.replace("[", "").replace("]", "")
+        return PROMPT_TEMPLATE.format(story=story, first=self.first, second=self.second) + "\n"
+
+
+def read_stories(path: Path) -> list[ClutrrStory]:
+    """Parse one split file, turning any problem with it into a one-line UserError."""
+    fix = "reinstall lofit-bench or pass a data_dir holding lo-fit's CLUTRR train.json, val.json and test.json"
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"CLUTRR data file {path} is missing; {fix}.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"CLUTRR data file {path} is unreadable ({error}); {fix}.") from None
+    try:
+        if not isinstance(records, list) or not records:
+            raise ValueError("expected a non-empty JSON list")
+        stories = []
+        for record in records:
+            first, second = parse_query(str(record["query"]))
+            stories.append(
+                ClutrrStory(
+                    id=str(record["id"]),
+                    clean_story=str(record["clean_story"]),
+                    first=first,
+                    second=second,
+                    target_text=str(record["target_text"]),
+                )
+            )
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise UserError(
+            f"CLUTRR data file {path} is malformed ({type(error).__name__}: {error}); {fix}."
+        ) from None
+    return stories
+
+
+def sample_training_stories(pool: list[ClutrrStory]) -> list[ClutrrStory]:
+    """lo-fit's ``random.seed(42); random.sample(pool, 300)``, with a local generator."""
+    if len(pool) < TRAIN_SIZE:
+        raise UserError(
+            f"the CLUTRR training pool holds {len(pool)} stories, fewer than the {TRAIN_SIZE} the protocol samples"
+        )
+    return random.Random(TRAIN_SEED).sample(pool, TRAIN_SIZE)
+
+
+class Clutrr(Task):
+    """CLUTRR 2-hop, LoFiT protocol: SFT on 300 sampled stories, exact match on 450 test stories."""
+
+    name = "clutrr"
+    description = "CLUTRR 2-hop kinship (task_1.2); SFT, exact match of the generated relation"
+    objective = "sft"
+    evaluation = "generation"
+    metrics = ("exact_match",)
+    primary_metric = "exact_match"
+    folds = ("main",)
+    license = "CC-BY-NC-4.0 (non-commercial)"
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        super().__init__(data_dir)
+        self._stories_by_split: dict[str, list[ClutrrStory]] = {}
+
+    def stories(self, fold: str, split: Split) -> list[ClutrrStory]:
+        """The stories of one split in protocol order (train: sample order), cached."""
+        self.check_fold(fold)
+        if split not in SPLIT_FILES:
+            raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLIT_FILES)}")
+        if split not in self._stories_by_split:
+            stories = read_stories(self.data_dir / SPLIT_FILES[split])
+            self._stories_by_split[split] = (
+                sample_training_stories(stories) if split == "train" else stories
+            )
+        return self._stories_by_split[split]
+
+    def split_ids(self, fold: str, split: Split) -> list[str]:
+        return [story.id for story in self.stories(fold, split)]
+
+    def training_examples(self, fold: str, split: Split = "train") -> list[SFTExample]:
+        return [
+            SFTExample(id=story.id, prompt=story.prompt, completion=story.target_text)
+            for story in self.stories(fold, split)
+        ]
+
+    def evaluate(
+        self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
+    ) -> EvalResult:
+        if limit is not None and limit < 1:
+            raise UserError(f"limit must be a positive number of examples, not {limit}")
+        stories = self.stories(fold, split)[:limit]
+        generations = scorer.generate(
+            [story.prompt for story in stories],
+            max_new_tokens=MAX_NEW_TOKENS,
+            description=f"clutrr {split}",
+        )
+        per_example = []
+        for story, generation in zip(stories, generations, strict=True):
+            prediction = parse_clutrr_answer(generation.full_text)
+            gold = story.target_text.lower()
+            per_example.append(
+                {
+                    "id": story.id,
+                    "prediction": prediction,
+                    "gold": gold,
+                    "correct": prediction == gold,
+                    "generation": generation.new_text,
+                }
+            )
+        return EvalResult(
+            metrics={"exact_match": mean(entry["correct"] for entry in per_example)},
+            example_ids=[story.id for story in stories],
+            per_example=per_example,
+        )
+
+
+@hookimpl
+def register_tasks(register):
+    register(Clutrr)

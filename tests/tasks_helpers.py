@@ -1,0 +1,49 @@
+"""Shared helpers for the task tests: a scorer with planted answers and the tiny-model scorer.
+
+A fake scorer lets a test fix what the "model" says and check that a task turns it into the
+right metric; the tiny random model checks that the real Scorer path runs end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from lofit_bench.scoring import Generation, Scorer
+
+
+@dataclass
+class FakeScorer:
+    """Answers ``loglikelihoods`` with ``score(context, continuation)`` and ``generate`` with
+    ``prompt + reply(prompt)``; records every request it gets."""
+
+    score: Callable[[str, str], float] = lambda context, continuation: 0.0
+    reply: Callable[[str], str] = lambda prompt: ""
+    loglikelihood_calls: list[list[tuple[str, str]]] = field(default_factory=list)
+    generate_calls: list[list[str]] = field(default_factory=list)
+
+    def loglikelihoods(
+        self, requests: Sequence[tuple[str, str]], description: str = ""
+    ) -> list[float]:
+        self.loglikelihood_calls.append(list(requests))
+        return [self.score(context, continuation) for context, continuation in requests]
+
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int = 16, description: str = ""
+    ) -> list[Generation]:
+        self.generate_calls.append(list(prompts))
+        replies = [self.reply(prompt) for prompt in prompts]
+        return [
+            Generation(
+                prompt=prompt, full_text=prompt + reply, new_text=reply, new_tokens=len(reply)
+            )
+            for prompt, reply in zip(prompts, replies, strict=True)
+        ]
+
+
+def tiny_scorer() -> Scorer:
+    """A Scorer around the 2-layer random Llama with the byte-level tokenizer (CPU, seconds)."""
+    from lofit_bench.models import load_model
+
+    lm = load_model("tiny-random-llama", device="cpu")
+    return Scorer(lm.model, lm.tokenizer, batch_size=16)
