@@ -40,14 +40,26 @@ class Budget:
     )
 
     def __post_init__(self) -> None:
+        # Values arrive from `--budget-set FIELD=VALUE` as parsed JSON or raw strings, so the
+        # type is checked too: a wrong one must be a one-line error, not a traceback later.
         for name in ("train_examples", "dev_examples", "eval_examples"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"budget {self.name!r}: {name} must be at least 1 (or unset for all)")
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise UserError(f"budget {self.name!r}: epochs and batch sizes must be at least 1")
-        if self.trials < 1:
-            raise UserError(f"budget {self.name!r}: trials must be at least 1")
+            if value is not None and not _is_count(value):
+                raise UserError(
+                    f"budget {self.name!r}: {name} must be a whole number of at least 1 "
+                    f"(or unset for all), got {value!r}"
+                )
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "trials"):
+            value = getattr(self, name)
+            if not _is_count(value):
+                raise UserError(f"budget {self.name!r}: {name} must be a whole number of at least 1, got {value!r}")
+        ratio = self.warmup_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
+            raise UserError(f"budget {self.name!r}: warmup_ratio must be a fraction in [0, 1), got {ratio!r}")
+        if not isinstance(self.lr_scheduler, str):
+            raise UserError(f"budget {self.name!r}: lr_scheduler must be a schedule name, got {self.lr_scheduler!r}")
+        if not self.seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in self.seeds):
+            raise UserError(f"budget {self.name!r}: seeds must be one or more whole numbers, got {self.seeds!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -62,11 +74,16 @@ class Budget:
             raise UserError(f"unknown budget fields: {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
         values = dict(data)
         if "seeds" in values:
-            values["seeds"] = tuple(int(seed) for seed in values["seeds"])
+            seeds = values["seeds"]
+            values["seeds"] = tuple(seeds) if isinstance(seeds, list | tuple) else (seeds,)
         return cls(**values)
 
     def replace(self, **changes: Any) -> Budget:
         return dataclasses.replace(self, **changes)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 BUDGETS: dict[str, Budget] = {

@@ -136,7 +136,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 # -- commands --------------------------------------------------------------------------------
 def command_run(arguments: argparse.Namespace) -> int:
     from lofit_bench.budget import get_budget
-    from lofit_bench.models import DEFAULT_MODEL
+    from lofit_bench.models import DEFAULT_MODEL, load_model
     from lofit_bench.runner import ModelSettings, check_output_folder, plan_sweep, run_sweep
 
     if arguments.quiet:
@@ -149,9 +149,11 @@ def command_run(arguments: argparse.Namespace) -> int:
         budget = Budget.from_dict(budget.to_dict() | overrides)
     model = ModelSettings(arguments.model or DEFAULT_MODEL, arguments.dtype, arguments.device, arguments.trust_remote_code)
     specs = plan_sweep(arguments.methods, arguments.tasks, budget, model, arguments.seeds, _method_options(arguments.method_set))
-    _check_model_name(model.name)
     out_dir = arguments.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     check_output_folder(out_dir)
+    # Load once before any run: an unknown, unreachable or unsupported model fails here, with
+    # exit code 2, instead of as N failed runs (and the bundled model's cache is built once).
+    load_model(model.name, model.dtype, model.device, model.trust_remote_code)
     print(f"lofit-bench: {len(specs)} run(s) on {model.name} with budget {budget.name!r} -> {out_dir}")
     outcomes = run_sweep(specs, out_dir, force=arguments.force, progress=not arguments.quiet)
     if any(outcome.status in ("ok", "skipped") for outcome in outcomes):
@@ -165,20 +167,6 @@ def command_run(arguments: argparse.Namespace) -> int:
         print(f"lofit-bench: {len(failed)} of {len(outcomes)} run(s) failed; see their records", file=sys.stderr)
         return EXIT_RUN_FAILED
     return 0
-
-
-def _check_model_name(name: str) -> None:
-    """Reject an unknown model name before any run starts (loading itself happens per run)."""
-    from lofit_bench.models import MODELS, _looks_like_hub_id
-
-    if name in MODELS or Path(name).expanduser().is_dir() or _looks_like_hub_id(name):
-        return
-    from lofit_bench.errors import did_you_mean
-
-    raise UserError(
-        f"unknown model: {name}.{did_you_mean(name, MODELS)} Known models: {', '.join(MODELS)}; "
-        "--model also takes a local Hugging Face folder or a hub id (org/name)."
-    )
 
 
 def command_report(arguments: argparse.Namespace) -> int:

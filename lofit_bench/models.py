@@ -22,6 +22,7 @@ from torch import nn
 
 from lofit_bench.architectures import ModelLayout, resolve_layout
 from lofit_bench.errors import UserError, did_you_mean
+from lofit_bench.progress import progress_enabled
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -232,6 +233,10 @@ def load_model(
     """Load a model by short name, local folder or hub id; see `lofit-bench list models`."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    if not progress_enabled():
+        transformers_logging.disable_progress_bar()
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -255,10 +260,14 @@ def load_model(
         )
     if model is None:
         location = str(folder) if folder else name
+        # Offline, go straight to the local hub cache instead of retrying the network for a minute.
+        local_only = folder is not None or not _hub_reachable()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(
+                location, trust_remote_code=trust_remote_code, local_files_only=local_only
+            )
             model = AutoModelForCausalLM.from_pretrained(
-                location, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                location, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=local_only
             )
         except (OSError, ValueError) as error:
             hint = (
@@ -283,6 +292,21 @@ def load_model(
         dtype=dtype_name(torch_dtype),
         device=str(torch_device),
     )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False when offline mode is set or the hub's host cannot be reached within ``timeout``."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -80,7 +80,8 @@ class PluginHost:
         """Register an in-process plugin object (tests, notebooks) and refill the registries."""
         self._register_plugin(plugin, name, distribution, "", False)
         self._check_pending()
-        self._collect_from(name)
+        if self._loaded:  # otherwise load() collects it, after the built-ins
+            self._collect_from(name)
 
     def _load_entry_points(self) -> None:
         allowlist = os.environ.get(ALLOWLIST_VARIABLE)
@@ -88,10 +89,15 @@ class PluginHost:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if allowed is not None and entry_point.name not in allowed:
                 continue
-            if self.manager.has_plugin(entry_point.name):
-                continue
             distribution = getattr(entry_point, "dist", None)
             dist_name = distribution.metadata["Name"] if distribution else "?"
+            if self.manager.has_plugin(entry_point.name):
+                owner = self._info.get(entry_point.name)
+                warn_plugin(
+                    f"plugin {entry_point.name!r} ({dist_name}) was skipped: the name is taken by "
+                    f"{owner.distribution if owner else 'another plugin'}"
+                )
+                continue
             dist_version = distribution.version if distribution else "?"
             try:
                 plugin = entry_point.load()
@@ -128,8 +134,9 @@ class PluginHost:
 
     # -- registries ------------------------------------------------------------------------
     def _collect(self) -> None:
-        for name in list(self._info):
-            self._collect_from(name)
+        # Built-ins first, so a plugin never takes a built-in's name; otherwise registration order.
+        for info in sorted(self._info.values(), key=lambda info: not info.builtin):
+            self._collect_from(info.name)
 
     def _collect_from(self, plugin_name: str) -> None:
         plugin = self.manager.get_plugin(plugin_name)

@@ -81,7 +81,8 @@ def plan_sweep(
     """Validate every name up front (one clear error for all unknown ones), then expand."""
     host = get_host()
     method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
-    host.tasks.resolve(tasks)
+    for task_class in host.tasks.resolve(tasks):
+        task_class().data_summary()  # reads every split: a missing or broken file fails here
     method_options = method_options or {}
     for name, options in method_options.items():
         if name not in method_classes:
@@ -244,4 +245,4 @@ def _average_over_folds(folds: dict[str, Any]) -> dict[str, float]:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

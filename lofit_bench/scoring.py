@@ -72,6 +72,14 @@ class Scorer:
             context, continuation = context[:-trailing], context[-trailing:] + continuation
         whole = self.encode(context + continuation)
         context_ids = self.encode(context)
+        if not context_ids:
+            # Nothing predicts the first continuation token without a context; lm-eval's rule
+            # is to condition on BOS (else EOS). Scoring it from position -1 would read a pad.
+            prefix = self.tokenizer.bos_token_id
+            prefix = prefix if prefix is not None else self.tokenizer.eos_token_id
+            if prefix is None:
+                raise ValueError("empty context and the tokenizer has neither a BOS nor an EOS token")
+            return [prefix], whole
         return context_ids, whole[len(context_ids) :]
 
     # -- log-likelihood ------------------------------------------------------------------

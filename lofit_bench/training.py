@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lofit_bench.budget import Budget
+from lofit_bench.errors import UserError
 from lofit_bench.progress import progress_enabled
 from lofit_bench.task import Objective, PreferenceExample, SFTExample
 
@@ -50,6 +51,7 @@ class TrainResult:
     seconds: float
     tokens: int
     losses: list[float] = field(default_factory=list)
+    over_length: int = 0
 
     @property
     def final_loss(self) -> float | None:
@@ -69,6 +71,7 @@ class TrainResult:
             "tokens": self.tokens,
             "tokens_per_second": round(self.tokens_per_second, 1),
             "final_loss": self.final_loss,
+            "examples_over_max_length": self.over_length,
             "losses": [round(loss, 6) for loss in self.losses],
         }
 
@@ -102,6 +105,12 @@ def train(
     """
     if not examples:
         raise ValueError("no training examples")
+    over_length = count_over_length(tokenizer, examples, budget.max_length)
+    if over_length == len(examples):
+        raise UserError(
+            f"every training example is longer than the budget's max_length ({budget.max_length} tokens); "
+            "raise it with --budget-set max_length=N"
+        )
     _quiet_libraries(progress)
     trainer = _build_trainer(
         model, tokenizer, examples, objective, budget, optimizer, seed, work_dir, extra_loss, peft_config, progress
@@ -121,7 +130,22 @@ def train(
         seconds=seconds,
         tokens=int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
         losses=[float(loss) for loss in losses if not math.isnan(loss)] if losses else [],
+        over_length=over_length,
     )
+
+
+def count_over_length(tokenizer: Any, examples: Sequence[SFTExample | PreferenceExample], max_length: int) -> int:
+    """Examples whose longest full sequence exceeds ``max_length`` tokens (trl truncates them)."""
+
+    def longest(example: SFTExample | PreferenceExample) -> int:
+        if isinstance(example, SFTExample):
+            completions = [example.completion]
+        else:
+            completions = [example.chosen, example.rejected]
+        # +1 for the EOS the trainer appends.
+        return max(len(tokenizer(example.prompt + completion)["input_ids"]) + 1 for completion in completions)
+
+    return sum(longest(example) > max_length for example in examples)
 
 
 def _common_arguments(

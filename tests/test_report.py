@@ -1,0 +1,86 @@
+"""Reports are built from records alone: tables, CSV, seeds aggregated, mixed budgets flagged."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from lofit_bench.budget import get_budget
+from lofit_bench.errors import UserError
+from lofit_bench.records import RECORD_SCHEMA, write_json_atomic
+from lofit_bench.report import build_report
+
+
+def fake_record(method: str, seed: int, accuracy: float, budget=None, status: str = "ok") -> dict:
+    record = {
+        "schema": RECORD_SCHEMA,
+        "key": f"{method}{seed}",
+        "status": status,
+        "method": {"name": method, "options": {}},
+        "task": {"name": "clutrr", "metrics": ["exact_match"], "primary_metric": "exact_match"},
+        "seed": seed,
+        "budget": (budget or get_budget("smoke")).to_dict(),
+        "model": {"name": "tiny-random-llama"},
+    }
+    if status == "ok":
+        record |= {
+            "metrics": {"exact_match": accuracy},
+            "folds": {"main": {"eval_size": 12}},
+            "trainable_parameters": {"count": 4096, "percent_of_base": 0.003},
+            "memory": {"kind": "cpu_peak_rss_delta", "peak_mib": 120.0},
+            "timings": {"fit": 10.0, "evaluate": 2.0, "total_s": 12.5},
+        }
+    else:
+        record["error"] = {"type": "RuntimeError", "message": "boom"}
+    return record
+
+
+def write(tmp_path, records):
+    for index, record in enumerate(records):
+        write_json_atomic(tmp_path / "records" / f"{index}.json", record)
+
+
+def test_seeds_are_aggregated_as_mean_and_std(tmp_path):
+    write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("lofit", 2, 0.7), fake_record("zero-shot", 1, 0.1)])
+    report = build_report(tmp_path)
+    assert "| lofit" in report.markdown and "60.0 ± 14.1" in report.markdown
+    assert "| zero-shot" in report.markdown and "10.0" in report.markdown
+    assert "4.10K" in report.markdown
+    assert "peak RSS over model (CPU, MiB)" in report.markdown
+    assert (tmp_path / "report.md").read_text().strip() == report.markdown.strip()
+    with open(tmp_path / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    assert {row["metric:exact_match"] for row in rows} == {"0.5", "0.7", "0.1"}
+    assert rows[0]["memory_kind"] == "cpu_peak_rss_delta"
+
+
+def test_failed_runs_are_listed_and_mixed_budgets_flagged(tmp_path):
+    write(
+        tmp_path,
+        [
+            fake_record("lofit", 1, 0.5),
+            fake_record("lofit", 2, 0.0, status="failed"),
+            fake_record("zero-shot", 1, 0.1, budget=get_budget("paper")),
+        ],
+    )
+    report = build_report(tmp_path)
+    assert "## Failed runs" in report.markdown and "RuntimeError: boom" in report.markdown
+    assert "different budgets" in report.markdown
+
+
+def test_empty_or_broken_folders_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no run records"):
+        build_report(tmp_path)
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "bad.json").write_text("{")
+    with pytest.raises(UserError, match="not valid JSON"):
+        build_report(tmp_path)
+
+
+def test_foreign_json_files_are_ignored(tmp_path):
+    write(tmp_path, [fake_record("lofit", 1, 0.5)])
+    (tmp_path / "records" / "other.json").write_text(json.dumps({"hello": 1}))
+    assert len(build_report(tmp_path).rows) == 1
