@@ -148,6 +148,7 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "tiny-random-qwen2": ("Qwen2Config", {}),
     "tiny-random-mistral": ("MistralConfig", {"sliding_window": None}),
     "tiny-random-gemma": ("GemmaConfig", {"head_dim": 24}),
+    "tiny-random-gemma3": ("Gemma3TextConfig", {"head_dim": 24, "sliding_window": 16}),
 }
 
 
@@ -193,7 +194,7 @@ MODELS: dict[str, ModelEntry] = {
         _bundled_smollm2,
     ),
     **{
-        name: ModelEntry(name, f"random {name.split('-')[-1]} (2 layers x 4 heads) built in code, for tests", _tiny_loader(name))
+        name: ModelEntry(name, f"random {name.removeprefix('tiny-random-')} (2 layers x 4 heads) built in code, for tests", _tiny_loader(name))
         for name in TINY_CONFIGS
     },
 }

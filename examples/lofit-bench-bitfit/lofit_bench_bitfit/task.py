@@ -1,0 +1,142 @@
+"""local-qa: a tiny short-answer QA task read from local JSONL files, to show a task plugin.
+
+Data: 50 simple factual questions written for this example (capitals, small arithmetic,
+everyday facts), shipped as package data in ``data/local-qa/``: ``train.jsonl`` (30),
+``dev.jsonl`` (8), ``test.jsonl`` (12). One JSON object per line:
+``{"id": "train-000", "question": "...", "answer": "..."}``. Pass ``data_dir`` to the task
+to read the same three files from elsewhere (your own questions).
+
+Prompt: ``Q: <question>\\nA:``; the SFT completion is ``" " + answer`` (the trainer appends
+EOS). Every shipped answer is at most 7 characters, so it fits in the 8 new tokens even
+with a byte-level tokenizer.
+
+Evaluation: greedy decoding of at most 8 new tokens, then exact match after
+:func:`normalize_answer` (applied to prediction and gold alike): strip surrounding
+whitespace, keep the text before the first newline, strip again, lowercase.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lofit_bench.errors import UserError
+from lofit_bench.metrics import mean
+from lofit_bench.task import EvalResult, SFTExample, Split, Task
+
+PROMPT_TEMPLATE = "Q: {question}\nA:"
+SPLIT_FILES = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
+MAX_NEW_TOKENS = 8
+DATA_ROOT = Path(__file__).resolve().parent / "data"
+
+
+def normalize_answer(text: str) -> str:
+    """Strip, cut at the first newline, strip again, lowercase: ``" Paris\\nQ: ..."`` -> ``"paris"``."""
+    return text.strip().split("\n", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    answer: str
+
+    @property
+    def prompt(self) -> str:
+        return PROMPT_TEMPLATE.format(question=self.question)
+
+
+def read_questions(path: Path) -> list[Question]:
+    """Parse one split file, turning any problem with it into a one-line UserError."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise UserError(
+            f"local-qa data file {path} is unreadable ({error}); check data_dir"
+        ) from None
+    questions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            questions.append(
+                Question(str(record["id"]), str(record["question"]), str(record["answer"]))
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(
+                f"local-qa data file {path} is malformed on line {number} ({type(error).__name__}: {error})"
+            ) from None
+    if not questions:
+        raise UserError(f"local-qa data file {path} holds no questions")
+    return questions
+
+
+class LocalQA(Task):
+    """Short factual questions from local JSONL files; SFT, greedy exact match."""
+
+    name = "local-qa"
+    description = "50 simple factual questions shipped with lofit-bench-bitfit; SFT, exact match"
+    objective = "sft"
+    evaluation = "generation"
+    metrics = ("exact_match",)
+    primary_metric = "exact_match"
+    folds = ("main",)
+    license = "MIT (written for the lofit-bench-bitfit example)"
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        super().__init__(data_dir)
+        self._questions: dict[str, list[Question]] = {}
+
+    @classmethod
+    def default_data_dir(cls) -> Path:
+        return DATA_ROOT / cls.name
+
+    def questions(self, fold: str, split: Split) -> list[Question]:
+        """The questions of one split in file order, read on first use."""
+        self.check_fold(fold)
+        if split not in SPLIT_FILES:
+            raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLIT_FILES)}")
+        if split not in self._questions:
+            self._questions[split] = read_questions(self.data_dir / SPLIT_FILES[split])
+        return self._questions[split]
+
+    def split_ids(self, fold: str, split: Split) -> list[str]:
+        return [question.id for question in self.questions(fold, split)]
+
+    def training_examples(self, fold: str, split: Split = "train") -> list[SFTExample]:
+        return [
+            SFTExample(id=question.id, prompt=question.prompt, completion=" " + question.answer)
+            for question in self.questions(fold, split)
+        ]
+
+    def evaluate(
+        self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
+    ) -> EvalResult:
+        if limit is not None and limit < 1:
+            raise UserError(f"limit must be a positive number of examples, not {limit}")
+        questions = self.questions(fold, split)[:limit]
+        generations = scorer.generate(
+            [question.prompt for question in questions],
+            max_new_tokens=MAX_NEW_TOKENS,
+            description=f"local-qa {split}",
+        )
+        per_example = []
+        for question, generation in zip(questions, generations, strict=True):
+            prediction = normalize_answer(generation.new_text)
+            per_example.append(
+                {
+                    "id": question.id,
+                    "prediction": prediction,
+                    "gold": question.answer,
+                    "correct": prediction == normalize_answer(question.answer),
+                    "generation": generation.new_text,
+                }
+            )
+        return EvalResult(
+            metrics={"exact_match": mean(entry["correct"] for entry in per_example)},
+            example_ids=[question.id for question in questions],
+            per_example=per_example,
+        )
