@@ -1,0 +1,139 @@
+"""The Scorer: summed continuation log-probs (KV-cache path == full forward == by hand) and
+batched greedy generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lofit_bench.scoring import Scorer
+
+QUESTION = "Q: Which is heavier, a kilo of feathers or a kilo of iron?\nA:"
+REQUESTS = [
+    (QUESTION, " Iron."),
+    (QUESTION, " Feathers, because there are so many."),
+    (QUESTION, " They weigh the same."),
+    (QUESTION, "!"),
+    ("Paris is the capital of", " France"),
+    ("Answer with yes or no: ", "yes"),  # trailing space moves to the continuation
+    ("x", "y"),
+]
+# 1e-5 absolute, or 1e-6 relative for long continuations: a float32 sum near -200 moves in
+# steps of 1.5e-5, while an off-by-one position or a read pad moves it by whole nats.
+TOLERANCE = {"abs": 1e-5, "rel": 1e-6}
+
+
+def by_hand(lm, context_ids: list[int], continuation_ids: list[int]) -> float:
+    """Sum of log p(continuation token | everything before it) from one unpadded forward."""
+    ids = torch.tensor([context_ids + continuation_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(
+        float(log_probs[len(context_ids) + offset - 1, token])
+        for offset, token in enumerate(continuation_ids)
+    )
+
+
+def test_cached_context_path_equals_full_forward_and_hand_computation(tiny_lm) -> None:
+    cached = Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=8).loglikelihoods(REQUESTS)
+    full = Scorer(
+        tiny_lm.model, tiny_lm.tokenizer, batch_size=8, reuse_context_cache=False
+    ).loglikelihoods(REQUESTS)
+    scorer = Scorer(tiny_lm.model, tiny_lm.tokenizer)
+    hand = [
+        by_hand(tiny_lm, *scorer.encode_pair(context, continuation))
+        for context, continuation in REQUESTS
+    ]
+    assert cached == pytest.approx(full, **TOLERANCE)
+    assert cached == pytest.approx(hand, **TOLERANCE)
+    assert all(score < 0 for score in cached)
+    # A random model spreads mass over 259 byte ids: longer continuations score lower.
+    assert cached[1] < cached[0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
+def test_batch_size_does_not_change_scores(tiny_lm, batch_size: int) -> None:
+    reference = Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=4).loglikelihoods(REQUESTS)
+    for reuse in (True, False):
+        scorer = Scorer(
+            tiny_lm.model, tiny_lm.tokenizer, batch_size=batch_size, reuse_context_cache=reuse
+        )
+        assert scorer.loglikelihoods(REQUESTS) == pytest.approx(reference, **TOLERANCE)
+
+
+def test_lm_eval_encoding_moves_trailing_space_to_continuation(tiny_lm) -> None:
+    scorer = Scorer(tiny_lm.model, tiny_lm.tokenizer)
+    context_ids, continuation_ids = scorer.encode_pair("Answer: ", "yes")
+    assert (context_ids, continuation_ids) == scorer.encode_pair("Answer:", " yes")
+    assert tiny_lm.tokenizer.decode(context_ids) == "Answer:"
+    assert tiny_lm.tokenizer.decode(continuation_ids) == " yes"
+    spaced, unspaced = scorer.loglikelihoods([("Answer: ", "yes"), ("Answer:", " yes")])
+    assert spaced == unspaced
+
+
+def test_empty_context_conditions_on_bos_whatever_the_batch(tiny_lm) -> None:
+    """Regression: an empty context used to score its first token from position -1 (a pad)."""
+    tokenizer = tiny_lm.tokenizer
+    scorer = Scorer(tiny_lm.model, tokenizer)
+    context_ids, continuation_ids = scorer.encode_pair("", "hello")
+    assert context_ids == [tokenizer.bos_token_id]
+    assert tokenizer.decode(continuation_ids) == "hello"
+    alone = scorer.loglikelihoods([("", "hello")])[0]
+    for reuse in (True, False):
+        batched = Scorer(tiny_lm.model, tokenizer, reuse_context_cache=reuse).loglikelihoods(
+            [("", "hello"), ("", "hello there, a much longer continuation")]
+        )[0]
+        assert batched == pytest.approx(alone, **TOLERANCE)
+    assert alone == pytest.approx(by_hand(tiny_lm, context_ids, continuation_ids), **TOLERANCE)
+
+
+def test_empty_continuation_is_rejected(tiny_lm) -> None:
+    with pytest.raises(ValueError, match="empty continuation"):
+        Scorer(tiny_lm.model, tiny_lm.tokenizer).loglikelihoods([("context", "")])
+
+
+def test_scores_follow_hooks_attached_to_the_model(tiny_lm) -> None:
+    scorer = Scorer(tiny_lm.model, tiny_lm.tokenizer)
+    before = scorer.loglikelihoods(REQUESTS)
+    projection = tiny_lm.layout.attention_output(tiny_lm.model, 0)
+    handle = projection.register_forward_pre_hook(lambda module, args: (args[0] + 0.5,))
+    try:
+        for reuse in (True, False):
+            scorer.reuse_context_cache = reuse
+            steered = scorer.loglikelihoods(REQUESTS)
+            assert all(abs(a - b) > 1e-4 for a, b in zip(steered, before, strict=True))
+    finally:
+        handle.remove()
+    scorer.reuse_context_cache = True
+    assert scorer.loglikelihoods(REQUESTS) == before
+
+
+PROMPTS = ["Hi", "The capital of France is", "Once upon a time, in a land far away,", "abc", "2+2="]
+
+
+def test_batched_left_padded_greedy_equals_one_at_a_time(tiny_lm) -> None:
+    tokenizer = tiny_lm.tokenizer
+    side = tokenizer.padding_side
+    batched = Scorer(tiny_lm.model, tokenizer, batch_size=4).generate(PROMPTS, max_new_tokens=8)
+    assert tokenizer.padding_side == side
+    single = Scorer(tiny_lm.model, tokenizer, batch_size=1)
+    one_at_a_time = [single.generate([prompt], max_new_tokens=8)[0] for prompt in PROMPTS]
+    assert batched == one_at_a_time
+    for prompt, generation in zip(PROMPTS, batched, strict=True):
+        assert generation.prompt == prompt
+        assert generation.full_text.startswith(prompt)
+        assert generation.full_text.endswith(generation.new_text)
+        assert 0 < generation.new_tokens <= 8
+
+
+def test_generation_follows_hooks(tiny_lm) -> None:
+    scorer = Scorer(tiny_lm.model, tiny_lm.tokenizer)
+    plain = scorer.generate(PROMPTS, max_new_tokens=6)
+    projection = tiny_lm.layout.attention_output(tiny_lm.model, 1)
+    handle = projection.register_forward_pre_hook(lambda module, args: (args[0] * 0 + 3.0,))
+    try:
+        steered = scorer.generate(PROMPTS, max_new_tokens=6)
+    finally:
+        handle.remove()
+    assert [g.new_text for g in steered] != [g.new_text for g in plain]
+    assert scorer.generate(PROMPTS, max_new_tokens=6) == plain

@@ -1,0 +1,160 @@
+"""The shared training loop: only hook parameters train, SFT loss is on completions only, the
+extra loss is added, DPO starts at ln 2 against the model as it was when training began."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lofit_bench.budget import get_budget
+from lofit_bench.task import PreferenceExample, SFTExample
+from lofit_bench.training import OptimizerSettings, train, trainable_parameter_count
+
+SFT_EXAMPLES = [SFTExample(str(i), f"Q: what is {i} + {i}?\nA:", f" {2 * i}") for i in range(5)]
+DPO_EXAMPLES = [
+    PreferenceExample(
+        str(i), f"Is {i} even?", " yes" if i % 2 == 0 else " no", " no" if i % 2 == 0 else " yes"
+    )
+    for i in range(4)
+]
+BUDGET = get_budget("smoke").replace(epochs=2, batch_size=2, max_length=64)
+
+
+class AttentionOutputBias(nn.Module):
+    """A LoFiT-like intervention: a learned vector added to layer 0's attention-output input."""
+
+    def __init__(self, width: int, initial: float) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.full((width,), initial))
+
+    def add_bias(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] + self.bias, *args[1:])
+
+
+@pytest.fixture
+def biased_lm(tiny_lm, request):
+    """tiny_lm with an AttentionOutputBias registered as a submodule (so the Trainer finds it)."""
+    initial = getattr(request, "param", 0.0)
+    layout = tiny_lm.layout
+    intervention = AttentionOutputBias(layout.n_heads * layout.head_dim, initial)
+    tiny_lm.model.add_module("test_intervention", intervention)
+    handle = layout.attention_output(tiny_lm.model, 0).register_forward_pre_hook(
+        intervention.add_bias
+    )
+    yield tiny_lm, intervention
+    handle.remove()
+
+
+def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: tensor.detach().clone()
+        for name, tensor in model.state_dict().items()
+        if not name.startswith("test_intervention.")
+    }
+
+
+def run_training(
+    lm, examples, objective, tmp_path, learning_rate=1e-2, budget=BUDGET, extra_loss=None
+):
+    return train(
+        lm.model,
+        lm.tokenizer,
+        examples,
+        objective,
+        budget,
+        OptimizerSettings(learning_rate=learning_rate),
+        seed=0,
+        work_dir=tmp_path,
+        extra_loss=extra_loss,
+    )
+
+
+def assert_only_intervention_changed(lm, intervention, weights_before, bias_before) -> None:
+    weights_after = base_weights(lm.model)
+    assert weights_after.keys() == weights_before.keys()
+    for name, tensor in weights_before.items():
+        assert torch.equal(weights_after[name], tensor), f"base weight {name} changed"
+    assert not torch.equal(intervention.bias.detach(), bias_before)
+
+
+def test_sft_trains_only_the_hook_parameter(biased_lm, tmp_path) -> None:
+    lm, intervention = biased_lm
+    assert trainable_parameter_count(lm.model) == intervention.bias.numel() == 64
+    weights_before, bias_before = base_weights(lm.model), intervention.bias.detach().clone()
+    result = run_training(lm, SFT_EXAMPLES, "sft", tmp_path)
+    assert_only_intervention_changed(lm, intervention, weights_before, bias_before)
+    assert result.objective == "sft"
+    assert (result.examples, result.epochs) == (5, 2)
+    assert result.steps == math.ceil(5 / 2) * 2
+    assert len(result.losses) == result.steps
+    assert all(math.isfinite(loss) and loss > 0 for loss in result.losses)
+    assert result.final_loss == result.losses[-1]
+    assert result.seconds > 0 and result.tokens > 0 and result.tokens_per_second > 0
+    record = result.to_dict()
+    assert record["steps"] == 6 and len(record["losses"]) == 6
+
+
+def test_sft_loss_is_cross_entropy_on_completion_tokens_only(biased_lm, tmp_path) -> None:
+    lm, _ = biased_lm
+    tokenizer = lm.tokenizer
+    example = SFTExample("planted", "The password is swordfish. The password is", " swordfish")
+    prompt_ids = tokenizer(example.prompt)["input_ids"]
+    # trl appends EOS to the completion; the loss covers the completion and that EOS.
+    ids = tokenizer(example.prompt + example.completion)["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        log_probs = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
+    token_losses = [
+        -float(log_probs[position - 1, ids[position]]) for position in range(1, len(ids))
+    ]
+    completion_loss = sum(token_losses[len(prompt_ids) - 1 :]) / (len(ids) - len(prompt_ids))
+    every_token_loss = sum(token_losses) / len(token_losses)
+    assert abs(completion_loss - every_token_loss) > 1e-2  # the check below can tell them apart
+
+    one_step = BUDGET.replace(epochs=1, batch_size=1)
+    result = run_training(lm, [example], "sft", tmp_path, budget=one_step)
+    assert result.steps == 1
+    assert result.losses[0] == pytest.approx(completion_loss, abs=1e-4)
+
+
+@pytest.mark.parametrize("biased_lm", [0.5], indirect=True)
+def test_extra_loss_is_added_and_pulls_the_parameter(biased_lm, tmp_path) -> None:
+    lm, intervention = biased_lm
+
+    def l1_penalty() -> torch.Tensor:
+        return 100.0 * intervention.bias.abs().sum()
+
+    plain = run_training(lm, SFT_EXAMPLES, "sft", tmp_path / "plain", learning_rate=0.05)
+    plain_size = float(intervention.bias.detach().abs().mean())
+    with torch.no_grad():
+        intervention.bias.fill_(0.5)
+    penalized = run_training(
+        lm, SFT_EXAMPLES, "sft", tmp_path / "penalized", learning_rate=0.05, extra_loss=l1_penalty
+    )
+    penalized_size = float(intervention.bias.detach().abs().mean())
+    # Same first batch and starting point: the logged losses differ by the penalty, 100 * 64 * 0.5.
+    assert penalized.losses[0] - plain.losses[0] == pytest.approx(3200.0, rel=1e-4)
+    assert penalized_size < plain_size - 0.1
+
+
+@pytest.mark.parametrize("biased_lm", [0.1], indirect=True)
+def test_dpo_trains_the_parameter_from_ln2(biased_lm, tmp_path) -> None:
+    lm, intervention = biased_lm
+    weights_before, bias_before = base_weights(lm.model), intervention.bias.detach().clone()
+    result = run_training(lm, DPO_EXAMPLES, "dpo", tmp_path, budget=BUDGET.replace(epochs=1))
+    assert_only_intervention_changed(lm, intervention, weights_before, bias_before)
+    assert result.objective == "dpo"
+    assert result.steps == 2 and len(result.losses) == 2
+    # The reference is the model as it is when training starts (intervention included), so
+    # policy and reference agree on the first batch: -log sigmoid(0) = ln 2.
+    assert result.losses[0] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_wrong_example_type_is_a_type_error(biased_lm, tmp_path) -> None:
+    lm, _ = biased_lm
+    with pytest.raises(TypeError, match="SFTExample"):
+        run_training(lm, DPO_EXAMPLES, "sft", tmp_path)
+    with pytest.raises(TypeError, match="PreferenceExample"):
+        run_training(lm, SFT_EXAMPLES, "dpo", tmp_path)
