@@ -8,6 +8,7 @@ multiple-choice question) reuse the context's KV cache.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from lofit_bench.progress import progress_bar
+
+MIN_SHARED_PREFIX = 16  # tokens; below this, copying a cache costs more than recomputing
 
 
 def _cache_argument(model: nn.Module) -> str:
@@ -94,12 +97,13 @@ class Scorer:
             groups.setdefault(tuple(context_ids), []).append((index, continuation_ids))
         scores = [0.0] * len(requests)
         self.model.eval()
+        prefix = self._shared_prefix([list(context) for context in groups]) if self.reuse_context_cache else None
         with progress_bar(total=len(requests), description=description, enabled=self.progress) as bar:
             for context_ids, members in groups.items():
                 for start in range(0, len(members), self.batch_size):
                     chunk = members[start : start + self.batch_size]
                     values = (
-                        self._score_shared_context(list(context_ids), [ids for _, ids in chunk])
+                        self._score_shared_context(list(context_ids), [ids for _, ids in chunk], prefix)
                         if self.reuse_context_cache and context_ids
                         else self._score_full([(list(context_ids), ids) for _, ids in chunk])
                     )
@@ -122,11 +126,32 @@ class Scorer:
             results.append(float(log_probs[row, positions, targets].sum()))
         return results
 
-    def _score_shared_context(self, context: list[int], continuations: list[list[int]]) -> list[float]:
-        """Encode the context once, then score every continuation on a copy of its KV cache."""
+    def _shared_prefix(self, contexts: list[list[int]]) -> tuple[int, object] | None:
+        """KV cache of the token prefix every context starts with (TruthfulQA's instruction and
+        six-shot primer), computed once and copied per question; None when there is none worth it."""
+        if len(contexts) < 2:
+            return None
+        length = min(len(context) for context in contexts) - 1  # keep >= 1 token per context
+        first = contexts[0]
+        for context in contexts[1:]:
+            length = next((i for i in range(length) if context[i] != first[i]), length)
+        if length < MIN_SHARED_PREFIX:
+            return None
+        output = self.model(input_ids=torch.tensor([first[:length]], device=self.device), use_cache=True)
+        self.tokens_processed += length
+        return length, _output_cache(output)
+
+    def _score_shared_context(
+        self, context: list[int], continuations: list[list[int]], prefix: tuple[int, object] | None = None
+    ) -> list[float]:
+        """Encode the context once (after a shared prefix's cached keys and values, if any), then
+        score every continuation on a copy of that KV cache."""
         device = self.device
-        context_tensor = torch.tensor([context], device=device)
-        context_out = self.model(input_ids=context_tensor, use_cache=True)
+        start, cache = (prefix[0], copy.deepcopy(prefix[1])) if prefix else (0, None)
+        context_tensor = torch.tensor([context[start:]], device=device)
+        position_ids = torch.arange(start, len(context), device=device).unsqueeze(0)
+        extra = {_cache_argument(self.model): cache} if cache is not None else {}
+        context_out = self.model(input_ids=context_tensor, position_ids=position_ids, use_cache=True, **extra)
         cache = _output_cache(context_out)
         last_log_probs = torch.log_softmax(context_out.logits[0, -1].float(), dim=-1)
         batch = len(continuations)
@@ -144,7 +169,7 @@ class Scorer:
             **{_cache_argument(self.model): cache},
         ).logits.float()
         log_probs = torch.log_softmax(logits, dim=-1)
-        self.tokens_processed += len(context) + int(continuation_mask.sum())
+        self.tokens_processed += len(context) - start + int(continuation_mask.sum())
         results = []
         for row, continuation in enumerate(continuations):
             total = last_log_probs[continuation[0]]

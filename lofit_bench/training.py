@@ -258,6 +258,7 @@ def _quiet_libraries(progress: bool) -> None:
         datasets.enable_progress_bars()
     else:
         datasets.disable_progress_bars()
+        os.environ["TQDM_DISABLE"] = "1"  # trl's reference log-prob pass has its own bar
     for name in ("transformers.trainer", "trl", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*Mismatch between tokenized prompt and the start.*")
