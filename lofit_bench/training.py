@@ -14,7 +14,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,15 +113,16 @@ def train(
             "raise it with --budget-set max_length=N"
         )
     _quiet_libraries(progress)
-    trainer = _build_trainer(
-        model, tokenizer, examples, objective, budget, optimizer, seed, work_dir, extra_loss, peft_config, progress
-    )
     from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; losses go to the record
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
+    with _model_left_as_found(model):
+        trainer = _build_trainer(
+            model, tokenizer, examples, objective, budget, optimizer, seed, work_dir, extra_loss, peft_config, progress
+        )
+        trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; losses go to the record
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainResult(
         objective=objective,
@@ -132,6 +134,30 @@ def train(
         losses=[float(loss) for loss in losses if not math.isnan(loss)] if losses else [],
         over_length=over_length,
     )
+
+
+@contextmanager
+def _model_left_as_found(model: nn.Module) -> Iterator[None]:
+    """Undo what trl, accelerate and the Trainer leave on the model instance after training.
+
+    They patch ``forward`` on the instance (trl's fused LM head, accelerate's wrapper), add
+    instance attributes, turn ``config.use_cache`` off and leave the model in train mode;
+    evaluation and a method's ``remove()`` must see the model as it was, trained values aside.
+    """
+    attributes = dict(model.__dict__)
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    try:
+        yield
+    finally:
+        for name in set(model.__dict__) - set(attributes):
+            del model.__dict__[name]
+        for name, value in attributes.items():
+            if model.__dict__.get(name) is not value:
+                model.__dict__[name] = value
+        model.train(attributes["training"])
+        if config is not None and use_cache is not None:
+            config.use_cache = use_cache
 
 
 def count_over_length(tokenizer: Any, examples: Sequence[SFTExample | PreferenceExample], max_length: int) -> int:
@@ -205,7 +231,7 @@ def _build_trainer(
             raise TypeError("SFT training needs SFTExample items")
         dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
         config = SFTConfig(completion_only_loss=True, packing=False, **arguments)
-        trainer_class: type = _with_extra_loss(SFTTrainer, extra_loss)
+        trainer_class: type = _with_extra_loss(_loss_positions_only(SFTTrainer), extra_loss)
     elif objective == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -229,6 +255,39 @@ def _build_trainer(
     if objective == "dpo":
         kwargs["ref_model"] = None
     return trainer_class(**kwargs)
+
+
+def _loss_positions_only(trainer_class: type) -> type:
+    """An SFT trainer that runs the LM head only on positions that predict a labelled token.
+
+    With the loss on a few completion tokens, the (batch x length x vocabulary) logits are
+    mostly wasted work; ``logits_to_keep`` takes the union of labelled positions across the
+    batch. The loss is the same token-level cross entropy trl computes (mean over labelled
+    tokens, or over ``num_items_in_batch`` under gradient accumulation).
+    """
+
+    class LossPositionsTrainer(trainer_class):  # type: ignore[valid-type, misc]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs:
+                return super().compute_loss(model, inputs, True, num_items_in_batch)
+            targets = inputs["labels"][:, 1:]
+            labelled = targets != -100
+            keep = labelled.any(dim=0).nonzero().squeeze(1)
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs.get("attention_mask"),
+                logits_to_keep=keep,
+                use_cache=False,
+            )
+            logits = outputs.logits.float()
+            total = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            count = num_items_in_batch if num_items_in_batch is not None else labelled.sum()
+            return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+
+    LossPositionsTrainer.__name__ = f"LossPositions{trainer_class.__name__}"
+    return LossPositionsTrainer
 
 
 def _with_extra_loss(trainer_class: type, extra_loss: ExtraLoss | None) -> type:
