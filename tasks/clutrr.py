@@ -162,12 +162,12 @@ class Clutrr(Task):
                     "id": story.id,
                     "prediction": prediction,
                     "gold": gold,
-                    "correct": prediction == gold,
+                    "exact_match": prediction == gold,
                     "generation": generation.new_text,
                 }
             )
         return EvalResult(
-            metrics={"exact_match": mean(entry["correct"] for entry in per_example)},
+            metrics={"exact_match": mean(entry["exact_match"] for entry in per_example)},
             example_ids=[story.id for story in stories],
             per_example=per_example,
         )

@@ -160,15 +160,15 @@ class Mquake(Task):
                     "id": case.id,
                     "prediction": prediction,
                     "gold": case.golds,
-                    "correct": matches_any_strict(prediction, case.golds),
-                    "correct_lenient": matches_any_lenient(prediction, case.golds),
+                    "exact_match": matches_any_strict(prediction, case.golds),
+                    "exact_match_lenient": matches_any_lenient(prediction, case.golds),
                     "generation": generation.new_text,
                 }
             )
         return EvalResult(
             metrics={
-                "exact_match": mean(entry["correct"] for entry in per_example),
-                "exact_match_lenient": mean(entry["correct_lenient"] for entry in per_example),
+                "exact_match": mean(entry["exact_match"] for entry in per_example),
+                "exact_match_lenient": mean(entry["exact_match_lenient"] for entry in per_example),
             },
             example_ids=[case.id for case in cases],
             per_example=per_example,

@@ -326,7 +326,7 @@ def test_local_qa_scores_exact_match_after_normalisation(example_source):
     result = task.evaluate(scorer, "main", "test", limit=3)
     assert scorer.max_new_tokens == [8]
     assert result.example_ids == [example.id for example in examples]
-    assert [entry["correct"] for entry in result.per_example] == [True, False, False]
+    assert [entry["exact_match"] for entry in result.per_example] == [True, False, False]
     assert result.metrics == {"exact_match": pytest.approx(1 / 3)}
 
 

@@ -72,7 +72,7 @@ def test_exact_match_from_planted_generations(reply: str, correct: bool) -> None
     result = Clutrr().evaluate(scorer, "main", "test", limit=1)
     assert scorer.generate_calls == [[CLEO_PROMPT]]
     (entry,) = result.per_example
-    assert entry["correct"] is correct and entry["gold"] == "grandfather"
+    assert entry["exact_match"] is correct and entry["gold"] == "grandfather"
     assert result.metrics == {"exact_match": float(correct)}
 
 
@@ -83,7 +83,7 @@ def test_accuracy_over_several_stories(tmp_path: Path) -> None:
     result = Clutrr(data_dir=tmp_path).evaluate(
         FakeScorer(reply=lambda prompt: next(replies)), "main", "test"
     )
-    assert [entry["correct"] for entry in result.per_example] == [True, True, False]
+    assert [entry["exact_match"] for entry in result.per_example] == [True, True, False]
     assert result.metrics["exact_match"] == pytest.approx(2 / 3)
     assert result.example_ids == ["a", "b", "c"]
 
@@ -94,7 +94,7 @@ def test_evaluate_runs_on_the_tiny_model() -> None:
     assert set(result.metrics) == {"exact_match"}
     assert 0.0 <= result.metrics["exact_match"] <= 1.0
     assert result.example_ids == task.split_ids("main", "test")[:3]
-    assert {"id", "prediction", "gold", "correct"} <= set(result.per_example[0])
+    assert {"id", "prediction", "gold", "exact_match"} <= set(result.per_example[0])
 
 
 def test_missing_or_malformed_files_raise_user_errors(tmp_path: Path) -> None:

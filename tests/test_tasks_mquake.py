@@ -90,7 +90,7 @@ def test_strict_and_lenient_exact_match(
         ["Q: Imagine that The capital of Sweden is Canberra. Question 1? A:"]
     ]
     (entry,) = result.per_example
-    assert (entry["correct"], entry["correct_lenient"]) == (strict, lenient)
+    assert (entry["exact_match"], entry["exact_match_lenient"]) == (strict, lenient)
     assert result.metrics == {"exact_match": float(strict), "exact_match_lenient": float(lenient)}
 
 

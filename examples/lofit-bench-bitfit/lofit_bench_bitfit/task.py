@@ -131,12 +131,12 @@ class LocalQA(Task):
                     "id": question.id,
                     "prediction": prediction,
                     "gold": question.answer,
-                    "correct": prediction == normalize_answer(question.answer),
+                    "exact_match": prediction == normalize_answer(question.answer),
                     "generation": generation.new_text,
                 }
             )
         return EvalResult(
-            metrics={"exact_match": mean(entry["correct"] for entry in per_example)},
+            metrics={"exact_match": mean(entry["exact_match"] for entry in per_example)},
             example_ids=[question.id for question in questions],
             per_example=per_example,
         )
