@@ -9,7 +9,8 @@ receives a ``register`` callback and calls it once per method or task class it p
     def register_methods(register):
         register(BitFit)
 
-Built-in methods and tasks are registered through these same hooks.
+Built-in methods and tasks are registered through these same hooks, and so is the built-in
+``lm_eval:`` task-name prefix (:func:`register_task_prefixes`).
 """
 
 from __future__ import annotations
@@ -32,3 +33,13 @@ def register_methods(register: Callable[[type], None]) -> None:
 @hookspec
 def register_tasks(register: Callable[[type], None]) -> None:
     """Register task classes: call ``register(TaskSubclass)`` once per task."""
+
+
+@hookspec
+def register_task_prefixes(register: Callable[[str, Callable[[str], type], str], None]) -> None:
+    """Register task-name prefixes: ``register(prefix, resolve, description)``.
+
+    A task name ``prefix:REST`` then resolves to ``resolve(REST)``, a Task subclass built on
+    demand (raise :class:`~lofit_bench.errors.UserError` for a REST that names nothing). The
+    built-in ``lm_eval:`` prefix turns any lm-eval task into a lofit-bench task this way.
+    """

@@ -89,7 +89,7 @@ def iter_record_files(runs_dir: Path) -> Iterator[Path]:
 def environment() -> dict[str, Any]:
     """Library versions, platform and the lofit-bench git commit, for reproducibility."""
     versions = {}
-    for package in ("lofit-bench", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy"):
+    for package in ("lofit-bench", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy", "lm_eval"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

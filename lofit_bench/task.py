@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from lofit_bench.errors import UserError
 
-Objective = Literal["sft", "dpo"]
+# "none": the task has no training data (lm_eval:... tasks); only fit-free methods run on it.
+Objective = Literal["sft", "dpo", "none"]
 Split = Literal["train", "dev", "test"]
 
 
@@ -41,11 +42,19 @@ TrainingExample = SFTExample | PreferenceExample
 
 @dataclass
 class EvalResult:
-    """Metrics of one evaluation, plus what each example scored (for paired tests and audits)."""
+    """Metrics of one evaluation, plus what each example scored (for paired tests and audits).
+
+    Each ``per_example`` entry holds the example's ``id`` and its value for every metric under
+    the metric's name (e.g. ``{"id": ..., "exact_match": True, "prediction": ...}``); the
+    report's paired significance tests read them.
+    """
 
     metrics: dict[str, float]
     example_ids: list[str]
     per_example: list[dict[str, Any]] = field(default_factory=list)
+    #: What the record should keep about how the evaluation ran (an external harness's
+    #: version and task configs, for instance); JSON-serialisable.
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
