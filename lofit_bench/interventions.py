@@ -1,0 +1,259 @@
+"""Per-head edits of the attention output: z <- (1 + scale) * z + shift, head by head.
+
+Shared machinery of the head-level methods: LoFiT (a scale on every head in stage 1, a shift
+on K heads in stage 2), ITI (a fixed shift on K heads) and RED (scale and shift on every
+head, in LoFiT's variant). The site is the input of each layer's attention output projection
+(``o_proj``), the concatenation of the per-head outputs, shape [B, T, H * head_dim]. A
+forward pre-hook splits it into heads and edits them at every position, so KV-cached
+decoding, where each new token passes through ``o_proj`` on its own, is edited too.
+
+Three rules learnt the hard way (../shared/research/trl-check.md):
+
+- The vectors live in one module registered as a *submodule of the model*: the Trainer builds
+  its optimizer from ``model.named_parameters()``, and vectors held only by a hook's closure
+  would get no error and no update.
+- Never ``deepcopy`` a model while an intervention is attached: the copy shares the hook
+  function and its vectors, so a DPO "reference" copy would follow the policy.
+- No parameter name contains "bias": the Hugging Face Trainer exempts every such parameter
+  from weight decay, so LoFiT's bias vector v is called ``shift`` here.
+
+The vectors are fp32 whatever the model's dtype, and are cast to it inside the hook. This is a
+deliberate deviation from lo-fit, whose vectors are created in the model's dtype (bf16 for
+Gemma-7B and Llama-2-13B) and updated without an fp32 master copy, which loses most of a
+1e-3-sized initialisation (methods.md, gotcha 3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lofit_bench.architectures import ModelLayout
+from lofit_bench.errors import UserError
+
+Head = tuple[int, int]
+"""(layer, head) of one attention head, both counted from 0."""
+
+
+class HeadSite(nn.Module):
+    """The scale and/or shift vectors of some heads of one layer.
+
+    Only the selected heads have parameters (``scale`` and ``shift`` are [k, head_dim]); the
+    other heads of the layer pass through untouched, so the trained count is exactly
+    k * head_dim per vector kind.
+    """
+
+    def __init__(self, n_heads: int, head_dim: int, heads: Sequence[int], scale: bool, shift: bool) -> None:
+        super().__init__()
+        heads = sorted(set(heads))
+        if not heads or heads[0] < 0 or heads[-1] >= n_heads:
+            raise ValueError(f"heads must be a non-empty subset of 0..{n_heads - 1}, got {heads}")
+        if not (scale or shift):
+            raise ValueError("a head site needs a scale, a shift or both")
+        self.n_heads = n_heads
+        self.head_dim = head_dim
+        self.register_buffer("heads", torch.tensor(heads, dtype=torch.long))
+        for name, wanted in (("scale", scale), ("shift", shift)):
+            value = nn.Parameter(torch.zeros(len(heads), head_dim, dtype=torch.float32)) if wanted else None
+            self.register_parameter(name, value)
+
+    def per_head(self, values: torch.Tensor) -> torch.Tensor:
+        """[k, head_dim] -> [n_heads, head_dim], zero on the heads this site does not edit."""
+        if values.shape[0] == self.n_heads:
+            return values
+        return values.new_zeros(self.n_heads, self.head_dim).index_copy(0, self.heads, values)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        heads = hidden.unflatten(-1, (self.n_heads, self.head_dim))
+        # With zero vectors both lines are exact identities (x * 1.0, x + 0.0): logits unchanged.
+        if self.scale is not None:
+            heads = heads * (1 + self.per_head(self.scale)).to(heads.dtype)
+        if self.shift is not None:
+            heads = heads + self.per_head(self.shift).to(heads.dtype)
+        return heads.flatten(-2)
+
+
+class HeadIntervention(nn.Module):
+    """Head sites over a set of (layer, head) pairs; :meth:`attach` puts them on a model."""
+
+    def __init__(
+        self, layout: ModelLayout, heads: Iterable[Head] | None = None, *, scale: bool = False, shift: bool = False
+    ) -> None:
+        super().__init__()
+        self.n_layers, self.n_heads, self.head_dim = layout.n_layers, layout.n_heads, layout.head_dim
+        chosen = all_heads(layout) if heads is None else sorted(set(heads))
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in chosen:
+            if not (0 <= layer < layout.n_layers and 0 <= head < layout.n_heads):
+                raise ValueError(f"head {(layer, head)} is outside a {layout.n_layers} x {layout.n_heads} model")
+            by_layer.setdefault(layer, []).append(head)
+        self.sites = nn.ModuleDict(
+            {str(layer): HeadSite(layout.n_heads, layout.head_dim, heads, scale, shift) for layer, heads in by_layer.items()}
+        )
+
+    @property
+    def heads(self) -> list[Head]:
+        return [(int(layer), int(head)) for layer, site in self.sites.items() for head in site.heads.tolist()]
+
+    def vectors(self, kind: str) -> list[nn.Parameter]:
+        """Every ``scale`` or every ``shift`` parameter (one per edited layer)."""
+        return [getattr(site, kind) for site in self.sites.values() if getattr(site, kind) is not None]
+
+    def trainable_parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
+
+    @torch.no_grad()
+    def init_normal_(self, std: float, seed: int) -> HeadIntervention:
+        """Every vector ~ N(0, std), drawn from a private generator (reproducible, and the
+        global RNG stream the trainer seeds is left alone)."""
+        generator = torch.Generator().manual_seed(seed)
+        for parameter in self.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+        return self
+
+    @torch.no_grad()
+    def head_norms(self, kind: str) -> torch.Tensor:
+        """[n_layers, n_heads] L2 norms of the ``kind`` vectors in fp32 (0 for unedited heads)."""
+        norms = torch.zeros(self.n_layers, self.n_heads, dtype=torch.float32)
+        for layer, site in self.sites.items():
+            values = getattr(site, kind)
+            if values is not None:
+                norms[int(layer), site.heads.cpu()] = values.detach().float().norm(dim=-1).cpu()
+        return norms
+
+    def l1_norm(self, kind: str = "scale") -> torch.Tensor:
+        """Sum of |x| over every element of every ``kind`` vector (LoFiT's stage-1 penalty)."""
+        return sum(values.abs().sum() for values in self.vectors(kind))  # type: ignore[return-value]
+
+    def attach(self, model: nn.Module, layout: ModelLayout, name: str) -> Attachment:
+        """Register this module as ``model.<name>`` and hook each edited layer's ``o_proj``."""
+        if (layout.n_layers, layout.n_heads, layout.head_dim) != (self.n_layers, self.n_heads, self.head_dim):
+            raise UserError(
+                f"intervention built for {describe_shape(self.n_layers, self.n_heads, self.head_dim)} "
+                f"cannot be attached to a model with {describe_shape(layout.n_layers, layout.n_heads, layout.head_dim)}"
+            )
+        if hasattr(model, name):
+            raise RuntimeError(f"the model already has an attribute {name!r}; remove the other intervention first")
+        device = next(layout.attention_output(model, 0).parameters()).device
+        self.to(device)
+        model.add_module(name, self)
+        hooks = [
+            layout.attention_output(model, int(layer)).register_forward_pre_hook(
+                partial(_edit_projection_input, site), with_kwargs=True
+            )
+            for layer, site in self.sites.items()
+        ]
+        return Attachment(model, name, hooks)
+
+
+@dataclass
+class Attachment:
+    """An attached intervention; :meth:`remove` leaves the model exactly as it was."""
+
+    model: nn.Module
+    name: str
+    hooks: list[RemovableHandle] = field(default_factory=list)
+
+    @property
+    def intervention(self) -> HeadIntervention:
+        return getattr(self.model, self.name)
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()
+        if self.name in self.model._modules:
+            del self.model._modules[self.name]
+
+    def __enter__(self) -> Attachment:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+
+def _edit_projection_input(
+    site: HeadSite, module: nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> tuple[tuple, dict[str, Any]]:
+    if args:
+        return (site(args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "input": site(kwargs["input"])}
+
+
+# -- heads: enumeration and ranking ---------------------------------------------------------
+def all_heads(layout: ModelLayout) -> list[Head]:
+    return [(layer, head) for layer in range(layout.n_layers) for head in range(layout.n_heads)]
+
+
+def rank_heads(scores: torch.Tensor) -> list[tuple[int, int, float]]:
+    """(layer, head, score) for every head, highest score first (ties: lower layer, head)."""
+    layers, heads = scores.shape
+    entries = [(layer, head, float(scores[layer, head])) for layer in range(layers) for head in range(heads)]
+    return sorted(entries, key=lambda entry: (-entry[2], entry[0], entry[1]))
+
+
+def select_top_heads(scores: torch.Tensor, k: int) -> list[Head]:
+    """The k heads with the highest scores, ranked globally (no per-layer normalisation)."""
+    if not 1 <= k <= scores.numel():
+        raise ValueError(f"k must be between 1 and {scores.numel()}, got {k}")
+    return [(layer, head) for layer, head, _ in rank_heads(scores)[:k]]
+
+
+def resolve_head_count(heads: int | float, total_heads: int) -> int:
+    """K from a count (int) or a fraction of all heads (float); a fraction rounds, at least 1."""
+    if isinstance(heads, bool) or not isinstance(heads, int | float):
+        raise UserError(f"heads must be a count (e.g. 8) or a fraction of all heads (e.g. 0.03), got {heads!r}")
+    if isinstance(heads, int):
+        if not 1 <= heads <= total_heads:
+            raise UserError(f"heads={heads}: the model has {total_heads} heads; choose 1 to {total_heads}")
+        return heads
+    if not 0 < heads <= 1:
+        raise UserError(f"heads={heads}: a fraction must be in (0, 1]; pass an int for a count")
+    return max(1, min(total_heads, round(heads * total_heads)))
+
+
+def describe_shape(n_layers: int, n_heads: int, head_dim: int) -> str:
+    return f"{n_layers} layers x {n_heads} heads x head_dim {head_dim}"
+
+
+# -- persistence ----------------------------------------------------------------------------
+def save_intervention(intervention: HeadIntervention, path: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Safetensors with every vector and head index, plus the model shape as metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in intervention.state_dict().items()}
+    shape = {"n_layers": intervention.n_layers, "n_heads": intervention.n_heads, "head_dim": intervention.head_dim}
+    save_file(tensors, str(path), metadata={"shape": json.dumps(shape), **(metadata or {})})
+
+
+def load_intervention(path: Path, layout: ModelLayout) -> HeadIntervention:
+    """Rebuild a saved intervention for ``layout``; another model shape is a clear UserError."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        shape = json.loads((handle.metadata() or {}).get("shape", "{}"))
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    saved = (shape.get("n_layers"), shape.get("n_heads"), shape.get("head_dim"))
+    if saved != (layout.n_layers, layout.n_heads, layout.head_dim):
+        raise UserError(
+            f"{path} was trained on a model with {describe_shape(*saved)}; this model has "
+            f"{describe_shape(layout.n_layers, layout.n_heads, layout.head_dim)}"
+        )
+    heads = [
+        (int(name.split(".")[1]), head)
+        for name, tensor in tensors.items()
+        if name.endswith(".heads")
+        for head in tensor.tolist()
+    ]
+    kinds = {name.rsplit(".", 1)[1] for name in tensors} - {"heads"}
+    intervention = HeadIntervention(layout, heads, scale="scale" in kinds, shift="shift" in kinds)
+    intervention.load_state_dict(tensors, strict=True)
+    return intervention
