@@ -1,0 +1,436 @@
+"""ITI: Inference-Time Intervention along truthful directions of a few attention heads.
+
+Li, Patel, Viégas, Pfister and Wattenberg, "Inference-Time Intervention: Eliciting Truthful
+Answers from a Language Model", NeurIPS 2023, arXiv:2306.03341. Reference code:
+github.com/likenneth/honest_llama. Specification: ../shared/research/methods.md, section 3
+(and gotchas 14-15); the LoFiT paper compares against it at K = 3 % of the heads.
+
+Site: z^(l,i), the output of attention head i of layer l, i.e. the input of the layer's
+attention output projection split into heads (the same site as LoFiT). Nothing is trained:
+
+1. Labelled activations. Every training example gives a positive and a negative text
+   (:func:`lofit_bench.activations.contrast_pairs`): TruthfulQA ``prompt + chosen`` (the best
+   answer, label 1) vs ``prompt + rejected`` (the first incorrect answer, label 0); CLUTRR and
+   MQuAKE ``prompt + gold`` (1) vs ``prompt + a wrong answer`` (0), the wrong answer drawn with
+   the run's seed from the other training examples' gold answers (CLUTRR: another of the
+   relation labels; MQuAKE: another case's answer entity). z^(l,i) is read at the last token.
+2. Probes. One logistic regression per head on the raw head_dim features of the training
+   pairs (scikit-learn, ``max_iter=1000, random_state=seed``, otherwise defaults), scored by
+   accuracy on held-out pairs: the dev split's pairs, as honest_llama scores on its
+   validation questions (``probe_validation=dev``), or 20 % of the training pairs (``train``).
+3. Heads. The K heads with the best held-out accuracy over the whole model (K = 3 % of the
+   heads by default, like LoFiT's comparison).
+4. Direction per head, mass-mean shift (ITI's best, ``--use_center_of_mass``), over the
+   training and held-out pairs:
+
+       theta^(l,i) = (mean z^(l,i) | label 1) - (mean z^(l,i) | label 0),  normalised to 1
+
+   and sigma^(l,i) = std of <z^(l,i), theta^(l,i)> over the same activations.
+5. Intervention, for the K heads:
+
+       z^(l,i) <- z^(l,i) + alpha * sigma^(l,i) * theta^(l,i)
+
+   alpha (and K, when ``head_grid`` is given) is chosen on the dev split: each candidate is
+   scored with the task's own dev evaluation, at most ``budget.trials`` candidates, the best
+   kept (:func:`choose_trial`: primary metric, then the task's other metrics; on a full tie
+   the weakest intervention). With a single trial the first alpha is used unscored.
+
+Deviations from honest_llama, recorded here and in the README:
+- the shift is added at *every* position (the issue's rule, same as LoFiT's bias), while
+  honest_llama adds it to the answer tokens when scoring multiple choice and to the last
+  position of each forward call when generating;
+- one (true, false) pair per TruthfulQA training question (the task's DPO pair), not every
+  mc2 choice; and sigma is taken over the fold's train + dev activations, not over a feature
+  bank built from all 817 questions (gotcha 14);
+- the probe texts join prompt and answer exactly as the shared trainer does (no extra space:
+  "Q: ... A:No, ..."), so one text format serves every method.
+
+Recorded: trainable parameters 0; stored values K * head_dim (the fixed shift vectors).
+The full head ranking is saved as ``heads.json`` (the LoFiT format,
+:class:`lofit_bench.heads.HeadSelection`), so LoFiT can tune its biases on ITI's heads
+(``--method-set lofit.head_source=file:RUN_DIR``, paper Table 2); :func:`iti_head_ranking`
+computes the same ranking in process.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lofit_bench import hookimpl
+from lofit_bench.activations import ContrastPair, contrast_pairs, pair_activations
+from lofit_bench.errors import UserError
+from lofit_bench.heads import HEADS_FILE, HeadSelection
+from lofit_bench.interventions import (
+    Attachment,
+    Head,
+    HeadIntervention,
+    load_intervention,
+    rank_heads,
+    resolve_head_count,
+    save_intervention,
+)
+from lofit_bench.method import FitContext, Method, MethodConfig
+from lofit_bench.models import LoadedModel
+from lofit_bench.task import TrainingExample
+
+SHIFTS_FILE = "iti_shifts.safetensors"
+DIRECTIONS_FILE = "iti_directions.safetensors"
+SUBMODULE = "iti_heads"  # where the fixed shift vectors hang on the model (model.iti_heads)
+PROBE_VALIDATION = ("dev", "train")
+DIRECTIONS = ("mass_mean", "probe")
+
+
+@dataclass
+class ITIConfig(MethodConfig):
+    heads: int | float = field(
+        default=0.03,
+        metadata={"help": "K heads shifted: a count (int) or a fraction of all heads (float; 0.03 as in "
+                  "LoFiT's comparison = 8 of SmolLM2's 270; ITI's own default is 48 of LLaMA-7B's 1024)"},
+    )
+    alphas: list[float] = field(
+        default_factory=lambda: [15.0, 5.0, 10.0, 20.0],
+        metadata={"help": "intervention strengths tried on dev, in order, at most budget.trials of them; "
+                  "the first (ITI's default 15) is used unscored when only one trial is allowed"},
+    )
+    head_grid: list[int | float] = field(
+        default_factory=list,
+        metadata={"help": "optional K values (counts or fractions) to try with the alphas; empty: only `heads`. "
+                  "Trials run alpha-major: (K1, a1), (K2, a1), (K1, a2)..."},
+    )
+    direction: str = field(
+        default="mass_mean",
+        metadata={"help": "mass_mean (ITI's best: true mean - false mean) or probe (the probe's weight vector)"},
+    )
+    probe_validation: str = field(
+        default="dev",
+        metadata={"help": "where probe accuracy is measured: dev (the dev split's pairs, as honest_llama) "
+                  "or train (a seeded 20% of the training pairs, held out from probe training)"},
+    )
+    validation_fraction: float = field(
+        default=0.2, metadata={"help": "share of training pairs held out when probe_validation=train"}
+    )
+
+    def __post_init__(self) -> None:
+        _check_head_count(self.heads, "iti.heads")
+        if not isinstance(self.alphas, list) or not self.alphas or not all(_number(value) for value in self.alphas):
+            raise UserError(f"iti.alphas must be a non-empty JSON list of numbers, e.g. [15, 5], got {self.alphas!r}")
+        if not isinstance(self.head_grid, list):
+            raise UserError(f"iti.head_grid must be a JSON list of counts or fractions, got {self.head_grid!r}")
+        for value in self.head_grid:
+            _check_head_count(value, "iti.head_grid entry")
+        if self.direction not in DIRECTIONS:
+            raise UserError(f"iti.direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
+        if self.probe_validation not in PROBE_VALIDATION:
+            raise UserError(
+                f"iti.probe_validation must be one of {', '.join(PROBE_VALIDATION)}, got {self.probe_validation!r}"
+            )
+        if not (_number(self.validation_fraction) and 0 < self.validation_fraction < 1):
+            raise UserError(f"iti.validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_head_count(value: object, name: str) -> None:
+    if not _number(value) or (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1):
+        raise UserError(f"{name} must be a count of at least 1 (int) or a fraction in (0, 1] (float), got {value!r}")
+
+
+# -- probes, ranking and directions (plain functions: LoFiT's "ITI heads" and tests call them) --
+def probe_accuracies(
+    train_positive: torch.Tensor,
+    train_negative: torch.Tensor,
+    validation_positive: torch.Tensor,
+    validation_negative: torch.Tensor,
+    seed: int,
+    keep_probes: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Held-out accuracy of one logistic-regression probe per head -> [n_layers, n_heads].
+
+    Inputs are head activations [N, n_layers, n_heads, head_dim] of the positive (label 1) and
+    negative (label 0) members of the pairs. With ``keep_probes`` the probes' unit weight
+    vectors come back too ([n_layers, n_heads, head_dim]), for ``direction=probe``.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    features = torch.cat([train_positive, train_negative]).double().numpy()
+    labels = np.r_[np.ones(len(train_positive)), np.zeros(len(train_negative))]
+    held_out = torch.cat([validation_positive, validation_negative]).double().numpy()
+    held_out_labels = np.r_[np.ones(len(validation_positive)), np.zeros(len(validation_negative))]
+    n_layers, n_heads, head_dim = features.shape[1:]
+    accuracies = torch.zeros(n_layers, n_heads, dtype=torch.float32)
+    weights = torch.zeros(n_layers, n_heads, head_dim, dtype=torch.float32) if keep_probes else None
+    # One BLAS thread: the problems are tiny, and multi-threaded BLAS makes each fit ~40x
+    # slower on a busy CPU (0.75 s instead of 0.02 s for 64 x 64 features on 2 cores).
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                probe = LogisticRegression(max_iter=1000, random_state=seed)
+                probe.fit(features[:, layer, head], labels)
+                accuracies[layer, head] = float(probe.score(held_out[:, layer, head], held_out_labels))
+                if weights is not None:
+                    weight = torch.from_numpy(probe.coef_[0]).float()
+                    weights[layer, head] = weight / weight.norm().clamp_min(1e-12)
+    return accuracies, weights
+
+
+def mass_mean_directions(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Unit (mean positive - mean negative) per head: [N, L, H, D] x 2 -> [L, H, D]."""
+    direction = positive.double().mean(0) - negative.double().mean(0)
+    return (direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
+
+
+def projection_std(activations: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """sigma per head: std of <z, theta> over ``activations`` [N, L, H, D] -> [L, H]."""
+    projections = torch.einsum("nlhd,lhd->nlh", activations.double(), directions.double())
+    return projections.std(dim=0, unbiased=False).float()  # numpy's np.std, as honest_llama
+
+
+def split_pairs(pairs: Sequence[ContrastPair], fraction: float, seed: int) -> tuple[list[ContrastPair], list[ContrastPair]]:
+    """(probe-training pairs, held-out pairs): a seeded ``fraction`` held out, by pair."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    held = max(1, round(fraction * len(pairs)))
+    if held >= len(pairs):
+        raise UserError(f"{len(pairs)} training pairs are too few to hold {fraction:.0%} out for the probes")
+    held_out = set(order[:held])
+    return [p for i, p in enumerate(pairs) if i not in held_out], [p for i, p in enumerate(pairs) if i in held_out]
+
+
+def choose_trial(trials: list[dict[str, Any]], metrics: Sequence[str], primary: str) -> int:
+    """Index of the best dev trial: the primary metric, then the task's other metrics; on a
+    full tie the weakest intervention (smallest |alpha|, then fewest heads), then the earliest.
+
+    A weak model often scores the same on every candidate (0 exact match for SmolLM2 on
+    CLUTRR); the tie rule then keeps the model closest to the unsteered one.
+    """
+    if len(trials) == 1 or trials[0]["dev"] is None:
+        return 0
+    order = [primary, *(name for name in metrics if name != primary)]
+
+    def key(index: int) -> tuple:
+        trial = trials[index]
+        return (*(trial["dev"].get(name, 0.0) for name in order), -abs(trial["alpha"]), -trial.get("heads", 0), -index)
+
+    return max(range(len(trials)), key=key)
+
+
+@dataclass
+class ProbeReading:
+    """Everything ITI learns from the labelled activations, for every head."""
+
+    accuracy: torch.Tensor  # [L, H] held-out probe accuracy
+    directions: torch.Tensor  # [L, H, D] unit directions
+    sigma: torch.Tensor  # [L, H]
+    train_pairs: int
+    validation_pairs: int
+    validation: str
+
+    def ranking(self) -> list[tuple[int, int, float]]:
+        return rank_heads(self.accuracy)
+
+
+def read_probes(
+    lm: LoadedModel,
+    training: Sequence[TrainingExample],
+    validation: Sequence[TrainingExample] | None,
+    seed: int,
+    direction: str = "mass_mean",
+    validation_fraction: float = 0.2,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> ProbeReading:
+    """Collect head activations of the contrast pairs, train the probes, find the directions.
+
+    ``validation`` None holds out ``validation_fraction`` of the training pairs instead.
+    """
+    pairs = contrast_pairs(training, seed)
+    if validation is None:
+        pairs, held_out = split_pairs(pairs, validation_fraction, seed)
+        where = f"{validation_fraction:.0%} of train"
+    else:
+        held_out = contrast_pairs(validation, seed + 1, answer_pool=training)
+        where = "dev"
+    if not pairs or not held_out:
+        raise UserError("ITI needs at least one training pair and one held-out pair")
+    train_positive, train_negative = pair_activations(lm, pairs, ("heads",), batch_size, max_length)["heads"]
+    held_positive, held_negative = pair_activations(lm, held_out, ("heads",), batch_size, max_length)["heads"]
+    accuracy, probe_weights = probe_accuracies(
+        train_positive, train_negative, held_positive, held_negative, seed, keep_probes=direction == "probe"
+    )
+    everything = torch.cat([train_positive, held_positive, train_negative, held_negative])
+    if direction == "probe":
+        directions = probe_weights
+    else:
+        directions = mass_mean_directions(torch.cat([train_positive, held_positive]), torch.cat([train_negative, held_negative]))
+    return ProbeReading(accuracy, directions, projection_std(everything, directions), len(pairs), len(held_out), where)
+
+
+def iti_head_ranking(
+    lm: LoadedModel,
+    training: Sequence[TrainingExample],
+    validation: Sequence[TrainingExample] | None,
+    seed: int,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> list[tuple[int, int, float]]:
+    """ITI's head ranking: (layer, head, held-out probe accuracy) for every head, best first.
+
+    The ranking LoFiT's "ITI heads" ablation (paper Table 2) tunes its biases on. ``training``
+    and ``validation`` are a task's training examples (the train and dev splits); validation
+    None holds out 20 % of the training pairs.
+    """
+    return read_probes(lm, training, validation, seed, batch_size=batch_size, max_length=max_length).ranking()
+
+
+class ITI(Method):
+    """Shift the K most truth-predictive heads along their mass-mean direction (no training)."""
+
+    name = "iti"
+    description = "ITI (Li et al. 2023): probe-selected heads shifted by alpha * sigma * direction"
+    config_class = ITIConfig
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.config: ITIConfig
+        self.attachment: Attachment | None = None
+        self.selection: HeadSelection | None = None
+        self.reading: ProbeReading | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+    def prepare(self, lm: LoadedModel) -> None:
+        if hasattr(lm.model, SUBMODULE):
+            raise RuntimeError(f"the model already carries {SUBMODULE!r}: another ITI is attached")
+        self.lm = lm
+
+    def fit(self, context: FitContext) -> dict[str, Any]:
+        lm = self.require_prepared()
+        self._detach()
+        config = self.config
+        validation = context.dev_examples() if config.probe_validation == "dev" else None
+        reading = read_probes(
+            lm, context.training_examples(), validation, context.seed, config.direction,
+            config.validation_fraction, context.budget.eval_batch_size, context.budget.max_length,
+        )
+        self.reading = reading
+        ranking = reading.ranking()
+        counts = [resolve_head_count(value, lm.layout.total_heads) for value in (config.head_grid or [config.heads])]
+        candidates = [(k, float(alpha)) for alpha in config.alphas for k in dict.fromkeys(counts)]
+        candidates = candidates[: context.budget.trials]
+        metric = context.task.primary_metric
+        trials: list[dict[str, Any]] = []
+        if len(candidates) == 1:  # nothing to choose between: no dev evaluation
+            trials.append({"heads": candidates[0][0], "alpha": candidates[0][1], "dev": None})
+        else:
+            for k, alpha in candidates:
+                self._attach([(layer, head) for layer, head, _ in ranking[:k]], alpha)
+                dev = _evaluate_dev(lm, context)
+                trials.append({"heads": k, "alpha": alpha, "dev": dev.metrics, "dev_examples": dev.size})
+        best = choose_trial(trials, context.task.metrics, metric)
+        k, alpha = candidates[best]
+        chosen = [(layer, head) for layer, head, _ in ranking[:k]]
+        self._attach(chosen, alpha)
+        self.selection = HeadSelection.for_layout(
+            lm.layout, source="iti", chosen=chosen, ranking=ranking,
+            score=f"ITI probe accuracy on held-out pairs ({reading.validation})",
+            details={"task": context.task.name, "fold": context.fold, "seed": context.seed, "alpha": alpha,
+                     "direction": config.direction},
+        )
+        return {
+            "probes": {
+                "train_pairs": reading.train_pairs,
+                "validation_pairs": reading.validation_pairs,
+                "validation": reading.validation,
+                "chosen_head_accuracy": [float(reading.accuracy[layer, head]) for layer, head in chosen],
+                "mean_accuracy_all_heads": float(reading.accuracy.mean()),
+            },
+            "hyperparameters": {"heads": k, "alpha": alpha, "heads_option": config.heads, "direction": config.direction},
+            "tuning": {"split": "dev", "metric": metric, "trials": trials, "chosen": {"heads": k, "alpha": alpha},
+                       "scored": len(candidates) > 1},
+            "heads": {"k": k, "chosen": [list(head) for head in chosen],
+                      "sigma": [float(reading.sigma[layer, head]) for layer, head in chosen]},
+        }
+
+    def trainable_parameters(self) -> int:
+        return 0
+
+    def stored_values(self) -> int:
+        if self.attachment is None:
+            return 0
+        return sum(vector.numel() for vector in self.attachment.intervention.vectors("shift"))
+
+    def remove(self) -> None:
+        self._detach()
+        self.lm = None
+
+    # -- the intervention ------------------------------------------------------------------
+    def _attach(self, heads: list[Head], alpha: float) -> None:
+        """Fixed (non-trainable) shifts alpha * sigma * theta on ``heads``."""
+        lm = self.require_prepared()
+        assert self.reading is not None
+        self._detach()
+        intervention = HeadIntervention(lm.layout, heads, shift=True)
+        with torch.no_grad():
+            for layer, site in intervention.sites.items():
+                rows = site.heads.cpu()
+                values = alpha * self.reading.sigma[int(layer), rows, None] * self.reading.directions[int(layer), rows]
+                site.shift.copy_(values)
+        intervention.requires_grad_(False)
+        self.attachment = intervention.attach(lm.model, lm.layout, SUBMODULE)
+
+    def _detach(self) -> None:
+        if self.attachment is not None:
+            self.attachment.remove()
+            self.attachment = None
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        if self.attachment is None or self.selection is None:
+            return
+        from safetensors.torch import save_file
+
+        save_intervention(self.attachment.intervention, directory / SHIFTS_FILE, metadata={"method": self.name})
+        self.selection.save(directory / HEADS_FILE)
+        if self.reading is not None:
+            save_file(
+                {"probe_accuracy": self.reading.accuracy.contiguous(), "directions": self.reading.directions.contiguous(),
+                 "sigma": self.reading.sigma.contiguous()},
+                str(directory / DIRECTIONS_FILE),
+                metadata={"validation": self.reading.validation, "direction": self.config.direction},
+            )
+
+    def load(self, directory: Path) -> None:
+        super().load(directory)
+        lm = self.require_prepared()
+        selection = HeadSelection.load(directory / HEADS_FILE)
+        selection.check_layout(lm.layout, directory)
+        intervention = load_intervention(directory / SHIFTS_FILE, lm.layout)
+        intervention.requires_grad_(False)
+        self._detach()
+        self.attachment = intervention.attach(lm.model, lm.layout, SUBMODULE)
+        self.selection = selection
+
+
+def _evaluate_dev(lm: LoadedModel, context: FitContext):
+    from lofit_bench.scoring import Scorer
+
+    scorer = Scorer(lm.model, lm.tokenizer, context.budget.eval_batch_size, context.progress)
+    return context.task.evaluate(scorer, context.fold, "dev", limit=context.budget.dev_examples)
+
+
+@hookimpl
+def register_methods(register):
+    register(ITI)

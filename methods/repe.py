@@ -1,0 +1,474 @@
+"""RepE: steering the residual stream with a reading vector or a per-input contrast vector.
+
+Zou et al., "Representation Engineering: A Top-Down Approach to AI Transparency",
+arXiv:2310.01405 (2023). Reference code: github.com/andyzoujm/representation-engineering
+(``rep-reading`` + ``rep-control``, and ``rep_control_contrast_vec``). Specification:
+../shared/research/methods.md, section 4 (and gotcha 16). The LoFiT paper compares against a
+reading vector on TruthfulQA and a contrast vector on MQuAKE and CLUTRR, both controlling the
+single best ("top-1") layer with a coefficient tuned on dev.
+
+Site: h^l, the residual stream after decoder layer l (the layer's output). Nothing is trained.
+
+Reading vector. Every training example gives a positive and a negative text
+(:func:`lofit_bench.activations.contrast_pairs`: TruthfulQA ``prompt + chosen`` vs
+``prompt + rejected``; CLUTRR/MQuAKE ``prompt + gold`` vs ``prompt + a wrong answer`` drawn,
+seeded, from the other examples' answers). With h_i^+ and h_i^- their last-token states:
+
+    d_i = s_i * (h_i^+ - h_i^-),  s_i = +-1 at random (seeded)
+    r^l = first principal component of {d_i - mean(d)}       (unit norm)
+    sign: r^l <- -r^l unless <h_i^+, r^l> > <h_i^-, r^l> for most training pairs
+
+The random s_i stand for RepE's shuffled pair order: it makes mean(d) ~ 0, so centring
+keeps the concept direction in the first component instead of subtracting it. Control adds
+
+    h^l <- h^l + alpha * r^l        (every position, every forward call, no renormalisation)
+
+Contrast vector (RepE's ``contrast_vec``): nothing is precomputed. The input runs in lock-step
+with two copies of itself prefixed with a positive and a negative instruction
+(``positive_instruction`` / ``negative_instruction``; the LoFiT paper does not report its own).
+At the controlled layer the plain stream receives
+
+    h^l <- h^l + alpha * (h^l_pos - h^l_neg)
+
+at the last position of every forward call: the last prompt token, then each generated token
+(the KV-cached copies advance with the same tokens the plain stream generates). With a single
+controlled layer, h^l_pos and h^l_neg depend only on layers <= l, so the copies stop there
+(no LM head) and this equals RepE's three-stream control. It needs generation; on a
+multiple-choice task use the reading vector.
+
+Layer and alpha. Layers are ranked by RepE's reading scan: how often the reading vector of
+each layer puts the positive member of a held-out (dev) pair above the negative one (ties:
+the larger standardised margin). The top ``layer_candidates`` layers (1 = the paper's top-1
+layer) are crossed with ``alphas`` and at most ``budget.trials`` of these (layer, alpha)
+candidates are scored by the task's own dev evaluation; the best is kept (ties: the task's
+other metrics, then the smallest alpha, as ITI's ``choose_trial``).
+With one trial the first candidate is used unscored.
+
+Recorded: trainable parameters 0; stored values hidden_size for the reading vector, 0 for the
+contrast vector (recomputed for every input).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lofit_bench import hookimpl
+from lofit_bench.activations import (
+    StopForward,
+    contrast_pairs,
+    output_hidden,
+    pair_activations,
+    replace_output_hidden,
+)
+from lofit_bench.errors import UserError
+from lofit_bench.method import FitContext, Method, MethodConfig
+from lofit_bench.methods.iti import choose_trial
+from lofit_bench.models import LoadedModel
+from lofit_bench.task import TrainingExample
+
+VECTOR_FILE = "repe_vector.safetensors"
+STATE_FILE = "repe_state.json"
+VECTORS = ("auto", "reading", "contrast")
+# 5 first: the LoFiT paper's best for both (methods.md section 4). Larger values follow because a
+# small model's residual stream is large next to a unit vector (SmolLM2: |h| ~ 100-200 mid-depth)
+# and the instructed copies differ little at the last token (|h_pos - h_neg| ~ 3-8 there).
+DEFAULT_ALPHAS = {"reading": [5.0, 10.0, 20.0, 40.0], "contrast": [5.0, 2.5, 10.0, 20.0]}
+
+
+@dataclass
+class RepEConfig(MethodConfig):
+    vector: str = field(
+        default="auto",
+        metadata={"help": "reading (PCA reading vector), contrast (per-input contrast vector; generation "
+                  "tasks only) or auto: reading on multiple-choice tasks, contrast on generation tasks "
+                  "(the LoFiT paper's choice: reading for TruthfulQA, contrast for MQuAKE and CLUTRR)"},
+    )
+    alphas: list[float] = field(
+        default_factory=list,
+        metadata={"help": "coefficients tried on dev, in order (at most budget.trials candidates). Empty: "
+                  "reading [5, 10, 20, 40], contrast [5, 2.5, 10, 20] (5: the LoFiT paper's best)"},
+    )
+    layer_candidates: int = field(
+        default=1, metadata={"help": "best layers of the reading scan that the dev trials may choose from (1: top-1)"}
+    )
+    layer: int | None = field(default=None, metadata={"help": "control this layer (0-based) instead of scanning"})
+    positive_instruction: str = field(
+        default="Give a correct answer.\n", metadata={"help": "contrast vector: prefix of the positive copy"}
+    )
+    negative_instruction: str = field(
+        default="Give an incorrect answer.\n", metadata={"help": "contrast vector: prefix of the negative copy"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.vector not in VECTORS:
+            raise UserError(f"repe.vector must be one of {', '.join(VECTORS)}, got {self.vector!r}")
+        if not isinstance(self.alphas, list) or not all(_number(value) for value in self.alphas):
+            raise UserError(f"repe.alphas must be a JSON list of numbers, e.g. [5, 10], got {self.alphas!r}")
+        if not (isinstance(self.layer_candidates, int) and not isinstance(self.layer_candidates, bool)
+                and self.layer_candidates >= 1):
+            raise UserError(f"repe.layer_candidates must be a whole number >= 1, got {self.layer_candidates!r}")
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0):
+            raise UserError(f"repe.layer must be a layer index >= 0, got {self.layer!r}")
+        for name in ("positive_instruction", "negative_instruction"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UserError(f"repe.{name} must be a non-empty string")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# -- reading vectors (plain functions: tests call them on planted data) ------------------------
+def reading_vectors(positive: torch.Tensor, negative: torch.Tensor, seed: int) -> torch.Tensor:
+    """Unit reading vector per layer: [N, L, d] x 2 -> [L, d] (see the module docstring)."""
+    generator = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (positive.shape[0],), generator=generator).double() * 2 - 1
+    differences = signs[:, None, None] * (positive.double() - negative.double())
+    centred = differences - differences.mean(dim=0, keepdim=True)
+    directions = []
+    for layer in range(centred.shape[1]):
+        _, _, right = torch.linalg.svd(centred[:, layer], full_matrices=False)
+        direction = right[0]
+        margins = (positive[:, layer].double() - negative[:, layer].double()) @ direction
+        if (margins > 0).double().mean() < 0.5:
+            direction = -direction
+        directions.append(direction)
+    return torch.stack(directions).float()
+
+
+def separation(positive: torch.Tensor, negative: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer: share of pairs whose positive projects higher, and the standardised margin."""
+    margins = torch.einsum("nld,ld->nl", positive.double() - negative.double(), directions.double())
+    accuracy = (margins > 0).double().mean(dim=0)
+    standardised = margins.mean(dim=0) / margins.std(dim=0, unbiased=False).clamp_min(1e-12)
+    return accuracy.float(), standardised.float()
+
+
+def rank_layers(accuracy: torch.Tensor, margin: torch.Tensor) -> list[int]:
+    """Layers, best separating first (ties: larger standardised margin, then lower layer)."""
+    return sorted(range(len(accuracy)), key=lambda layer: (-float(accuracy[layer]), -float(margin[layer]), layer))
+
+
+# -- control hooks -----------------------------------------------------------------------------
+class ReadingControl:
+    """h^l <- h^l + alpha * direction at every position of the output of decoder layer l."""
+
+    def __init__(self, lm: LoadedModel, layer: int, alpha: float, direction: torch.Tensor) -> None:
+        self.layer, self.alpha, self.direction = layer, float(alpha), direction.float()
+        block = lm.layout.decoder_layers(lm.model)[layer]
+        self.handles: list[RemovableHandle] = [block.register_forward_hook(self._add)]
+
+    def _add(self, module: nn.Module, args: tuple, output: object) -> object:
+        if self.alpha == 0:
+            return None
+        hidden = output_hidden(output)
+        shift = (self.alpha * self.direction).to(device=hidden.device, dtype=hidden.dtype)
+        return replace_output_hidden(output, hidden + shift)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+@dataclass
+class _Stream:
+    """One instructed copy of the batch: its KV cache (layers <= l) and attention mask."""
+
+    cache: object
+    mask: torch.Tensor
+
+
+class ContrastControl:
+    """h^l <- h^l + alpha * (h^l_pos - h^l_neg) at the last position of every forward call.
+
+    A pre-hook on the whole model sees each call's ``input_ids``: a call without a filled KV
+    cache starts the instructed copies from the call's (unpadded) tokens, a cached call feeds
+    them the same new tokens. The copies run only up to layer l.
+    """
+
+    def __init__(self, lm: LoadedModel, layer: int, alpha: float, positive_instruction: str, negative_instruction: str) -> None:
+        from lofit_bench.scoring import _cache_argument
+
+        self.lm, self.layer, self.alpha = lm, layer, float(alpha)
+        tokenizer = lm.tokenizer
+        self.instructions = {
+            "positive": tokenizer(positive_instruction, add_special_tokens=False)["input_ids"],
+            "negative": tokenizer(negative_instruction, add_special_tokens=False)["input_ids"],
+        }
+        self.cache_argument = _cache_argument(lm.model)
+        self.streams: dict[str, _Stream] = {}
+        self.contrast: torch.Tensor | None = None  # [B, d] for the current call
+        self.reading = False
+        self.read: torch.Tensor | None = None
+        block = lm.layout.decoder_layers(lm.model)[layer]
+        self.handles: list[RemovableHandle] = [
+            lm.model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            block.register_forward_hook(self._at_layer),
+        ]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.streams.clear()
+        self.contrast = None
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if self.reading:
+            return None
+        self.contrast = None
+        if self.alpha == 0:
+            return None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            raise UserError("RepE's contrast vector needs token ids (input_ids), not embeddings")
+        mask = kwargs.get("attention_mask")
+        cache = kwargs.get(self.cache_argument, kwargs.get("past_key_values"))
+        with torch.no_grad():
+            if cache is None or cache.get_seq_length() == 0:
+                self._start(input_ids, torch.ones_like(input_ids) if mask is None else mask[:, -input_ids.shape[1] :])
+            else:
+                self._advance(input_ids)
+        return None
+
+    def _at_layer(self, module: nn.Module, args: tuple, output: object) -> object:
+        hidden = output_hidden(output)
+        if self.reading:
+            self.read = hidden
+            raise StopForward
+        if self.contrast is None:
+            return None
+        hidden = hidden.clone()
+        hidden[:, -1] += (self.alpha * self.contrast).to(hidden.dtype)
+        return replace_output_hidden(output, hidden)
+
+    # -- the instructed copies -------------------------------------------------------------------
+    def _start(self, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fresh call: build both copies from each row's real tokens (BOS kept in front)."""
+        if not bool(mask[:, -1].all()):
+            raise UserError(
+                "RepE's contrast vector controls the last position of each call, so batches must be "
+                "left-padded (as generation is); score multiple choice with repe.vector=reading"
+            )
+        bos = self.lm.tokenizer.bos_token_id
+        rows = [row[row_mask.bool()].tolist() for row, row_mask in zip(input_ids.cpu(), mask.cpu(), strict=True)]
+        contrast = {}
+        for kind, instruction in self.instructions.items():
+            sequences = [
+                row[:1] + instruction + row[1:] if bos is not None and row and row[0] == bos else instruction + row
+                for row in rows
+            ]
+            width = max(len(sequence) for sequence in sequences)
+            pad = self.lm.tokenizer.pad_token_id or 0
+            ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=input_ids.device)
+            stream_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=input_ids.device)
+            stream = _Stream(cache=None, mask=stream_mask)
+            contrast[kind] = self._run(stream, ids)
+            self.streams[kind] = stream
+        self.contrast = contrast["positive"] - contrast["negative"]
+
+    def _advance(self, new_ids: torch.Tensor) -> None:
+        """Cached call: append the same new tokens to both copies."""
+        if not self.streams:
+            raise RuntimeError("RepE contrast control: a cached call arrived before any prompt")
+        contrast = {}
+        for kind, stream in self.streams.items():
+            stream.mask = torch.cat([stream.mask, torch.ones_like(new_ids)], dim=1)
+            contrast[kind] = self._run(stream, new_ids)
+        self.contrast = contrast["positive"] - contrast["negative"]
+
+    def _run(self, stream: _Stream, ids: torch.Tensor) -> torch.Tensor:
+        """Run ``ids`` through layers <= l on ``stream``'s cache; its last-position state [B, d]."""
+        from transformers.cache_utils import DynamicCache
+
+        if stream.cache is None:
+            stream.cache = DynamicCache(config=self.lm.model.config)
+        positions = (stream.mask.cumsum(dim=1) - 1).clamp_min(0)[:, -ids.shape[1] :]
+        self.reading, self.read = True, None
+        try:
+            self.lm.model(
+                input_ids=ids, attention_mask=stream.mask, position_ids=positions, use_cache=True,
+                **{self.cache_argument: stream.cache},
+            )
+        except StopForward:
+            pass
+        finally:
+            self.reading = False
+        assert self.read is not None
+        return self.read[:, -1].float()
+
+
+# -- the method ----------------------------------------------------------------------------------
+@dataclass
+class LayerScan:
+    """The reading vector of every layer and how well it separates held-out pairs."""
+
+    directions: torch.Tensor  # [L, d]
+    accuracy: torch.Tensor  # [L]
+    margin: torch.Tensor  # [L]
+    train_pairs: int
+    validation_pairs: int
+
+    def ranked_layers(self) -> list[int]:
+        return rank_layers(self.accuracy, self.margin)
+
+
+def scan_layers(
+    lm: LoadedModel,
+    training: Sequence[TrainingExample],
+    validation: Sequence[TrainingExample],
+    seed: int,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> LayerScan:
+    """Reading vectors from the training pairs, scored on the validation pairs, every layer."""
+    pairs, held_out = contrast_pairs(training, seed), contrast_pairs(validation, seed + 1, answer_pool=training)
+    if len(pairs) < 2 or not held_out:
+        raise UserError("RepE needs at least two training pairs and one dev pair")
+    positive, negative = pair_activations(lm, pairs, ("residual",), batch_size, max_length)["residual"]
+    directions = reading_vectors(positive, negative, seed)
+    held_positive, held_negative = pair_activations(lm, held_out, ("residual",), batch_size, max_length)["residual"]
+    accuracy, margin = separation(held_positive, held_negative, directions)
+    return LayerScan(directions, accuracy, margin, len(pairs), len(held_out))
+
+
+class RepE(Method):
+    """Add a reading vector, or a per-input contrast vector, to one layer's residual stream."""
+
+    name = "repe"
+    description = "RepE (Zou et al. 2023): reading vector (PCA) or contrast vector added to one layer's residual stream"
+    config_class = RepEConfig
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.config: RepEConfig
+        self.control: ReadingControl | ContrastControl | None = None
+        self.state: dict[str, Any] = {}
+        self.direction: torch.Tensor | None = None
+
+    def prepare(self, lm: LoadedModel) -> None:
+        self.lm = lm
+
+    def resolve_vector(self, evaluation: str) -> str:
+        if self.config.vector == "auto":
+            return "contrast" if evaluation == "generation" else "reading"
+        if self.config.vector == "contrast" and evaluation != "generation":
+            raise UserError("repe.vector=contrast needs a generation task; use repe.vector=reading for multiple choice")
+        return self.config.vector
+
+    def fit(self, context: FitContext) -> dict[str, Any]:
+        lm = self.require_prepared()
+        self._detach()
+        config = self.config
+        vector = self.resolve_vector(context.task.evaluation)
+        scan = scan_layers(
+            lm, context.training_examples(), context.dev_examples(), context.seed,
+            context.budget.eval_batch_size, context.budget.max_length,
+        )
+        if config.layer is not None:
+            if config.layer >= lm.layout.n_layers:
+                raise UserError(f"repe.layer={config.layer}: the model has layers 0 to {lm.layout.n_layers - 1}")
+            layers = [config.layer]
+        else:
+            layers = scan.ranked_layers()[: config.layer_candidates]
+        alphas = [float(alpha) for alpha in (config.alphas or DEFAULT_ALPHAS[vector])]
+        candidates = [(layer, alpha) for alpha in alphas for layer in layers][: context.budget.trials]
+        metric = context.task.primary_metric
+        trials: list[dict[str, Any]] = []
+        if len(candidates) == 1:
+            trials.append({"layer": candidates[0][0], "alpha": candidates[0][1], "dev": None})
+        else:
+            from lofit_bench.scoring import Scorer
+
+            for layer, alpha in candidates:
+                self._attach(vector, layer, alpha, scan.directions[layer])
+                scorer = Scorer(lm.model, lm.tokenizer, context.budget.eval_batch_size, context.progress)
+                dev = context.task.evaluate(scorer, context.fold, "dev", limit=context.budget.dev_examples)
+                trials.append({"layer": layer, "alpha": alpha, "dev": dev.metrics, "dev_examples": dev.size})
+        best = choose_trial(trials, context.task.metrics, metric)
+        layer, alpha = candidates[best]
+        self.direction = scan.directions[layer].clone()
+        self.state = {
+            "vector": vector, "layer": layer, "alpha": alpha,
+            "positive_instruction": config.positive_instruction, "negative_instruction": config.negative_instruction,
+            "layer_scan": {
+                "accuracy": [round(float(value), 4) for value in scan.accuracy],
+                "standardised_margin": [round(float(value), 4) for value in scan.margin],
+                "ranked_layers": scan.ranked_layers(),
+            },
+        }
+        self._attach(vector, layer, alpha, self.direction)
+        return {
+            "vector": vector,
+            "hyperparameters": {"layer": layer, "alpha": alpha, "vector": vector},
+            "layer_scan": {"train_pairs": scan.train_pairs, "validation_pairs": scan.validation_pairs,
+                           "validation": "dev", **self.state["layer_scan"]},
+            "tuning": {"split": "dev", "metric": metric, "trials": trials, "chosen": {"layer": layer, "alpha": alpha},
+                       "scored": len(candidates) > 1},
+        }
+
+    def trainable_parameters(self) -> int:
+        return 0
+
+    def stored_values(self) -> int:
+        return self.direction.numel() if self.state.get("vector") == "reading" and self.direction is not None else 0
+
+    def remove(self) -> None:
+        self._detach()
+        self.lm = None
+
+    def _attach(self, vector: str, layer: int, alpha: float, direction: torch.Tensor) -> None:
+        lm = self.require_prepared()
+        self._detach()
+        if vector == "reading":
+            self.control = ReadingControl(lm, layer, alpha, direction)
+        else:
+            self.control = ContrastControl(
+                lm, layer, alpha, self.config.positive_instruction, self.config.negative_instruction
+            )
+
+    def _detach(self) -> None:
+        if self.control is not None:
+            self.control.remove()
+            self.control = None
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        if not self.state or self.direction is None:
+            return
+        from safetensors.torch import save_file
+
+        save_file({"direction": self.direction.contiguous()}, str(directory / VECTOR_FILE),
+                  metadata={"layer": str(self.state["layer"]), "hidden_size": str(self.direction.numel())})
+        (directory / STATE_FILE).write_text(json.dumps(self.state, indent=1))
+
+    def load(self, directory: Path) -> None:
+        super().load(directory)
+        lm = self.require_prepared()
+        from safetensors.torch import load_file
+
+        state = json.loads((directory / STATE_FILE).read_text())
+        direction = load_file(str(directory / VECTOR_FILE))["direction"]
+        if direction.numel() != lm.layout.hidden_size or state["layer"] >= lm.layout.n_layers:
+            raise UserError(
+                f"{directory} holds a RepE vector for layer {state['layer']} of a model with hidden size "
+                f"{direction.numel()}; this model has {lm.layout.n_layers} layers of size {lm.layout.hidden_size}"
+            )
+        self.state, self.direction = state, direction
+        self._attach(state["vector"], state["layer"], state["alpha"], direction)
+
+
+@hookimpl
+def register_methods(register):
+    register(RepE)
