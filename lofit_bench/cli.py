@@ -76,19 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every method on every task and seed under one budget, writing one JSON "
         "record per run into OUT/records and a report into OUT.",
     )
-    run.add_argument("--methods", type=_split_names, required=True, help="comma-separated method names (`lofit-bench list methods`)")
-    run.add_argument("--tasks", type=_split_names, required=True, help="comma-separated task names (`lofit-bench list tasks`)")
-    run.add_argument("--model", default=None, help="model short name, local Hugging Face folder or hub id (default: smollm2-135m, bundled)")
-    run.add_argument("--budget", default="paper", help="budget preset: paper (default) or smoke (`lofit-bench list budgets`)")
+    run.add_argument("--methods", type=_split_names, default=None, help="comma-separated method names (`lofit-bench list methods`); required unless --config gives them")
+    run.add_argument("--tasks", type=_split_names, default=None, help="comma-separated task names (`lofit-bench list tasks`); required unless --config gives them")
+    run.add_argument("--model", type=_split_names, default=None, help="model short name, local Hugging Face folder or hub id; comma-separated for several (default: smollm2-135m, bundled)")
+    run.add_argument("--budget", default=None, help="budget preset: paper (default) or smoke (`lofit-bench list budgets`)")
     run.add_argument("--budget-set", action="append", default=[], metavar="FIELD=VALUE", help="override one budget field for the whole sweep, e.g. eval_examples=50 (repeatable)")
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
-    run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (auto: fp32 on CPU, bf16 on CUDA)")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (default auto: fp32 on CPU, bf16 on CUDA)")
+    run.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
+    run.add_argument("--executor", default=None, choices=["process", "inline", "ray"], help="process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]')")
+    run.add_argument("--jobs", type=int, default=None, help="runs at a time for the process and ray executors (default 1; one GPU per run when several exist)")
+    run.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
     run.add_argument("--force", action="store_true", help="rerun runs whose record already exists")
     run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI or LOFIT_BENCH_QUIET is set)")
+    run.add_argument("--lm-eval-include", action="append", default=[], type=Path, metavar="PATH", help="a folder of lm-eval task YAMLs for lm_eval:NAME tasks (repeatable)")
 
     report = commands.add_parser(
         "report",
@@ -100,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
     listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
+
+    heads = commands.add_parser(
+        "heads",
+        help="the attention heads LoFiT chose in a run: ranking, chosen heads and a layer x head heatmap",
+        description="Print the head ranking and chosen heads of every LoFiT run in RUN_DIR and write "
+        "a layer x head heatmap (heads_heatmap.png) next to each saved heads.json.",
+    )
+    heads.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out folder of a run (or one heads.json)")
+    heads.add_argument("--top", type=int, default=20, help="how many ranked heads to print (default 20)")
+
+    export = commands.add_parser(
+        "export-lm-eval",
+        help="write lm-eval task configs (YAML + data) that reproduce truthfulqa, clutrr and mquake",
+        description="Write lm-eval task YAMLs, their data (absolute paths) and utils.py into OUT_DIR: "
+        "lofit_truthfulqa_mc{1,2}_fold{0,1}, lofit_clutrr, lofit_mquake. Then: lm_eval --model hf "
+        "--model_args pretrained=DIR --include_path OUT_DIR --tasks lofit_clutrr",
+    )
+    export.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write the task configs into")
 
     commands.add_parser(
         "plugins",
@@ -135,33 +158,55 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 # -- commands --------------------------------------------------------------------------------
 def command_run(arguments: argparse.Namespace) -> int:
-    from lofit_bench.budget import get_budget
+    from lofit_bench.budget import Budget, get_budget
     from lofit_bench.models import DEFAULT_MODEL, load_model
     from lofit_bench.runner import ModelSettings, check_output_folder, plan_sweep, run_sweep
+    from lofit_bench.sweep_config import SweepConfig, load_sweep_config
 
     if arguments.quiet:
         os.environ["LOFIT_BENCH_QUIET"] = "1"
-    budget = get_budget(arguments.budget)
-    overrides = _key_values(arguments.budget_set, "--budget-set")
+    if arguments.lm_eval_include:
+        os.environ["LOFIT_BENCH_LM_EVAL_INCLUDE"] = os.pathsep.join(str(path.resolve()) for path in arguments.lm_eval_include)
+    config = load_sweep_config(arguments.config) if arguments.config else SweepConfig()
+    methods = arguments.methods or config.methods
+    tasks = arguments.tasks or config.tasks
+    if not methods or not tasks:
+        raise UserError("name the methods and tasks to run: --methods a,b --tasks c,d (or a --config file)")
+    budget = get_budget(arguments.budget or config.budget or "paper")
+    overrides = config.budget_overrides | _key_values(arguments.budget_set, "--budget-set")
     if overrides:
-        from lofit_bench.budget import Budget
-
         budget = Budget.from_dict(budget.to_dict() | overrides)
-    model = ModelSettings(arguments.model or DEFAULT_MODEL, arguments.dtype, arguments.device, arguments.trust_remote_code)
-    specs = plan_sweep(arguments.methods, arguments.tasks, budget, model, arguments.seeds, _method_options(arguments.method_set))
-    out_dir = arguments.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    method_options = dict(config.method_options)
+    for name, options in _method_options(arguments.method_set).items():
+        method_options[name] = method_options.get(name, {}) | options
+    models = [
+        ModelSettings(name, arguments.dtype or config.dtype or "auto", arguments.device or config.device or "auto", arguments.trust_remote_code)
+        for name in (arguments.model or config.models or [DEFAULT_MODEL])
+    ]
+    seeds = arguments.seeds or config.seeds
+    specs = [spec for model in models for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options)]
+    out_dir = arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_folder(out_dir)
-    # Load once before any run: an unknown, unreachable or unsupported model fails here, with
-    # exit code 2, instead of as N failed runs (and the bundled model's cache is built once).
-    load_model(model.name, model.dtype, model.device, model.trust_remote_code)
-    print(f"lofit-bench: {len(specs)} run(s) on {model.name} with budget {budget.name!r} -> {out_dir}")
-    outcomes = run_sweep(specs, out_dir, force=arguments.force, progress=not arguments.quiet)
+    # Load each model once before any run: an unknown, unreachable or unsupported model fails
+    # here, with exit code 2, instead of as N failed runs (and the bundled model's cache is built once).
+    for model in models:
+        load_model(model.name, model.dtype, model.device, model.trust_remote_code)
+    executor = arguments.executor or config.executor or "process"
+    jobs = arguments.jobs or config.jobs or 1
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    names = ", ".join(model.name for model in models)
+    print(f"lofit-bench: {len(specs)} run(s) on {names} with budget {budget.name!r} -> {out_dir}")
+    outcomes = run_sweep(
+        specs, out_dir, force=arguments.force, progress=not arguments.quiet,
+        executor=executor, jobs=jobs, ray_address=arguments.ray_address,
+    )
     if any(outcome.status in ("ok", "skipped") for outcome in outcomes):
         from lofit_bench.report import build_report
 
         print()
         print(build_report(out_dir).markdown)
-        print(f"\nrecords: {out_dir / 'records'}; report: {out_dir / 'report.md'}, {out_dir / 'results.csv'}")
+        print(f"\nrecords: {out_dir / 'records'}; report: {out_dir / 'report.md'} (also .html, results.csv, results.json)")
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     if failed:
         print(f"lofit-bench: {len(failed)} of {len(outcomes)} run(s) failed; see their records", file=sys.stderr)
@@ -174,7 +219,7 @@ def command_report(arguments: argparse.Namespace) -> int:
 
     report = build_report(arguments.runs_dir)
     print(report.markdown)
-    print(f"\nwrote {arguments.runs_dir / 'report.md'} and {arguments.runs_dir / 'results.csv'}")
+    print(f"\nwrote report.md, report.html, results.csv and results.json in {arguments.runs_dir}")
     return 0
 
 
@@ -211,6 +256,8 @@ def command_list(arguments: argparse.Namespace) -> int:
         cls = host.tasks.get(name)
         rows.append([name, cls.objective, cls.evaluation, ", ".join(cls.metrics), ", ".join(cls.folds), cls.license, cls.description])
     print(tabulate(rows, headers=["task", "training", "evaluation", "metrics", "folds", "license", "description"], tablefmt="simple"))
+    for prefix in host.tasks.prefixes():
+        print(f"\n{prefix.prefix}:NAME  {prefix.description}  [{prefix.owner}]")
     return 0
 
 
@@ -231,4 +278,30 @@ def command_plugins(arguments: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "report": command_report, "list": command_list, "plugins": command_plugins}
+def command_heads(arguments: argparse.Namespace) -> int:
+    from lofit_bench.heads import HEATMAP_FILE, HeadSelection, describe, draw_heatmap, selections_in
+
+    for label, path in selections_in(arguments.run_dir):
+        selection = HeadSelection.load(path)
+        print(f"## {label}\n{describe(selection, arguments.top)}")
+        print(f"heatmap: {draw_heatmap(selection, path.parent / HEATMAP_FILE, title=label)}\n")
+    return 0
+
+
+def command_export_lm_eval(arguments: argparse.Namespace) -> int:
+    from lofit_bench.lmeval.export import export_lm_eval_tasks
+
+    tasks = export_lm_eval_tasks(arguments.out_dir)
+    print(f"wrote {len(tasks)} lm-eval task(s) into {arguments.out_dir.resolve()}: {', '.join(task.name for task in tasks)}")
+    print(f"run one with: lm_eval --model hf --model_args pretrained=MODEL_DIR --include_path {arguments.out_dir.resolve()} --tasks lofit_clutrr")
+    return 0
+
+
+COMMANDS = {
+    "run": command_run,
+    "report": command_report,
+    "list": command_list,
+    "plugins": command_plugins,
+    "heads": command_heads,
+    "export-lm-eval": command_export_lm_eval,
+}

@@ -25,9 +25,13 @@ ALLOWLIST_VARIABLE = "LOFIT_BENCH_LOAD_PLUGINS"
 
 BUILTIN_PLUGINS = (
     "lofit_bench.methods.zero_shot",
+    "lofit_bench.methods.lofit",
+    "lofit_bench.methods.iti",
+    "lofit_bench.methods.repe",
     "lofit_bench.tasks.truthfulqa",
     "lofit_bench.tasks.clutrr",
     "lofit_bench.tasks.mquake",
+    "lofit_bench.lmeval.tasks",  # the `lm_eval:` task-name prefix (lm-eval imported on use)
 )
 
 
@@ -165,6 +169,26 @@ class PluginHost:
                     f"plugin {plugin_name!r} raised in {hook_name} and was skipped: "
                     f"{type(error).__name__}: {error}"
                 )
+        self._collect_prefixes(plugin, plugin_name)
+
+    def _collect_prefixes(self, plugin: object, plugin_name: str) -> None:
+        implementation = getattr(plugin, "register_task_prefixes", None)
+        if implementation is None:
+            return
+
+        def register(prefix: str, resolve, description: str = "") -> None:
+            if not isinstance(prefix, str) or not prefix.isidentifier() or not callable(resolve):
+                warn_plugin(f"plugin {plugin_name!r} registered task prefix {prefix!r}, which is not a name with a resolver")
+            elif not self.tasks.add_prefix(prefix, resolve, description, owner=plugin_name):
+                warn_plugin(f"plugin {plugin_name!r} tried to register task prefix {prefix!r}, which is taken; kept the first")
+
+        try:
+            implementation(register=register)
+        except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
+            warn_plugin(
+                f"plugin {plugin_name!r} raised in register_task_prefixes and was skipped: "
+                f"{type(error).__name__}: {error}"
+            )
 
     def plugins(self) -> list[PluginInfo]:
         return sorted(self._info.values(), key=lambda info: (not info.builtin, info.name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import tempfile
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -81,19 +82,26 @@ def plan_sweep(
     """Validate every name up front (one clear error for all unknown ones), then expand."""
     host = get_host()
     method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
-    for task_class in host.tasks.resolve(tasks):
+    for task_name, task_class in zip(tasks, host.tasks.resolve(tasks), strict=True):
         task_class().data_summary()  # reads every split: a missing or broken file fails here
+        trained = [name for name, cls in method_classes.items() if cls.uses_training_data]
+        if task_class.objective == "none" and trained:
+            raise UserError(
+                f"task {task_name} provides no training data, but method(s) {', '.join(trained)} train; "
+                "use it with fit-free methods such as zero-shot"
+            )
     method_options = method_options or {}
     for name, options in method_options.items():
         if name not in method_classes:
             raise UserError(f"options were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
         method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
-    return [
+    specs = [
         RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})))
-        for method in methods
-        for task in tasks
-        for seed in (seeds or list(budget.seeds))
+        for method in dict.fromkeys(methods)
+        for task in dict.fromkeys(tasks)
+        for seed in dict.fromkeys(seeds or list(budget.seeds))
     ]
+    return specs
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -106,30 +114,50 @@ def check_output_folder(out_dir: Path) -> None:
 
 
 def run_sweep(
-    specs: list[RunSpec], out_dir: Path, force: bool = False, progress: bool = True, echo=print
+    specs: list[RunSpec],
+    out_dir: Path,
+    force: bool = False,
+    progress: bool = True,
+    echo=print,
+    executor: str = "process",
+    jobs: int = 1,
+    ray_address: str | None = None,
 ) -> list[RunOutcome]:
-    """Run every spec in order, skipping those whose record already says ``ok``."""
+    """Run every spec, skipping those whose record already says ``ok`` (unless ``force``).
+
+    Each record is written atomically the moment its run ends, so an interrupted sweep
+    (Ctrl-C, kill -9) loses only the runs in flight, and rerunning it resumes where it stopped.
+    See :mod:`lofit_bench.executors` for where runs execute.
+    """
+    from lofit_bench.executors import execute
+
     check_output_folder(out_dir)
-    outcomes = []
-    for index, spec in enumerate(specs, start=1):
+    labels = {spec.key: f"[{index}/{len(specs)}] {spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})"
+              for index, spec in enumerate(specs, start=1)}
+    outcomes: dict[str, RunOutcome] = {}
+    pending = []
+    for spec in specs:
         path = spec.record_path(out_dir)
-        label = f"[{index}/{len(specs)}] {spec.method} on {spec.task} (seed {spec.seed})"
         if not force and _finished(path):
-            echo(f"{label}: already done, skipped ({path.name}; --force reruns)")
-            outcomes.append(RunOutcome(spec, "skipped", path))
-            continue
-        echo(f"{label}: running")
-        record = execute_run(spec, out_dir, progress=progress)
+            echo(f"{labels[spec.key]}: already done, skipped ({path.name}; --force reruns)")
+            outcomes[spec.key] = RunOutcome(spec, "skipped", path)
+        else:
+            pending.append(spec)
+    if pending:
+        where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
+        echo(f"running {len(pending)} run(s) ({where})")
+    for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
+        path = spec.record_path(out_dir)
         write_json_atomic(path, record)
         if record["status"] == "ok":
             summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
-            echo(f"{label}: {summary} ({record['timings']['total_s']:.0f} s)")
-            outcomes.append(RunOutcome(spec, "ok", path))
+            echo(f"{labels[spec.key]}: {summary} ({record['timings']['total_s']:.0f} s)")
+            outcomes[spec.key] = RunOutcome(spec, "ok", path)
         else:
             error = record["error"]
-            echo(f"{label}: FAILED: {error['type']}: {error['message']} (recorded in {path})")
-            outcomes.append(RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}"))
-    return outcomes
+            echo(f"{labels[spec.key]}: FAILED: {error['type']}: {error['message']} (recorded in {path})")
+            outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}")
+    return [outcomes[spec.key] for spec in specs]
 
 
 def _finished(path: Path) -> bool:
@@ -141,10 +169,9 @@ def _finished(path: Path) -> bool:
         return False
 
 
-def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Run one spec and return its record (status ``failed`` with the error if it raised)."""
-    started = _now()
-    record: dict[str, Any] = {
+def empty_record(spec: RunSpec) -> dict[str, Any]:
+    """The part of a record known before a run starts (a crashed run's record is just this)."""
+    return {
         "schema": RECORD_SCHEMA,
         "key": spec.key,
         "status": "running",
@@ -154,8 +181,14 @@ def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str
         "budget": spec.budget.to_dict(),
         "model_settings": asdict(spec.model),
         "environment": environment(),
-        "started_at": started,
+        "started_at": _now(),
+        "pid": os.getpid(),
     }
+
+
+def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Run one spec and return its record (status ``failed`` with the error if it raised)."""
+    record = empty_record(spec)
     try:
         _execute(spec, out_dir, record, progress_enabled(progress))
         record["status"] = "ok"
@@ -215,6 +248,8 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         fold_record["eval_ids"] = result.example_ids
         fold_record["eval_tokens"] = scorer.tokens_processed
         fold_record["per_example"] = result.per_example
+        if result.details:
+            fold_record["evaluation_details"] = result.details
         method.save(artifacts / fold)
         record["trainable_parameters"] = {
             "count": method.trainable_parameters(),

@@ -84,3 +84,47 @@ def test_foreign_json_files_are_ignored(tmp_path):
     write(tmp_path, [fake_record("lofit", 1, 0.5)])
     (tmp_path / "records" / "other.json").write_text(json.dumps({"hello": 1}))
     assert len(build_report(tmp_path).rows) == 1
+
+
+def with_examples(record: dict, values: list[float], metric: str = "exact_match") -> dict:
+    record["folds"]["main"]["per_example"] = [{"id": str(i), metric: value} for i, value in enumerate(values)]
+    return record
+
+
+def test_p_value_against_lofit_on_paired_examples(tmp_path):
+    lofit = [1.0] * 40 + [0.0] * 10
+    same = list(lofit)
+    worse = [0.0] * 30 + [1.0] * 10 + [0.0] * 10
+    write(
+        tmp_path,
+        [
+            with_examples(fake_record("lofit", 1, 0.8), lofit),
+            with_examples(fake_record("zero-shot", 1, 0.8), same),
+            with_examples(fake_record("iti", 1, 0.2), worse),
+        ],
+    )
+    summary = {row.method: row for row in build_report(tmp_path).summary}
+    assert summary["lofit"].p_value is None
+    assert summary["zero-shot"].p_value == 1.0
+    assert summary["iti"].p_value < 0.001
+    markdown = (tmp_path / "report.md").read_text()
+    assert "p vs lofit" in markdown and "<0.001" in markdown
+
+
+def test_json_and_self_contained_html_are_written(tmp_path):
+    write(tmp_path, [with_examples(fake_record("lofit", 1, 0.5), [1.0, 0.0]), fake_record("zero-shot", 1, 0.1)])
+    build_report(tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {row["method"] for row in data["summary"]} == {"lofit", "zero-shot"}
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!doctype html>")
+    assert page.count("data:image/png;base64,") >= 3
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_pareto_front():
+    from lofit_bench.report_html import pareto_front
+
+    # (cost, accuracy): the cheap-and-bad and the costly-and-good points are on the front,
+    # the costly-and-bad one is not.
+    assert pareto_front([(1, 0.2), (100, 0.9), (1000, 0.5)]) == [0, 1]

@@ -80,7 +80,7 @@ def small_budget():
 
 def test_record_holds_everything_a_report_needs(tmp_path):
     specs = plan_sweep(["test-head-bias"], ["clutrr"], small_budget(), TINY)
-    [outcome] = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None)
+    [outcome] = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None, executor="inline")
     assert outcome.status == "ok"
     record = json.loads(outcome.path.read_text())
     assert record["status"] == "ok"
@@ -107,7 +107,7 @@ def test_a_failed_run_is_recorded_and_finished_records_survive(tmp_path):
         ["test-head-bias"], ["clutrr", "mquake"], small_budget(), TINY,
         method_options={"test-head-bias": {"fail_on_task": "mquake"}},
     )
-    outcomes = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None)
+    outcomes = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None, executor="inline")
     assert [outcome.status for outcome in outcomes] == ["ok", "failed"]
     ok, failed = (json.loads(outcome.path.read_text()) for outcome in outcomes)
     assert ok["status"] == "ok"
@@ -120,7 +120,7 @@ def test_cli_exits_1_when_a_run_failed_but_reports_the_rest(tmp_path, capsys):
     code = main([
         "run", "--methods", "test-head-bias", "--tasks", "clutrr,mquake", "--model", "tiny-random-llama",
         "--budget", "smoke", "--budget-set", "eval_examples=2", "--budget-set", "train_examples=8", "--budget-set", "max_length=1024",
-        "--method-set", "test-head-bias.fail_on_task=\"mquake\"", "--out", str(tmp_path), "--quiet",
+        "--method-set", "test-head-bias.fail_on_task=\"mquake\"", "--out", str(tmp_path), "--quiet", "--executor", "inline",
     ])
     captured = capsys.readouterr()
     assert code == 1
@@ -130,13 +130,13 @@ def test_cli_exits_1_when_a_run_failed_but_reports_the_rest(tmp_path, capsys):
 
 def test_resume_skips_finished_runs_and_force_reruns(tmp_path):
     specs = plan_sweep(["zero-shot", "test-head-bias"], ["clutrr"], small_budget(), TINY)
-    first = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None)
+    first = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None, executor="inline")
     assert [outcome.status for outcome in first] == ["ok", "ok"]
     stamp = first[0].path.stat().st_mtime_ns
-    again = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None)
+    again = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None, executor="inline")
     assert [outcome.status for outcome in again] == ["skipped", "skipped"]
     assert first[0].path.stat().st_mtime_ns == stamp
-    forced = run_sweep(specs[:1], tmp_path, force=True, progress=False, echo=lambda _: None)
+    forced = run_sweep(specs[:1], tmp_path, force=True, progress=False, echo=lambda _: None, executor="inline")
     assert forced[0].status == "ok"
     assert len(list((tmp_path / "records").glob("*.json"))) == 2
 

@@ -1,0 +1,179 @@
+"""``report.html``: the report's tables plus plots, as one self-contained page (images inlined,
+no scripts, no network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lofit_bench.report import COLUMN_HELP, REFERENCE_METHOD, Report, SummaryRow, task_table
+
+MAX_HEATMAPS = 6
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+figure { margin: 1em 0; } figcaption { font-size: 0.85em; color: #555; }
+img { max-width: 100%; }
+.warning { color: #a00; font-weight: bold; }
+"""
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats: lower or equal cost and higher or equal accuracy
+    (strictly better in one)."""
+    front = []
+    for index, (cost, accuracy) in enumerate(points):
+        dominated = any(
+            other_cost <= cost and other_accuracy >= accuracy and (other_cost < cost or other_accuracy > accuracy)
+            for other_cost, other_accuracy in points
+        )
+        if not dominated:
+            front.append(index)
+    return front
+
+
+def _scatter(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | None], label: str, log: bool) -> str | None:
+    plt = _pyplot()
+    tasks = sorted({row.task for row in rows})
+    figure, axes_list = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    drew = False
+    for axes, task in zip(axes_list[0], tasks, strict=True):
+        task_rows = [row for row in rows if row.task == task and cost(row) is not None]
+        if not task_rows:
+            axes.set_visible(False)
+            continue
+        drew = True
+        # Zero trainable parameters cannot sit on a log axis: draw them at 1 and say so.
+        points = [(max(float(cost(row)), 1.0) if log else float(cost(row)), 100 * row.primary) for row in task_rows]
+        front = pareto_front(points)
+        for index, (row, (x, y)) in enumerate(zip(task_rows, points, strict=True)):
+            axes.scatter([x], [y], s=60 if index in front else 30, edgecolor="black" if index in front else "none")
+            axes.annotate(row.method, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ordered = sorted(points[index] for index in front)
+        axes.plot([x for x, _ in ordered], [y for _, y in ordered], linestyle="--", color="grey", linewidth=1)
+        if log:
+            axes.set_xscale("log")
+        axes.set_xlabel(label)
+        axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
+        axes.set_title(task)
+    if not drew:
+        plt.close(figure)
+        return None
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _bars(rows: list[SummaryRow]) -> str:
+    plt = _pyplot()
+    tasks = sorted({row.task for row in rows})
+    figure, axes_list = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for axes, task in zip(axes_list[0], tasks, strict=True):
+        task_rows = [row for row in rows if row.task == task]
+        means = [100 * row.primary for row in task_rows]
+        errors = [100 * (row.metrics[row.primary_metric][1] or 0.0) for row in task_rows]
+        axes.bar(range(len(task_rows)), means, yerr=errors, capsize=4, color="#4c72b0")
+        axes.set_xticks(range(len(task_rows)), [row.method for row in task_rows], rotation=30, ha="right", fontsize=8)
+        axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
+        axes.set_title(task)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _heatmaps(runs_dir: Path) -> list[tuple[str, str]]:
+    from lofit_bench.errors import UserError
+    from lofit_bench.heads import HeadSelection, draw_heatmap, selections_in
+
+    try:
+        found = selections_in(runs_dir)
+    except UserError:
+        return []
+    images = []
+    with tempfile.TemporaryDirectory() as folder:
+        for index, (label, path) in enumerate(found[:MAX_HEATMAPS]):
+            if not label.startswith(REFERENCE_METHOD + " "):
+                continue
+            target = Path(folder) / f"{index}.png"
+            draw_heatmap(HeadSelection.load(path), target, title=label)
+            images.append((label, base64.b64encode(target.read_bytes()).decode()))
+    return images
+
+
+def write_html_report(runs_dir: Path, report: Report, records: list[dict[str, Any]]) -> Path:
+    from tabulate import tabulate
+
+    summary = report.summary
+    parts = [f"<h1>lofit-bench report: {html.escape(str(runs_dir))}</h1>"]
+    for line in report.markdown.splitlines()[2:6]:
+        if line.startswith("- "):
+            css = ' class="warning"' if "warning" in line else ""
+            parts.append(f"<p{css}>{html.escape(line[2:].replace('**', ''))}</p>")
+    for task in sorted({row.task for row in summary}):
+        rows = [row for row in summary if row.task == task]
+        headers, table = task_table(rows)
+        parts.append(f"<h2>{html.escape(task)} <small>(primary metric: {html.escape(rows[0].primary_metric)})</small></h2>")
+        parts.append(tabulate(table, headers=headers, tablefmt="html"))
+    if report.failed:
+        parts.append("<h2>Failed runs</h2><ul>")
+        for record in report.failed:
+            error = record.get("error") or {}
+            parts.append(
+                f"<li>{html.escape(record['method']['name'])} on {html.escape(record['task']['name'])} "
+                f"(seed {record['seed']}): {html.escape(str(error.get('type')))}: {html.escape(str(error.get('message')))}</li>"
+            )
+        parts.append("</ul>")
+    if summary:
+        figures = [
+            (_scatter(summary, lambda row: row.trainable_parameters, "trainable parameters (log; 0 drawn at 1)", True),
+             "Accuracy vs trainable parameters. Pareto front (no method is both smaller and better) outlined and dashed."),
+            (_scatter(summary, lambda row: row.peak_memory_mib, "peak memory (MiB; kind as in the tables)", False),
+             "Accuracy vs peak memory. Pareto front outlined and dashed."),
+            (_bars(summary), "Primary metric per task; error bars: sample std over seeds (none with one seed)."),
+        ]
+        parts.append("<h2>Plots</h2>")
+        for image, caption in figures:
+            if image:
+                parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{image}">'
+                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    heatmaps = _heatmaps(runs_dir)
+    if heatmaps:
+        parts.append("<h2>LoFiT's selected heads</h2>")
+        for label, image in heatmaps:
+            parts.append(f'<figure><img alt="heads of {html.escape(label)}" src="data:image/png;base64,{image}">'
+                         f"<figcaption>{html.escape(label)}: stage-1 scores by layer and head; chosen heads outlined.</figcaption></figure>")
+    parts.append("<h2>Columns</h2><ul>")
+    parts += [f"<li><b>{html.escape(name)}</b>: {html.escape(text)}</li>" for name, text in COLUMN_HELP.items()]
+    parts.append("</ul>")
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>lofit-bench report</title><style>{STYLE}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
+    path = runs_dir / "report.html"
+    path.write_text(page)
+    return path
