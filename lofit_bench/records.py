@@ -48,6 +48,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
             stream.write("\n")
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; records are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
