@@ -147,3 +147,28 @@ class Method(ABC):
     @classmethod
     def from_options(cls, options: dict[str, Any] | None = None) -> Method:
         return cls(cls.config_class.from_dict(options or {}))
+
+
+def resolve_paper_defaults(
+    method: str, task: str, configured: dict[str, Any], paper: dict[str, dict[str, Any]], source: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Hyper-parameters as a run uses them: the config's value where set, else the paper's for the task.
+
+    ``configured`` maps field names to the config's values (None: unset); ``paper`` maps task
+    names to the paper's values; ``source`` names the table (recorded beside each value). A
+    task the paper has no value for must get it from the user, and the error says how.
+    """
+    missing = [name for name, value in configured.items() if value is None and name not in paper.get(task, {})]
+    if missing:
+        raise UserError(
+            f"{method} has paper defaults ({source}) only for {', '.join(sorted(paper))}; for task {task!r} set "
+            f"{', '.join(f'{method}.{name}' for name in missing)} with --method-set {method}.FIELD=VALUE"
+        )
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, value in configured.items():
+        if value is not None:
+            values[name], sources[name] = value, "config"
+        else:
+            values[name], sources[name] = paper[task][name], source
+    return values, sources

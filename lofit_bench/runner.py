@@ -228,6 +228,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         with watch.phase("load_model"):
             lm = load_model(spec.model.name, spec.model.dtype, spec.model.device, spec.model.trust_remote_code)
         record["model"] = lm.describe()
+        base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
         memory = memory or MemoryMeter(lm.device)
         set_seed(spec.seed)
         method: Method = method_class.from_options(spec.method_options)
@@ -253,9 +254,9 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         method.save(artifacts / fold)
         record["trainable_parameters"] = {
             "count": method.trainable_parameters(),
-            "percent_of_base": 100.0 * method.trainable_parameters() / lm.parameter_count,
+            "percent_of_base": 100.0 * method.trainable_parameters() / base_parameters,
             "stored_values": method.stored_values(),
-            "base_parameters": lm.parameter_count,
+            "base_parameters": base_parameters,
         }
         method.remove()
         del lm, method, scorer

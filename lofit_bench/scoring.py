@@ -4,6 +4,11 @@ Tokenisation follows lm-eval's convention, so scores are comparable with it: the
 ``context + continuation`` are encoded, and the continuation's tokens are what the whole
 encoding has beyond the context's. Requests that share a context (the choices of one
 multiple-choice question) reuse the context's KV cache.
+
+A model carrying a :class:`~lofit_bench.prompt_positions.PromptListener` (a method that edits
+prompt positions only, e.g. LoReFT) is told where each call's prompt is: the context when
+scoring (each request then takes one forward pass over context + continuation, since a cached
+context would have to know its prompt's end in advance), the prompt when generating.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ import torch
 from torch import nn
 
 from lofit_bench.progress import progress_bar
+from lofit_bench.prompt_positions import (
+    PromptListener,
+    PromptSpans,
+    declare_prompt,
+    find_prompt_listeners,
+)
 
 MIN_SHARED_PREFIX = 16  # tokens; below this, copying a cache costs more than recomputing
 
@@ -97,26 +108,31 @@ class Scorer:
             groups.setdefault(tuple(context_ids), []).append((index, continuation_ids))
         scores = [0.0] * len(requests)
         self.model.eval()
-        prefix = self._shared_prefix([list(context) for context in groups]) if self.reuse_context_cache else None
+        listeners = find_prompt_listeners(self.model)
+        reuse_cache = self.reuse_context_cache and not listeners
+        prefix = self._shared_prefix([list(context) for context in groups]) if reuse_cache else None
         with progress_bar(total=len(requests), description=description, enabled=self.progress) as bar:
             for context_ids, members in groups.items():
                 for start in range(0, len(members), self.batch_size):
                     chunk = members[start : start + self.batch_size]
                     values = (
                         self._score_shared_context(list(context_ids), [ids for _, ids in chunk], prefix)
-                        if self.reuse_context_cache and context_ids
-                        else self._score_full([(list(context_ids), ids) for _, ids in chunk])
+                        if reuse_cache and context_ids
+                        else self._score_full([(list(context_ids), ids) for _, ids in chunk], listeners)
                     )
                     for (index, _), value in zip(chunk, values, strict=True):
                         scores[index] = value
                     bar.update(len(chunk))
         return scores
 
-    def _score_full(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+    def _score_full(
+        self, pairs: list[tuple[list[int], list[int]]], listeners: Sequence[PromptListener] = ()
+    ) -> list[float]:
         """Reference path: one right-padded forward over context + continuation."""
         sequences = [context + continuation for context, continuation in pairs]
         input_ids, attention_mask = self._right_pad(sequences)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        with declare_prompt(listeners, PromptSpans.right_padded([len(context) for context, _ in pairs])):
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         log_probs = torch.log_softmax(logits, dim=-1)
         self.tokens_processed += int(attention_mask.sum())
         results = []
@@ -200,22 +216,24 @@ class Scorer:
         previous_side = tokenizer.padding_side
         tokenizer.padding_side = "left"
         self.model.eval()
+        listeners = find_prompt_listeners(self.model)
         results: list[Generation] = []
         try:
             with progress_bar(total=len(prompts), description=description, enabled=self.progress) as bar:
                 for start in range(0, len(prompts), self.batch_size):
                     chunk = list(prompts[start : start + self.batch_size])
                     encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
-                    output = self.model.generate(
-                        **encoded,
-                        do_sample=False,
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=tokenizer.pad_token_id,
-                        eos_token_id=tokenizer.eos_token_id,
-                        temperature=None,
-                        top_p=None,
-                        top_k=None,
-                    )
+                    with declare_prompt(listeners, PromptSpans.left_padded(encoded["attention_mask"])):
+                        output = self.model.generate(
+                            **encoded,
+                            do_sample=False,
+                            max_new_tokens=max_new_tokens,
+                            pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id,
+                            temperature=None,
+                            top_p=None,
+                            top_k=None,
+                        )
                     prompt_width = encoded["input_ids"].shape[1]
                     self.tokens_processed += int(encoded["attention_mask"].sum()) + output[:, prompt_width:].numel()
                     for row, prompt in enumerate(chunk):

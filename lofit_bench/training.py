@@ -26,6 +26,12 @@ from torch import nn
 from lofit_bench.budget import Budget
 from lofit_bench.errors import UserError
 from lofit_bench.progress import progress_enabled
+from lofit_bench.prompt_positions import (
+    PromptListener,
+    PromptSpans,
+    declare_prompt,
+    find_prompt_listeners,
+)
 from lofit_bench.task import Objective, PreferenceExample, SFTExample
 
 DPO_BETA = 0.5  # LoFiT's TruthfulQA setting (the lo-fit script default)
@@ -143,19 +149,29 @@ def _model_left_as_found(model: nn.Module) -> Iterator[None]:
     They patch ``forward`` on the instance (trl's fused LM head, accelerate's wrapper), add
     instance attributes, turn ``config.use_cache`` off and leave the model in train mode;
     evaluation and a method's ``remove()`` must see the model as it was, trained values aside.
+    For a peft model the same holds for the wrapped base model (trl patches that one), and
+    adapters trl added (DPO's frozen ``"ref"`` copy of the adapter) are deleted.
     """
-    attributes = dict(model.__dict__)
+    instances = [model]
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else None
+    if base is not None and base is not model:
+        instances.append(base)
+    attributes = [dict(instance.__dict__) for instance in instances]
+    adapters = set(getattr(model, "peft_config", {}) or {})
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
     try:
         yield
     finally:
-        for name in set(model.__dict__) - set(attributes):
-            del model.__dict__[name]
-        for name, value in attributes.items():
-            if model.__dict__.get(name) is not value:
-                model.__dict__[name] = value
-        model.train(attributes["training"])
+        for instance, found in zip(instances, attributes, strict=True):
+            for name in set(instance.__dict__) - set(found):
+                del instance.__dict__[name]
+            for name, value in found.items():
+                if instance.__dict__.get(name) is not value:
+                    instance.__dict__[name] = value
+        for adapter in sorted(set(getattr(model, "peft_config", {}) or {}) - adapters):
+            model.delete_adapter(adapter)
+        model.train(attributes[0]["training"])
         if config is not None and use_cache is not None:
             config.use_cache = use_cache
 
@@ -249,6 +265,7 @@ def _build_trainer(
         trainer_class = _with_extra_loss(DPOTrainer, extra_loss)
     else:
         raise ValueError(f"unknown objective {objective!r}; expected 'sft' or 'dpo'")
+    trainer_class = _declaring_prompts(trainer_class, find_prompt_listeners(model))
     kwargs: dict[str, Any] = dict(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     if peft_config is not None:
         kwargs["peft_config"] = peft_config
@@ -288,6 +305,35 @@ def _loss_positions_only(trainer_class: type) -> type:
 
     LossPositionsTrainer.__name__ = f"LossPositions{trainer_class.__name__}"
     return LossPositionsTrainer
+
+
+def _declaring_prompts(trainer_class: type, listeners: list[PromptListener]) -> type:
+    """A trainer that tells prompt listeners (LoReFT) where each batch's prompts end.
+
+    Batches are right-padded from column 0 by both trl collators; the prompt ends where the
+    completion starts (SFT: the first label that is not -100; DPO: ``completion_mask``). DPO's
+    reference pass is declared as such, so the listener can leave the base model as the reference.
+    """
+    if not listeners:
+        return trainer_class
+
+    def spans(inputs: dict[str, Any]) -> PromptSpans:
+        completion = inputs["completion_mask"] if "completion_mask" in inputs else inputs["labels"] != -100
+        return PromptSpans.before_first(completion, inputs.get("attention_mask"))
+
+    class PromptDeclaringTrainer(trainer_class):  # type: ignore[valid-type, misc]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with declare_prompt(listeners, spans(inputs)):
+                return super().compute_loss(
+                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
+
+        def compute_ref_log_probs(self, model, inputs):  # DPO only (trl's precomputed reference)
+            with declare_prompt(listeners, spans(inputs).as_reference()):
+                return super().compute_ref_log_probs(model, inputs)
+
+    PromptDeclaringTrainer.__name__ = f"PromptDeclaring{trainer_class.__name__}"
+    return PromptDeclaringTrainer
 
 
 def _with_extra_loss(trainer_class: type, extra_loss: ExtraLoss | None) -> type:

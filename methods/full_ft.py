@@ -1,0 +1,248 @@
+"""Full fine-tuning: every weight of the model trained with the task's objective.
+
+Not a baseline of the LoFiT paper (no table reports it; ../shared/research/methods.md
+section 5), so its settings are ours, chosen to be the usual ones: every parameter trained
+with AdamW (eps 1e-8, weight decay 0.01, linear decay, gradient clipping 1.0, the harness's
+shared settings), the same SFT / DPO objectives, epochs, batch size and sequence length as
+every other method. Trained values: all of the model's parameters (tied embeddings once).
+
+Learning rate: 1e-5 for SFT (the common full fine-tuning rate for 0.1B-7B decoder models
+with AdamW) and 1e-6 for DPO (trl's DPO default; preference training of all weights is run
+well below the SFT rate). Optionally tuned: with ``tune_learning_rates`` each listed rate (at
+most ``budget.trials``) trains from the original weights and is scored on the dev split; the
+best weights are kept and every trial's training is recorded (never the test split).
+
+Precision: trained in fp32. On a bf16 / fp16 model the parameters are cast to fp32 for
+training (an AdamW update of ~1e-5 is below bf16's resolution for most weights and would be
+lost) and back to the model's dtype afterwards, so the evaluation runs in the same dtype as
+every other method's. Optimizer state: two fp32 values per parameter, plus the gradients.
+
+Restoring the model: ``remove()`` must leave the model as it was, so ``prepare`` keeps a copy
+of every weight in CPU memory (tied weights once). It is allocated inside the runner's
+measured fit phase: on CPU it counts in the peak RSS, on CUDA it is host memory and does not
+count in the GPU peak. With tuning, the best trial's weights are kept in a second CPU copy.
+The record states both sizes. Saved state: a safetensors file of the whole state dict
+(safetensors' ``save_model``, which stores tied weights once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lofit_bench import hookimpl
+from lofit_bench.errors import UserError
+from lofit_bench.method import FitContext, Method, MethodConfig
+from lofit_bench.models import LoadedModel
+from lofit_bench.training import OptimizerSettings, TrainResult, train
+
+STATE_FILE = "model.safetensors"
+#: Our defaults (the paper has no full fine-tuning): see the module docstring.
+DEFAULT_LEARNING_RATES = {"sft": 1e-5, "dpo": 1e-6}
+MIB = 1024 * 1024
+
+
+@dataclass
+class FullFTConfig(MethodConfig):
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "AdamW learning rate; None: 1e-5 for SFT tasks, 1e-6 for DPO (our choice)"}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    tune_learning_rates: list[float] = field(
+        default_factory=list,
+        metadata={"help": "optional: learning rates to try (at most the budget's trials), each trained from the "
+                  "original weights and scored on the dev split; the best is kept. Empty: no tuning"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is not None and not _positive(self.learning_rate):
+            raise UserError(f"full-ft.learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not (_number(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"full-ft.weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.tune_learning_rates, list) or not all(_positive(value) for value in self.tune_learning_rates):
+            raise UserError(
+                "full-ft.tune_learning_rates must be a JSON list of positive numbers, e.g. [1e-5,3e-5], "
+                f"got {self.tune_learning_rates!r}"
+            )
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive(value: object) -> bool:
+    return _number(value) and value > 0  # type: ignore[operator]
+
+
+class WeightSnapshot:
+    """A CPU copy of a model's parameters and buffers (shared tensors once) and their flags."""
+
+    def __init__(self, model: nn.Module) -> None:
+        copies: dict[int, torch.Tensor] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        for name, tensor in model.state_dict(keep_vars=False).items():
+            key = tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.element_size()
+            if key not in copies:
+                copies[key] = tensor.detach().to("cpu", copy=True)
+            self.tensors[name] = copies[key]
+        self.nbytes = sum(tensor.numel() * tensor.element_size() for tensor in copies.values())
+        self.requires_grad = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
+        """Put every value (and its dtype and requires_grad flag) back, in place."""
+        parameters = dict(model.named_parameters())
+        for name, parameter in parameters.items():
+            saved = self.tensors[name]
+            if parameter.dtype != saved.dtype:
+                parameter.data = parameter.data.to(saved.dtype)
+        model.load_state_dict(self.tensors, strict=True)
+        for name, parameter in parameters.items():
+            parameter.requires_grad_(self.requires_grad[name])
+
+
+class FullFineTuning(Method):
+    """Every weight trained, AdamW, fp32 master weights."""
+
+    name = "full-ft"
+    description = "Full fine-tuning: every weight trained with AdamW (fp32), same objectives and budget"
+    config_class = FullFTConfig
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.config: FullFTConfig
+        self.original: WeightSnapshot | None = None
+        self.trained = False
+
+    # -- life cycle ------------------------------------------------------------------------
+    def prepare(self, lm: LoadedModel) -> None:
+        self.lm = lm
+        self.original = WeightSnapshot(lm.model)  # for remove(); inside the measured fit phase
+
+    def fit(self, context: FitContext) -> dict[str, Any]:
+        self.require_prepared()
+        objective = context.task.objective
+        candidates = list(self.config.tune_learning_rates)
+        if len(candidates) > context.budget.trials:
+            raise UserError(
+                f"full-ft.tune_learning_rates has {len(candidates)} values, more than the budget's "
+                f"{context.budget.trials} trials"
+            )
+        if self.config.learning_rate is not None:
+            learning_rate, source = self.config.learning_rate, "config"
+        else:
+            learning_rate, source = DEFAULT_LEARNING_RATES[objective], f"our default for {objective} (no paper value)"
+        if not candidates:
+            result = self._train(context, learning_rate, "full_ft")
+            tuning: dict[str, Any] = {}
+            total = result
+        else:
+            _, tuning, total = self._tune(context, candidates)
+            learning_rate, source = tuning["chosen_learning_rate"], f"tuned on dev ({tuning['metric']})"
+        self.trained = True
+        assert self.original is not None
+        return {
+            "training": total.to_dict(),
+            "hyperparameters": {"learning_rate": learning_rate, "weight_decay": self.config.weight_decay,
+                                "sources": {"learning_rate": source}, "master_dtype": "fp32"},
+            "restore_copy_mib": round(self.original.nbytes / MIB, 1),
+            **({"tuning": tuning} if tuning else {}),
+        }
+
+    def trainable_parameters(self) -> int:
+        return self.require_prepared().parameter_count if self.trained else 0
+
+    def remove(self) -> None:
+        if self.original is not None and self.lm is not None:
+            self.original.restore(self.lm.model)
+        self.original = None
+        self.trained = False
+        self.lm = None
+
+    # -- training ------------------------------------------------------------------------------
+    def _train(self, context: FitContext, learning_rate: float, tag: str) -> TrainResult:
+        """One run from the original weights: all parameters trainable, in fp32, cast back after."""
+        lm = self.require_prepared()
+        assert self.original is not None
+        self.original.restore(lm.model)
+        parameters = list(lm.model.parameters())
+        for parameter in parameters:
+            if parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+            parameter.requires_grad_(True)
+        try:
+            return train(
+                lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
+                OptimizerSettings(learning_rate, weight_decay=self.config.weight_decay), context.seed,
+                context.work_dir / tag, progress=context.progress,
+            )
+        finally:
+            with torch.no_grad():
+                for name, parameter in lm.model.named_parameters():
+                    original = self.original.tensors[name]
+                    if parameter.dtype != original.dtype:
+                        parameter.data = parameter.data.to(original.dtype)
+                    parameter.requires_grad_(self.original.requires_grad[name])
+                    parameter.grad = None
+
+    def _tune(self, context: FitContext, candidates: list[float]) -> tuple[TrainResult, dict[str, Any], TrainResult]:
+        """Each candidate from the original weights, scored on dev; the best weights are kept."""
+        from lofit_bench.scoring import Scorer
+
+        lm = self.require_prepared()
+        metric = context.task.primary_metric
+        trials: list[dict[str, Any]] = []
+        results: list[TrainResult] = []
+        best: tuple[float, int, WeightSnapshot] | None = None
+        for index, learning_rate in enumerate(candidates):
+            result = self._train(context, learning_rate, f"full_ft_{index}")
+            scorer = Scorer(lm.model, lm.tokenizer, context.budget.eval_batch_size, context.progress)
+            dev = context.task.evaluate(scorer, context.fold, "dev", limit=context.budget.dev_examples)
+            score = dev.metrics[metric]
+            trials.append({"learning_rate": learning_rate, f"dev_{metric}": score, "final_loss": result.final_loss,
+                           "dev_examples": dev.size})
+            results.append(result)
+            if best is None or score > best[0]:
+                best = None  # free the previous best copy before taking the new one
+                best = (score, index, WeightSnapshot(lm.model))
+        assert best is not None
+        _, index, weights = best
+        weights.restore(lm.model)
+        total = TrainResult(
+            objective=results[index].objective, examples=results[index].examples, epochs=results[index].epochs,
+            steps=sum(r.steps for r in results), seconds=sum(r.seconds for r in results),
+            tokens=sum(r.tokens for r in results), losses=results[index].losses, over_length=results[index].over_length,
+        )
+        tuning = {"split": "dev", "metric": metric, "trials": trials, "chosen_learning_rate": candidates[index],
+                  "best_copy_mib": round(weights.nbytes / MIB, 1)}
+        return results[index], tuning, total
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        if self.trained:
+            from safetensors.torch import save_model
+
+            save_model(self.require_prepared().model, str(directory / STATE_FILE), metadata={"method": self.name})
+
+    def load(self, directory: Path) -> None:
+        from safetensors.torch import load_model
+
+        super().load(directory)
+        lm = self.require_prepared()
+        missing, unexpected = load_model(lm.model, str(directory / STATE_FILE), strict=False)
+        if missing or unexpected:
+            raise UserError(
+                f"{directory / STATE_FILE} does not fit this model (missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]})"
+            )
+        self.trained = True
+
+
+@hookimpl
+def register_methods(register):
+    register(FullFineTuning)

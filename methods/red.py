@@ -1,0 +1,142 @@
+"""RED: Representation EDiting with a learned scale and bias, in the LoFiT paper's variant.
+
+Wu et al., "Advancing Parameter Efficiency in Fine-tuning via Representation Editing", ACL 2024,
+arXiv:2402.15179. As re-implemented for the LoFiT paper (Yin et al. 2024, arXiv:2406.01563,
+Table 3; spec: ../shared/research/methods.md sections 6 and 9, gotcha 17): the edited
+representation is not the FFN output of the RED paper but the output z^(l,i) of *every*
+attention head i of *every* layer l (the input of the attention output projection, LoFiT's
+site), with no head selection. Per head a scale s and a bias b of size head_dim:
+
+    z^(l,i) <- s^(l,i) * z^(l,i) + b^(l,i),   s initialised to 1, b to 0 (the edit starts as identity)
+
+Here the scale is stored as a residual A with s = 1 + A (the shared head-edit module's
+convention, :mod:`lofit_bench.interventions`), so A = 0 at start is RED's s = 1 exactly, and
+b is the vector named ``shift`` (the Trainer exempts parameters named "bias" from weight
+decay; here both vectors are decayed alike, A towards s = 1). s and b are trained jointly
+with the task's objective: SFT, or DPO against the model as it is when training starts,
+which is the base model, the edit starting as the identity.
+
+Trained values: 2 * L * H * head_dim (Llama-2-7B: 2 x 32 x 32 x 128 = 262,144, Table 3's
+262 K). Learning rates default to the paper's Table 7 for Llama-2-7B (TruthfulQA 5e-4,
+MQuAKE 1e-3, CLUTRR 5e-3); other tasks need ``red.learning_rate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lofit_bench import hookimpl
+from lofit_bench.errors import UserError
+from lofit_bench.interventions import (
+    Attachment,
+    HeadIntervention,
+    load_intervention,
+    save_intervention,
+)
+from lofit_bench.method import FitContext, Method, MethodConfig, resolve_paper_defaults
+from lofit_bench.models import LoadedModel
+from lofit_bench.training import OptimizerSettings, train
+
+STATE_FILE = "red_vectors.safetensors"
+SUBMODULE = "red_heads"  # where the vectors hang on the model (model.red_heads)
+
+#: Paper Table 7, Llama-2-7B.
+PAPER_TABLE_7 = {
+    "truthfulqa": {"learning_rate": 5e-4},
+    "mquake": {"learning_rate": 1e-3},
+    "clutrr": {"learning_rate": 5e-3},
+}
+
+
+@dataclass
+class REDConfig(MethodConfig):
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task"}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is not None and not _positive(self.learning_rate):
+            raise UserError(f"red.learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not (_number(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"red.weight_decay must be a number >= 0, got {self.weight_decay!r}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive(value: object) -> bool:
+    return _number(value) and value > 0  # type: ignore[operator]
+
+
+class RED(Method):
+    """A trained scale and bias on every attention head's output (LoFiT's RED variant)."""
+
+    name = "red"
+    description = "RED (Wu et al. 2024), LoFiT's variant: scale and bias on every attention head output"
+    config_class = REDConfig
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.config: REDConfig
+        self.attachment: Attachment | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+    def prepare(self, lm: LoadedModel) -> None:
+        if hasattr(lm.model, SUBMODULE):
+            raise RuntimeError(f"the model already carries {SUBMODULE!r}: another RED is attached")
+        self.lm = lm
+        # Zero vectors: scale 1 + 0 and bias 0, RED's identity initialisation.
+        self.attachment = HeadIntervention(lm.layout, scale=True, shift=True).attach(lm.model, lm.layout, SUBMODULE)
+
+    def fit(self, context: FitContext) -> dict[str, Any]:
+        lm = self.require_prepared()
+        values, sources = resolve_paper_defaults(
+            self.name, context.task.name, {"learning_rate": self.config.learning_rate}, PAPER_TABLE_7,
+            "paper Table 7 (Llama-2-7B)",
+        )
+        result = train(
+            lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
+            OptimizerSettings(values["learning_rate"], weight_decay=self.config.weight_decay),
+            context.seed, context.work_dir / "red", progress=context.progress,
+        )
+        return {
+            "training": result.to_dict(),
+            "hyperparameters": {**values, "weight_decay": self.config.weight_decay, "sources": sources},
+            "heads": lm.layout.total_heads,
+        }
+
+    def trainable_parameters(self) -> int:
+        if self.attachment is None:
+            return 0
+        return sum(parameter.numel() for parameter in self.attachment.intervention.parameters())
+
+    def remove(self) -> None:
+        self._detach()
+        self.lm = None
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        if self.attachment is not None:
+            save_intervention(self.attachment.intervention, directory / STATE_FILE, metadata={"method": self.name})
+
+    def load(self, directory: Path) -> None:
+        super().load(directory)
+        lm = self.require_prepared()
+        intervention = load_intervention(directory / STATE_FILE, lm.layout)
+        self._detach()
+        self.attachment = intervention.attach(lm.model, lm.layout, SUBMODULE)
+
+    def _detach(self) -> None:
+        if self.attachment is not None:
+            self.attachment.remove()
+            self.attachment = None
+
+
+@hookimpl
+def register_methods(register):
+    register(RED)
