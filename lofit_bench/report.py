@@ -8,6 +8,7 @@ aggregated table and the rows) and ``report.html`` (self-contained, with plots).
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -97,12 +98,27 @@ def format_p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def method_label(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """The method's name, plus its options when the folder holds several configs of it (so two
+    configs are never averaged together as if they were seeds)."""
+    name = record["method"]["name"]
+    variants = {
+        json.dumps(other["method"].get("options") or {}, sort_keys=True)
+        for other in records
+        if other["method"]["name"] == name
+    }
+    options = record["method"].get("options") or {}
+    if len(variants) < 2 or not options:
+        return name
+    return f"{name} [{', '.join(f'{key}={json.dumps(value)}' for key, value in sorted(options.items()))}]"
+
+
 def summarize(records: list[dict[str, Any]]) -> list[SummaryRow]:
     """Aggregate finished records per (task, method); p-values against LoFiT's examples."""
+    finished = [record for record in records if record.get("status") == "ok"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        if record.get("status") == "ok":
-            groups[(record["task"]["name"], record["method"]["name"])].append(record)
+    for record in finished:
+        groups[(record["task"]["name"], method_label(record, finished))].append(record)
     summary = []
     for (task, method), items in sorted(groups.items()):
         first = items[0]

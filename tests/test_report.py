@@ -128,3 +128,12 @@ def test_pareto_front():
     # (cost, accuracy): the cheap-and-bad and the costly-and-good points are on the front,
     # the costly-and-bad one is not.
     assert pareto_front([(1, 0.2), (100, 0.9), (1000, 0.5)]) == [0, 1]
+
+
+def test_two_configs_of_one_method_are_not_averaged_as_seeds(tmp_path):
+    tuned = fake_record("lofit", 1, 0.4)
+    tuned["method"]["options"] = {"stage2_learning_rate": 0.3}
+    write(tmp_path, [fake_record("lofit", 1, 0.1), tuned])
+    rows = {row.method: row for row in build_report(tmp_path).summary}
+    assert set(rows) == {"lofit", "lofit [stage2_learning_rate=0.3]"}
+    assert rows["lofit"].metrics["exact_match"][0] == 0.1
