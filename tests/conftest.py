@@ -40,3 +40,15 @@ def isolated_cache(
 def tiny_lm() -> LoadedModel:
     """A fresh 2-layer, 4-head random Llama with the byte-level tokenizer (fp32, CPU)."""
     return load_model("tiny-random-llama", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def builtin_host():
+    """The process-wide plugin host with built-ins only (installed plugins must not leak in)."""
+    from lofit_bench import plugins
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(plugins.ALLOWLIST_VARIABLE, "")
+        plugins.reset_host()
+        yield plugins.get_host()
+        plugins.reset_host()

@@ -8,31 +8,15 @@ import json
 
 import pytest
 import torch
+from method_helpers import TINY, small_budget
 
 from lofit_bench import plugins
-from lofit_bench.budget import get_budget
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext
 from lofit_bench.methods import full_ft as full_ft_module
 from lofit_bench.methods.full_ft import FullFineTuning, FullFTConfig
 from lofit_bench.models import load_model
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
-
-TINY = ModelSettings("tiny-random-llama", device="cpu")
-
-
-def small_budget(**changes):
-    values = {"train_examples": 8, "eval_examples": 2, "epochs": 1, "max_length": 1024} | changes
-    return get_budget("smoke").replace(**values)
-
-
-@pytest.fixture(scope="module")
-def builtin_host():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(plugins.ALLOWLIST_VARIABLE, "")
-        plugins.reset_host()
-        yield plugins.get_host()
-        plugins.reset_host()
+from lofit_bench.runner import plan_sweep, run_sweep
 
 
 def logits(lm) -> torch.Tensor:

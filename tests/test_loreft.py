@@ -8,33 +8,18 @@ import json
 
 import pytest
 import torch
+from method_helpers import TINY, small_budget
 
 from lofit_bench import plugins
-from lofit_bench.budget import get_budget
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext
 from lofit_bench.methods.loreft import LoReFT, LoReFTConfig, LoReFTEdits, edited_positions
 from lofit_bench.models import load_model
 from lofit_bench.prompt_positions import PromptSpans, declare_prompt
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.runner import plan_sweep, run_sweep
 from lofit_bench.scoring import Scorer, _cache_argument
 
-TINY = ModelSettings("tiny-random-llama", device="cpu")
 PROMPT = "Alice is Bob's sister. Who is Alice to Bob?"
-
-
-def small_budget(**changes):
-    values = {"train_examples": 8, "eval_examples": 2, "epochs": 1, "max_length": 1024} | changes
-    return get_budget("smoke").replace(**values)
-
-
-@pytest.fixture(scope="module")
-def builtin_host():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(plugins.ALLOWLIST_VARIABLE, "")
-        plugins.reset_host()
-        yield plugins.get_host()
-        plugins.reset_host()
 
 
 def logits(lm, text: str = PROMPT) -> torch.Tensor:
