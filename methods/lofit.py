@@ -53,7 +53,7 @@ folder, its artefacts folder); with several (e.g. TruthfulQA's two folds) it lis
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ from lofit_bench.interventions import (
     resolve_head_count,
     save_intervention,
 )
-from lofit_bench.method import FitContext, Method, MethodConfig
+from lofit_bench.method import FitContext, Method, MethodConfig, resolve_paper_defaults
 from lofit_bench.models import LoadedModel
 from lofit_bench.training import OptimizerSettings, TrainResult, train
 
@@ -190,24 +190,14 @@ def _positive(value: object) -> bool:
 
 def resolve_hyperparameters(config: LoFiTConfig, task: str, needs_stage1: bool) -> dict[str, Any]:
     """The values this run uses: the config's where set, else the paper's Table 6 for the task."""
-    paper = PAPER_TABLE_6.get(task)
     names = ["stage2_learning_rate"] + (["stage1_learning_rate", "l1_lambda"] if needs_stage1 else [])
-    missing = [name for name in names if getattr(config, name) is None and paper is None]
-    if missing:
-        raise UserError(
-            f"LoFiT has paper defaults (Table 6) only for {', '.join(sorted(PAPER_TABLE_6))}; for task "
-            f"{task!r} set {', '.join(f'lofit.{name}' for name in missing)} with --method-set lofit.FIELD=VALUE"
-        )
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for name in ("stage1_learning_rate", "l1_lambda", "stage2_learning_rate"):
-        configured = getattr(config, name)
+    paper = {name: asdict(settings) for name, settings in PAPER_TABLE_6.items()}
+    values, sources = resolve_paper_defaults(
+        "lofit", task, {name: getattr(config, name) for name in names}, paper, "paper Table 6 (Llama-2-7B, 3% heads)"
+    )
+    for name in ("stage1_learning_rate", "l1_lambda"):
         if name not in names:
             values[name], sources[name] = None, "unused (no stage 1 with this head_source)"
-        elif configured is not None:
-            values[name], sources[name] = configured, "config"
-        else:
-            values[name], sources[name] = getattr(paper, name), "paper Table 6 (Llama-2-7B, 3% heads)"
     values.update(init_std=config.init_std, weight_decay=config.weight_decay, sources=sources)
     return values
 
