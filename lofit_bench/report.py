@@ -165,8 +165,7 @@ def build_report(runs_dir: Path, write: bool = True, html: bool = True) -> Repor
 
     lines = [f"# lofit-bench report: {runs_dir}", ""]
     lines += [f"- model: {', '.join(models) or '-'}", f"- budget: {'; '.join(budgets)}"]
-    if len(budgets) > 1:
-        lines.append("- **warning: runs in this folder used different budgets; compare with care**")
+    lines += [f"- **warning: {line}**" for line in budget_differences(records)]
     lines.append("")
     for task in sorted({row.task for row in summary}):
         rows = [row for row in summary if row.task == task]
@@ -230,6 +229,21 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
         for row in rows
     ]
     return headers, table
+
+
+def budget_differences(records: list[dict[str, Any]]) -> list[str]:
+    """One line per budget field on which the folder's runs disagree, naming the runs."""
+    lines = []
+    fields = sorted({name for record in records for name in record["budget"]})
+    for name in fields:
+        by_value: dict[str, list[str]] = defaultdict(list)
+        for record in records:
+            value = json.dumps(record["budget"].get(name))
+            by_value[value].append(f"{record['method']['name']}/{record['task']['name']}/seed {record['seed']}")
+        if len(by_value) > 1:
+            parts = "; ".join(f"{value} for {', '.join(sorted(runs))}" for value, runs in sorted(by_value.items()))
+            lines.append(f"runs in this folder used different budgets: {name} = {parts}; compare with care")
+    return lines
 
 
 def budget_label(record: dict[str, Any]) -> str:

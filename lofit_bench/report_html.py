@@ -60,7 +60,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def _scatter(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | None], label: str, log: bool) -> str | None:
     plt = _pyplot()
     tasks = sorted({row.task for row in rows})
-    figure, axes_list = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    figure, axes_list = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.8), squeeze=False)
     drew = False
     for axes, task in zip(axes_list[0], tasks, strict=True):
         task_rows = [row for row in rows if row.task == task and cost(row) is not None]
@@ -73,12 +73,13 @@ def _scatter(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | None],
         front = pareto_front(points)
         for index, (row, (x, y)) in enumerate(zip(task_rows, points, strict=True)):
             axes.scatter([x], [y], s=60 if index in front else 30, edgecolor="black" if index in front else "none")
-            axes.annotate(row.method, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            label = row.method if len(row.method) <= 24 else row.method[:23] + "…"
+            axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ordered = sorted(points[index] for index in front)
         axes.plot([x for x, _ in ordered], [y for _, y in ordered], linestyle="--", color="grey", linewidth=1)
         if log:
             axes.set_xscale("log")
-        axes.set_xlabel(label)
+        axes.set_xlabel(label, fontsize=8)
         axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
         axes.set_title(task)
     if not drew:

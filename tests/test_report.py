@@ -137,3 +137,9 @@ def test_two_configs_of_one_method_are_not_averaged_as_seeds(tmp_path):
     rows = {row.method: row for row in build_report(tmp_path).summary}
     assert set(rows) == {"lofit", "lofit [stage2_learning_rate=0.3]"}
     assert rows["lofit"].metrics["exact_match"][0] == 0.1
+
+
+def test_a_budget_differing_in_one_field_is_flagged_by_name(tmp_path):
+    write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("iti", 1, 0.1, budget=get_budget("smoke").replace(dev_examples=50))])
+    markdown = build_report(tmp_path).markdown
+    assert "different budgets: dev_examples = 50 for iti/clutrr/seed 1; 8 for lofit/clutrr/seed 1" in markdown
