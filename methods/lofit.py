@@ -95,12 +95,12 @@ PAPER_TABLE_6 = {
     "clutrr": PaperSettings(l1_lambda=5e-3, stage1_learning_rate=5e-4, stage2_learning_rate=1e-2),
 }
 
-#: Where stage 2's heads come from (paper Table 2, Figure 2). None: planned, not yet available.
-HEAD_SOURCES: dict[str, str | None] = {
+#: Where stage 2's heads come from (paper Table 2, Figure 2).
+HEAD_SOURCES: dict[str, str] = {
     "lofit": "this run's stage 1 (the paper's method)",
     "random": "K heads drawn uniformly at random with head_seed",
     "file": "file:PATH, a heads.json or a run folder holding one (cross-task transfer)",
-    "iti": None,
+    "iti": "ITI's probe-accuracy ranking of this fold's heads (paper Table 2, 'ITI-heads')",
 }
 
 
@@ -127,7 +127,7 @@ class LoFiTConfig(MethodConfig):
     head_source: str = field(
         default="lofit",
         metadata={"help": "stage-2 heads: lofit (this run's stage 1), random (with head_seed), "
-                  "file:PATH (heads.json or run folder: cross-task transfer); iti once ITI exists"},
+                  "file:PATH (heads.json or run folder: cross-task transfer), iti (ITI's probe ranking)"},
     )
     head_seed: int | None = field(default=None, metadata={"help": "seed of head_source=random; None: the run's seed"})
     tune_stage2_learning_rates: list[float] = field(
@@ -163,12 +163,7 @@ class LoFiTConfig(MethodConfig):
         if kind not in HEAD_SOURCES:
             raise UserError(
                 f"unknown lofit.head_source {self.head_source!r}.{did_you_mean(kind, HEAD_SOURCES)} "
-                f"Known: lofit, random, file:PATH"
-            )
-        if HEAD_SOURCES[kind] is None:
-            raise UserError(
-                f"lofit.head_source={kind!r} needs the {kind.upper()} method's head ranking, which "
-                "lofit-bench does not have yet; use lofit, random or file:PATH"
+                f"Known: lofit, random, iti, file:PATH"
             )
         if kind == "file" and not self.head_source.partition(":")[2]:
             raise UserError("lofit.head_source=file:PATH needs a path, e.g. file:runs/clutrr-lofit")
@@ -234,6 +229,16 @@ class LoFiT(Method):
             self.selection = HeadSelection.for_layout(
                 lm.layout, source="lofit", chosen=[(layer, head) for layer, head, _ in ranking[:k]],
                 ranking=ranking, score="L2 norm of the stage-1 scale A",
+            )
+        elif kind == "iti":
+            from lofit_bench.methods.iti import iti_head_ranking
+
+            ranking = iti_head_ranking(
+                lm, examples, context.dev_examples(), context.seed, context.budget.eval_batch_size, context.budget.max_length
+            )
+            self.selection = HeadSelection.for_layout(
+                lm.layout, source="iti", chosen=[(layer, head) for layer, head, _ in ranking[:k]],
+                ranking=ranking, score="ITI probe accuracy on the dev pairs",
             )
         elif kind == "random":
             seed = self.config.head_seed if self.config.head_seed is not None else context.seed

@@ -84,9 +84,9 @@ def tiny_budget():
     return get_budget("smoke").replace(eval_examples=2)
 
 
-def test_a_killed_run_process_is_a_failed_record_and_the_sweep_goes_on(tmp_path, installed_test_plugin):
+def test_a_killed_run_process_is_a_failed_record_and_the_other_runs_go_on(tmp_path, installed_test_plugin):
     specs = plan_sweep(["test-crash", "zero-shot"], ["clutrr"], tiny_budget(), TINY)
-    outcomes = run_sweep(specs, tmp_path / "out", progress=False, echo=lambda _: None, executor="process")
+    outcomes = run_sweep(specs, tmp_path / "out", progress=False, echo=lambda _: None, executor="process", jobs=2)
     assert [outcome.status for outcome in outcomes] == ["failed", "ok"]
     crashed = json.loads(outcomes[0].path.read_text())
     assert crashed["error"]["type"] == "WorkerCrashed"

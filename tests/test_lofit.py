@@ -208,7 +208,6 @@ def test_tuning_scores_trials_on_the_dev_split_only(builtin_host, tiny_lm, tmp_p
 
 def test_bad_options_fail_before_anything_runs(builtin_host):
     for options, message in (
-        ({"head_source": "iti"}, "ITI method"),
         ({"head_source": "lofitt"}, "Did you mean 'lofit'"),
         ({"head_source": "file:"}, "needs a path"),
         ({"heads": 0}, "at least 1"),
@@ -241,3 +240,17 @@ def test_heads_command_on_a_folder_without_lofit_runs_fails_clearly(tmp_path, ca
     (tmp_path / "records").mkdir()
     assert main(["heads", str(tmp_path)]) == 2
     assert "no finished run" in capsys.readouterr().err
+
+
+def test_iti_heads_as_the_head_source(builtin_host, tiny_lm, tmp_path):
+    """Paper Table 2's "ITI-heads": stage 2 tunes biases on ITI's probe-selected heads."""
+    method = LoFiT(LoFiTConfig(heads=2, head_source="iti", stage2_learning_rate=1e-2))
+    method.prepare(tiny_lm)
+    fit = method.fit(context(tiny_lm, "clutrr", tmp_path, small_budget(dev_examples=4)))
+    assert fit["head_source"]["kind"] == "iti"
+    assert fit["stages"]["head_selection"] is None  # no LoFiT stage 1
+    ranking = method.selection.ranking
+    assert len(ranking) == tiny_lm.layout.total_heads
+    assert set(method.selection.chosen) == {(layer, head) for layer, head, _ in ranking[:2]}
+    assert method.trainable_parameters() == 2 * tiny_lm.layout.head_dim
+    method.remove()
