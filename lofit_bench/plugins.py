@@ -166,13 +166,7 @@ class PluginHost:
                         f"which plugin {_registry.owner(name)!r} already registered; kept the first"
                     )
 
-            try:
-                implementation(register=register)
-            except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
-                warn_plugin(
-                    f"plugin {plugin_name!r} raised in {hook_name} and was skipped: "
-                    f"{type(error).__name__}: {error}"
-                )
+            _call_hook(plugin_name, hook_name, implementation, register)
         self._collect_prefixes(plugin, plugin_name)
 
     def _collect_prefixes(self, plugin: object, plugin_name: str) -> None:
@@ -186,16 +180,18 @@ class PluginHost:
             elif not self.tasks.add_prefix(prefix, resolve, description, owner=plugin_name):
                 warn_plugin(f"plugin {plugin_name!r} tried to register task prefix {prefix!r}, which is taken; kept the first")
 
-        try:
-            implementation(register=register)
-        except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
-            warn_plugin(
-                f"plugin {plugin_name!r} raised in register_task_prefixes and was skipped: "
-                f"{type(error).__name__}: {error}"
-            )
+        _call_hook(plugin_name, "register_task_prefixes", implementation, register)
 
     def plugins(self) -> list[PluginInfo]:
         return sorted(self._info.values(), key=lambda info: (not info.builtin, info.name))
+
+
+def _call_hook(plugin_name: str, hook_name: str, implementation, register) -> None:
+    """Call one plugin's hook with ``register``; a plugin's bug costs a warning, not the CLI."""
+    try:
+        implementation(register=register)
+    except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
+        warn_plugin(f"plugin {plugin_name!r} raised in {hook_name} and was skipped: {type(error).__name__}: {error}")
 
 
 def _own_version() -> str:
