@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +38,10 @@ from torch.utils.hooks import RemovableHandle
 
 from lofit_bench.architectures import ModelLayout
 from lofit_bench.errors import UserError
+from lofit_bench.method import Method, MethodConfig
+
+if TYPE_CHECKING:
+    from lofit_bench.models import LoadedModel
 
 Head = tuple[int, int]
 """(layer, head) of one attention head, both counted from 0."""
@@ -178,6 +182,31 @@ class Attachment:
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
+
+
+class HeadInterventionMethod(Method):
+    """The life cycle every head-level method shares (LoFiT, ITI, RED): its vectors hang on the
+    model as ``model.<submodule>`` through one :class:`Attachment`, which ``remove()`` takes off."""
+
+    submodule: ClassVar[str]
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.attachment: Attachment | None = None
+
+    def prepare(self, lm: LoadedModel) -> None:
+        if hasattr(lm.model, self.submodule):
+            raise RuntimeError(f"the model already carries {self.submodule!r}: another {self.name} is attached")
+        self.lm = lm
+
+    def remove(self) -> None:
+        self._detach()
+        self.lm = None
+
+    def _detach(self) -> None:
+        if self.attachment is not None:
+            self.attachment.remove()
+            self.attachment = None
 
 
 def _edit_projection_input(

@@ -69,15 +69,15 @@ from lofit_bench.activations import ContrastPair, contrast_pairs, pair_activatio
 from lofit_bench.errors import UserError
 from lofit_bench.heads import HEADS_FILE, HeadSelection
 from lofit_bench.interventions import (
-    Attachment,
     Head,
     HeadIntervention,
+    HeadInterventionMethod,
     load_intervention,
     rank_heads,
     resolve_head_count,
     save_intervention,
 )
-from lofit_bench.method import FitContext, Method, MethodConfig
+from lofit_bench.method import FitContext, MethodConfig
 from lofit_bench.models import LoadedModel
 from lofit_bench.task import TrainingExample
 
@@ -295,26 +295,21 @@ def iti_head_ranking(
     return read_probes(lm, training, validation, seed, batch_size=batch_size, max_length=max_length).ranking()
 
 
-class ITI(Method):
+class ITI(HeadInterventionMethod):
     """Shift the K most truth-predictive heads along their mass-mean direction (no training)."""
 
     name = "iti"
+    submodule = SUBMODULE
     description = "ITI (Li et al. 2023): probe-selected heads shifted by alpha * sigma * direction"
     config_class = ITIConfig
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
         self.config: ITIConfig
-        self.attachment: Attachment | None = None
         self.selection: HeadSelection | None = None
         self.reading: ProbeReading | None = None
 
     # -- life cycle ------------------------------------------------------------------------
-    def prepare(self, lm: LoadedModel) -> None:
-        if hasattr(lm.model, SUBMODULE):
-            raise RuntimeError(f"the model already carries {SUBMODULE!r}: another ITI is attached")
-        self.lm = lm
-
     def fit(self, context: FitContext) -> dict[str, Any]:
         lm = self.require_prepared()
         self._detach()
@@ -371,10 +366,6 @@ class ITI(Method):
             return 0
         return sum(vector.numel() for vector in self.attachment.intervention.vectors("shift"))
 
-    def remove(self) -> None:
-        self._detach()
-        self.lm = None
-
     # -- the intervention ------------------------------------------------------------------
     def _attach(self, heads: list[Head], alpha: float) -> None:
         """Fixed (non-trainable) shifts alpha * sigma * theta on ``heads``."""
@@ -390,10 +381,6 @@ class ITI(Method):
         intervention.requires_grad_(False)
         self.attachment = intervention.attach(lm.model, lm.layout, SUBMODULE)
 
-    def _detach(self) -> None:
-        if self.attachment is not None:
-            self.attachment.remove()
-            self.attachment = None
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

@@ -63,17 +63,16 @@ from lofit_bench import hookimpl
 from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.heads import HEADS_FILE, HeadSelection, find_heads_file
 from lofit_bench.interventions import (
-    Attachment,
     Head,
     HeadIntervention,
+    HeadInterventionMethod,
     all_heads,
     load_intervention,
     rank_heads,
     resolve_head_count,
     save_intervention,
 )
-from lofit_bench.method import FitContext, Method, MethodConfig, resolve_paper_defaults
-from lofit_bench.models import LoadedModel
+from lofit_bench.method import FitContext, MethodConfig, resolve_paper_defaults
 from lofit_bench.training import OptimizerSettings, TrainResult, train
 
 STATE_FILE = "lofit_vectors.safetensors"
@@ -197,25 +196,20 @@ def resolve_hyperparameters(config: LoFiTConfig, task: str, needs_stage1: bool) 
     return values
 
 
-class LoFiT(Method):
+class LoFiT(HeadInterventionMethod):
     """Select K attention heads by L1-sparse scaling (stage 1), then tune their bias vectors (stage 2)."""
 
     name = "lofit"
+    submodule = SUBMODULE
     description = "LoFiT (Yin et al. 2024): top-K heads by sparse scaling, then per-head bias tuning"
     config_class = LoFiTConfig
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
         self.config: LoFiTConfig
-        self.attachment: Attachment | None = None
         self.selection: HeadSelection | None = None
 
     # -- life cycle ------------------------------------------------------------------------
-    def prepare(self, lm: LoadedModel) -> None:
-        if hasattr(lm.model, SUBMODULE):
-            raise RuntimeError(f"the model already carries {SUBMODULE!r}: another LoFiT is attached")
-        self.lm = lm
-
     def fit(self, context: FitContext) -> dict[str, Any]:
         lm = self.require_prepared()
         self._detach()
@@ -277,10 +271,6 @@ class LoFiT(Method):
         if self.attachment is None:
             return 0
         return sum(vector.numel() for vector in self.attachment.intervention.vectors("shift"))
-
-    def remove(self) -> None:
-        self._detach()
-        self.lm = None
 
     # -- the two stages --------------------------------------------------------------------
     def _rank_heads(
@@ -371,10 +361,6 @@ class LoFiT(Method):
         self.attachment = intervention.attach(lm.model, lm.layout, SUBMODULE)
         self.selection = selection
 
-    def _detach(self) -> None:
-        if self.attachment is not None:
-            self.attachment.remove()
-            self.attachment = None
 
 
 def _total(stages: list[TrainResult], final: TrainResult) -> TrainResult:

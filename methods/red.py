@@ -30,12 +30,12 @@ from typing import Any
 from lofit_bench import hookimpl
 from lofit_bench.errors import UserError
 from lofit_bench.interventions import (
-    Attachment,
     HeadIntervention,
+    HeadInterventionMethod,
     load_intervention,
     save_intervention,
 )
-from lofit_bench.method import FitContext, Method, MethodConfig, resolve_paper_defaults
+from lofit_bench.method import FitContext, MethodConfig, resolve_paper_defaults
 from lofit_bench.models import LoadedModel
 from lofit_bench.training import OptimizerSettings, train
 
@@ -72,23 +72,21 @@ def _positive(value: object) -> bool:
     return _number(value) and value > 0  # type: ignore[operator]
 
 
-class RED(Method):
+class RED(HeadInterventionMethod):
     """A trained scale and bias on every attention head's output (LoFiT's RED variant)."""
 
     name = "red"
+    submodule = SUBMODULE
     description = "RED (Wu et al. 2024), LoFiT's variant: scale and bias on every attention head output"
     config_class = REDConfig
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
         self.config: REDConfig
-        self.attachment: Attachment | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     def prepare(self, lm: LoadedModel) -> None:
-        if hasattr(lm.model, SUBMODULE):
-            raise RuntimeError(f"the model already carries {SUBMODULE!r}: another RED is attached")
-        self.lm = lm
+        super().prepare(lm)
         # Zero vectors: scale 1 + 0 and bias 0, RED's identity initialisation.
         self.attachment = HeadIntervention(lm.layout, scale=True, shift=True).attach(lm.model, lm.layout, SUBMODULE)
 
@@ -114,10 +112,6 @@ class RED(Method):
             return 0
         return sum(parameter.numel() for parameter in self.attachment.intervention.parameters())
 
-    def remove(self) -> None:
-        self._detach()
-        self.lm = None
-
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         super().save(directory)
@@ -131,10 +125,6 @@ class RED(Method):
         self._detach()
         self.attachment = intervention.attach(lm.model, lm.layout, SUBMODULE)
 
-    def _detach(self) -> None:
-        if self.attachment is not None:
-            self.attachment.remove()
-            self.attachment = None
 
 
 @hookimpl
