@@ -9,7 +9,7 @@ from benchmarks.timing import interleaved_ratio, report
 from lofit_bench.scoring import Scorer
 
 QUESTIONS = 8
-PROMPTS = 16
+PROMPTS = 48
 
 
 @pytest.fixture(scope="module")

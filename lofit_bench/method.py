@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,7 +24,7 @@ from lofit_bench.errors import UserError
 if TYPE_CHECKING:
     from lofit_bench.budget import Budget
     from lofit_bench.models import LoadedModel
-    from lofit_bench.task import Task, TrainingExample
+    from lofit_bench.task import EvalResult, Task, TrainingExample
 
 CONFIG_FILE = "method_config.json"
 
@@ -69,7 +72,25 @@ class FitContext:
     seed: int
     work_dir: Path
     progress: bool = False
+    #: Wall seconds per named part of the fit (recorded as the run's ``timings.fit_phases``).
     phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a part of the fit (e.g. ``"head_selection"``); repeated names add up."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def evaluate_dev(self) -> EvalResult:
+        """Score the model as it is now on the dev split (the budget's share), timed as a phase."""
+        from lofit_bench.scoring import Scorer
+
+        with self.phase("dev_evaluation"):
+            scorer = Scorer(self.lm.model, self.lm.tokenizer, self.budget.eval_batch_size, self.progress)
+            return self.task.evaluate(scorer, self.fold, "dev", limit=self.budget.dev_examples)
 
     def training_examples(self) -> list[TrainingExample]:
         """The task's training split for this fold, cut to the budget's size."""

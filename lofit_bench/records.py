@@ -100,9 +100,18 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": _torch_threads(),
         "versions": versions,
         "git_commit": _git_commit(),
     }
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
 
 
 def _git_commit() -> str | None:

@@ -177,6 +177,14 @@ def build_report(runs_dir: Path, write: bool = True, html: bool = True) -> Repor
             tabulate(table, headers=headers, tablefmt="github"),
             "",
         ]
+    timing_headers, timing_rows = timing_table(records)
+    if timing_rows:
+        lines += [
+            "## Where the time went (wall seconds per run)",
+            "",
+            tabulate(timing_rows, headers=timing_headers, tablefmt="github"),
+            "",
+        ]
     if failed:
         lines += ["## Failed runs", ""]
         lines += [
@@ -229,6 +237,23 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
         for row in rows
     ]
     return headers, table
+
+
+def timing_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """One row per finished run: loading, each part of the fit as the method timed it, evaluation."""
+    headers = ["method", "task", "seed", "load s", "fit s", "fit parts (s)", "eval s", "total s"]
+    finished = [record for record in records if record.get("status") == "ok"]
+    rows = []
+    for record in finished:
+        timings = record.get("timings") or {}
+        parts = timings.get("fit_phases") or {}
+        rows.append([
+            method_label(record, finished), record["task"]["name"], str(record["seed"]),
+            f"{timings.get('load_model', 0.0):.1f}", f"{timings.get('fit', 0.0):.1f}",
+            ", ".join(f"{name} {seconds:.0f}" for name, seconds in parts.items()) or "-",
+            f"{timings.get('evaluate', 0.0):.1f}", f"{timings.get('total_s', 0.0):.1f}",
+        ])
+    return headers, rows
 
 
 def budget_differences(records: list[dict[str, Any]]) -> list[str]:

@@ -169,6 +169,14 @@ def _finished(path: Path) -> bool:
         return False
 
 
+def fit_phase_table(phases: dict[str, float], fit_seconds: float) -> dict[str, float]:
+    """Seconds per part of the fit, as the method named them, plus ``other`` for the rest
+    (preparing the method, tokenising, saving state)."""
+    table = {name: round(seconds, 3) for name, seconds in phases.items()}
+    table["other"] = round(max(0.0, fit_seconds - sum(phases.values())), 3)
+    return table
+
+
 def empty_record(spec: RunSpec) -> dict[str, Any]:
     """The part of a record known before a run starts (a crashed run's record is just this)."""
     return {
@@ -222,6 +230,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
     )
     folds: dict[str, Any] = {}
     record["folds"] = folds
+    fit_phases: dict[str, float] = {}
     memory: MemoryMeter | None = None
     artifacts = out_dir / ARTIFACTS_FOLDER / spec.record_path(out_dir).stem
     for fold in task.folds:
@@ -240,6 +249,8 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
             with memory.phase("fit"), watch.phase("fit"):
                 method.prepare(lm)
                 fold_record["fit"] = method.fit(context)
+            for name, seconds in context.phase_seconds.items():
+                fit_phases[name] = fit_phases.get(name, 0.0) + seconds
             fold_record["train_ids"] = [example.id for example in context.training_examples()] if method.uses_training_data else []
         scorer = Scorer(method.evaluation_model(), lm.tokenizer, spec.budget.eval_batch_size, progress)
         with memory.phase("evaluate"), watch.phase("evaluate"):
@@ -261,7 +272,10 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         method.remove()
         del lm, method, scorer
     record["metrics"] = _average_over_folds(folds)
-    record["timings"] = watch.to_dict() | {"total_s": round(sum(watch.seconds.values()), 3)}
+    record["timings"] = watch.to_dict() | {
+        "total_s": round(sum(watch.seconds.values()), 3),
+        "fit_phases": fit_phase_table(fit_phases, watch.seconds.get("fit", 0.0)),
+    }
     eval_tokens = sum(fold["eval_tokens"] for fold in folds.values())
     train_tokens = sum(fold["fit"].get("training", {}).get("tokens", 0) for fold in folds.values())
     record["throughput"] = {

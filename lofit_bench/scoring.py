@@ -211,17 +211,25 @@ class Scorer:
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int = 16, description: str = "generating"
     ) -> list[Generation]:
-        """Greedy decoding with left padding and a KV cache, batched, stopping at EOS."""
+        """Greedy decoding with left padding and a KV cache, batched, stopping at EOS.
+
+        Prompts are batched longest first (as lm-eval does), so a batch pads to lengths close
+        to its own and little of the prefill is spent on padding; results come back in the
+        order of ``prompts``.
+        """
         tokenizer = self.tokenizer
         previous_side = tokenizer.padding_side
         tokenizer.padding_side = "left"
         self.model.eval()
         listeners = find_prompt_listeners(self.model)
-        results: list[Generation] = []
+        lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
+        order = sorted(range(len(prompts)), key=lambda index: -lengths[index])
+        results: list[Generation | None] = [None] * len(prompts)
         try:
             with progress_bar(total=len(prompts), description=description, enabled=self.progress) as bar:
-                for start in range(0, len(prompts), self.batch_size):
-                    chunk = list(prompts[start : start + self.batch_size])
+                for start in range(0, len(order), self.batch_size):
+                    indices = order[start : start + self.batch_size]
+                    chunk = [prompts[index] for index in indices]
                     encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
                     with declare_prompt(listeners, PromptSpans.left_padded(encoded["attention_mask"])):
                         output = self.model.generate(
@@ -236,17 +244,15 @@ class Scorer:
                         )
                     prompt_width = encoded["input_ids"].shape[1]
                     self.tokens_processed += int(encoded["attention_mask"].sum()) + output[:, prompt_width:].numel()
-                    for row, prompt in enumerate(chunk):
+                    for row, (index, prompt) in enumerate(zip(indices, chunk, strict=True)):
                         new_ids = output[row, prompt_width:]
-                        results.append(
-                            Generation(
-                                prompt=prompt,
-                                full_text=tokenizer.decode(output[row], skip_special_tokens=True),
-                                new_text=tokenizer.decode(new_ids, skip_special_tokens=True),
-                                new_tokens=int((new_ids != tokenizer.pad_token_id).sum()),
-                            )
+                        results[index] = Generation(
+                            prompt=prompt,
+                            full_text=tokenizer.decode(output[row], skip_special_tokens=True),
+                            new_text=tokenizer.decode(new_ids, skip_special_tokens=True),
+                            new_tokens=int((new_ids != tokenizer.pad_token_id).sum()),
                         )
                     bar.update(len(chunk))
         finally:
             tokenizer.padding_side = previous_side
-        return results
+        return [result for result in results if result is not None]

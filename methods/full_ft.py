@@ -175,11 +175,12 @@ class FullFineTuning(Method):
                 parameter.data = parameter.data.float()
             parameter.requires_grad_(True)
         try:
-            return train(
-                lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
-                OptimizerSettings(learning_rate, weight_decay=self.config.weight_decay), context.seed,
-                context.work_dir / tag, progress=context.progress,
-            )
+            with context.phase("training"):
+                return train(
+                    lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
+                    OptimizerSettings(learning_rate, weight_decay=self.config.weight_decay), context.seed,
+                    context.work_dir / tag, progress=context.progress,
+                )
         finally:
             with torch.no_grad():
                 for name, parameter in lm.model.named_parameters():
@@ -191,8 +192,6 @@ class FullFineTuning(Method):
 
     def _tune(self, context: FitContext, candidates: list[float]) -> tuple[TrainResult, dict[str, Any], TrainResult]:
         """Each candidate from the original weights, scored on dev; the best weights are kept."""
-        from lofit_bench.scoring import Scorer
-
         lm = self.require_prepared()
         metric = context.task.primary_metric
         trials: list[dict[str, Any]] = []
@@ -200,8 +199,7 @@ class FullFineTuning(Method):
         best: tuple[float, int, WeightSnapshot] | None = None
         for index, learning_rate in enumerate(candidates):
             result = self._train(context, learning_rate, f"full_ft_{index}")
-            scorer = Scorer(lm.model, lm.tokenizer, context.budget.eval_batch_size, context.progress)
-            dev = context.task.evaluate(scorer, context.fold, "dev", limit=context.budget.dev_examples)
+            dev = context.evaluate_dev()
             score = dev.metrics[metric]
             trials.append({"learning_rate": learning_rate, f"dev_{metric}": score, "final_loss": result.final_loss,
                            "dev_examples": dev.size})

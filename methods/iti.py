@@ -315,10 +315,11 @@ class ITI(HeadInterventionMethod):
         self._detach()
         config = self.config
         validation = context.dev_examples() if config.probe_validation == "dev" else None
-        reading = read_probes(
-            lm, context.training_examples(), validation, context.seed, config.direction,
-            config.validation_fraction, context.budget.eval_batch_size, context.budget.max_length,
-        )
+        with context.phase("probes"):
+            reading = read_probes(
+                lm, context.training_examples(), validation, context.seed, config.direction,
+                config.validation_fraction, context.budget.eval_batch_size, context.budget.max_length,
+            )
         self.reading = reading
         ranking = reading.ranking()
         counts = [resolve_head_count(value, lm.layout.total_heads) for value in (config.head_grid or [config.heads])]
@@ -331,7 +332,7 @@ class ITI(HeadInterventionMethod):
         else:
             for k, alpha in candidates:
                 self._attach([(layer, head) for layer, head, _ in ranking[:k]], alpha)
-                dev = _evaluate_dev(lm, context)
+                dev = context.evaluate_dev()
                 trials.append({"heads": k, "alpha": alpha, "dev": dev.metrics, "dev_examples": dev.size})
         best = choose_trial(trials, context.task.metrics, metric)
         k, alpha = candidates[best]
@@ -410,12 +411,6 @@ class ITI(HeadInterventionMethod):
         self.attachment = intervention.attach(lm.model, lm.layout, SUBMODULE)
         self.selection = selection
 
-
-def _evaluate_dev(lm: LoadedModel, context: FitContext):
-    from lofit_bench.scoring import Scorer
-
-    scorer = Scorer(lm.model, lm.tokenizer, context.budget.eval_batch_size, context.progress)
-    return context.task.evaluate(scorer, context.fold, "dev", limit=context.budget.dev_examples)
 
 
 @hookimpl

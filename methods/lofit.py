@@ -219,7 +219,8 @@ class LoFiT(HeadInterventionMethod):
         examples = context.training_examples()
         head_selection: TrainResult | None = None
         if kind == "lofit":
-            ranking, head_selection = self._rank_heads(context, settings, examples)
+            with context.phase("head_selection"):
+                ranking, head_selection = self._rank_heads(context, settings, examples)
             self.selection = HeadSelection.for_layout(
                 lm.layout, source="lofit", chosen=[(layer, head) for layer, head, _ in ranking[:k]],
                 ranking=ranking, score="L2 norm of the stage-1 scale A",
@@ -227,9 +228,11 @@ class LoFiT(HeadInterventionMethod):
         elif kind == "iti":
             from lofit_bench.methods.iti import iti_head_ranking
 
-            ranking = iti_head_ranking(
-                lm, examples, context.dev_examples(), context.seed, context.budget.eval_batch_size, context.budget.max_length
-            )
+            with context.phase("head_selection"):
+                ranking = iti_head_ranking(
+                    lm, examples, context.dev_examples(), context.seed, context.budget.eval_batch_size,
+                    context.budget.max_length,
+                )
             self.selection = HeadSelection.for_layout(
                 lm.layout, source="iti", chosen=[(layer, head) for layer, head, _ in ranking[:k]],
                 ranking=ranking, score="ITI probe accuracy on the dev pairs",
@@ -298,11 +301,12 @@ class LoFiT(HeadInterventionMethod):
         self._detach()
         biases = HeadIntervention(lm.layout, heads, shift=True).init_normal_(self.config.init_std, seed=context.seed + 1)
         self.attachment = biases.attach(lm.model, lm.layout, SUBMODULE)
-        return train(
-            lm.model, lm.tokenizer, examples, context.task.objective, context.budget,
-            OptimizerSettings(learning_rate, weight_decay=weight_decay), context.seed, context.work_dir / tag,
-            progress=context.progress,
-        )
+        with context.phase("bias_tuning"):
+            return train(
+                lm.model, lm.tokenizer, examples, context.task.objective, context.budget,
+                OptimizerSettings(learning_rate, weight_decay=weight_decay), context.seed, context.work_dir / tag,
+                progress=context.progress,
+            )
 
     def _tune_biases(
         self, context: FitContext, settings: dict[str, Any], heads: list[Head], examples: list
@@ -316,17 +320,13 @@ class LoFiT(HeadInterventionMethod):
                 f"lofit.tune_stage2_learning_rates has {len(candidates)} values, more than the budget's "
                 f"{context.budget.trials} trials"
             )
-        from lofit_bench.scoring import Scorer
-
-        lm = self.require_prepared()
         metric = context.task.primary_metric
         trials: list[dict[str, Any]] = []
         results: list[TrainResult] = []
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         for index, learning_rate in enumerate(candidates):
             result = self._train_biases(context, heads, examples, learning_rate, settings["weight_decay"], f"bias_tuning_{index}")
-            scorer = Scorer(lm.model, lm.tokenizer, context.budget.eval_batch_size, context.progress)
-            dev = context.task.evaluate(scorer, context.fold, "dev", limit=context.budget.dev_examples)
+            dev = context.evaluate_dev()
             score = dev.metrics[metric]
             trials.append({"stage2_learning_rate": learning_rate, f"dev_{metric}": score, "final_loss": result.final_loss,
                            "dev_examples": dev.size})

@@ -375,11 +375,12 @@ class LoReFT(Method):
             self.config.dropout, seed=context.seed,
         ))
         assert self.edits is not None
-        result = train(
-            lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
-            OptimizerSettings(values["learning_rate"], weight_decay=WEIGHT_DECAY),
-            context.seed, context.work_dir / "loreft", progress=context.progress,
-        )
+        with context.phase("training"):
+            result = train(
+                lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
+                OptimizerSettings(values["learning_rate"], weight_decay=WEIGHT_DECAY),
+                context.seed, context.work_dir / "loreft", progress=context.progress,
+            )
         paper_batch = PAPER_BATCH_SIZE.get(context.task.name)
         return {
             "training": result.to_dict(),

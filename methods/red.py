@@ -96,11 +96,12 @@ class RED(HeadInterventionMethod):
             self.name, context.task.name, {"learning_rate": self.config.learning_rate}, PAPER_TABLE_7,
             "paper Table 7 (Llama-2-7B)",
         )
-        result = train(
-            lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
-            OptimizerSettings(values["learning_rate"], weight_decay=self.config.weight_decay),
-            context.seed, context.work_dir / "red", progress=context.progress,
-        )
+        with context.phase("training"):
+            result = train(
+                lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
+                OptimizerSettings(values["learning_rate"], weight_decay=self.config.weight_decay),
+                context.seed, context.work_dir / "red", progress=context.progress,
+            )
         return {
             "training": result.to_dict(),
             "hyperparameters": {**values, "weight_decay": self.config.weight_decay, "sources": sources},

@@ -371,10 +371,11 @@ class RepE(Method):
         self._detach()
         config = self.config
         vector = self.resolve_vector(context.task.evaluation)
-        scan = scan_layers(
-            lm, context.training_examples(), context.dev_examples(), context.seed,
-            context.budget.eval_batch_size, context.budget.max_length,
-        )
+        with context.phase("layer_scan"):
+            scan = scan_layers(
+                lm, context.training_examples(), context.dev_examples(), context.seed,
+                context.budget.eval_batch_size, context.budget.max_length,
+            )
         if config.layer is not None:
             if config.layer >= lm.layout.n_layers:
                 raise UserError(f"repe.layer={config.layer}: the model has layers 0 to {lm.layout.n_layers - 1}")
@@ -388,12 +389,9 @@ class RepE(Method):
         if len(candidates) == 1:
             trials.append({"layer": candidates[0][0], "alpha": candidates[0][1], "dev": None})
         else:
-            from lofit_bench.scoring import Scorer
-
             for layer, alpha in candidates:
                 self._attach(vector, layer, alpha, scan.directions[layer])
-                scorer = Scorer(lm.model, lm.tokenizer, context.budget.eval_batch_size, context.progress)
-                dev = context.task.evaluate(scorer, context.fold, "dev", limit=context.budget.dev_examples)
+                dev = context.evaluate_dev()
                 trials.append({"layer": layer, "alpha": alpha, "dev": dev.metrics, "dev_examples": dev.size})
         best = choose_trial(trials, context.task.metrics, metric)
         layer, alpha = candidates[best]

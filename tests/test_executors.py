@@ -16,6 +16,7 @@ import pytest
 from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
+from lofit_bench.executors import threads_per_job
 from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
@@ -50,6 +51,9 @@ class Stall(Crash):
     name = "test-stall"
 
     def fit(self, context):
+        if os.environ.get("LOFIT_TEST_STALL_PIDFILE"):
+            with open(os.environ["LOFIT_TEST_STALL_PIDFILE"], "w") as handle:
+                handle.write(str(os.getpid()))
         if os.environ.get("LOFIT_TEST_STALL"):
             time.sleep(120)
         return {}
@@ -180,3 +184,56 @@ def test_ray_executor_gives_the_same_records_as_sequential(tmp_path, monkeypatch
         assert a["key"] == b["key"]
         assert a["metrics"] == b["metrics"]
         assert a["folds"]["main"]["per_example"] == b["folds"]["main"]["per_example"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its init) counts as gone.
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\nState:\tZ" in status.read_text())
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process state from /proc")
+def test_a_run_process_stops_when_its_sweep_is_killed(tmp_path, installed_test_plugin):
+    pidfile = tmp_path / "child.pid"
+    command = [
+        sys.executable, "-m", "lofit_bench", "run", "--methods", "test-stall", "--tasks", "clutrr",
+        "--model", "tiny-random-llama", "--device", "cpu", "--budget", "smoke", "--budget-set", "eval_examples=2",
+        "--out", str(tmp_path / "out"), "--quiet",
+    ]
+    environment = dict(os.environ, LOFIT_TEST_STALL="1", LOFIT_TEST_STALL_PIDFILE=str(pidfile))
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (pidfile.exists() and pidfile.read_text()):
+        assert process.poll() is None, "the sweep ended before its run started"
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)
+    child = int(pidfile.read_text())
+    assert child != process.pid
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the run's process outlived its killed sweep")
+
+
+@pytest.mark.parametrize(
+    ("jobs", "cpus", "environ", "expected"),
+    [(1, 16, {}, None), (2, 16, {}, 8), (3, 2, {}, 1), (2, 16, {"OMP_NUM_THREADS": "4"}, None)],
+)
+def test_threads_per_job_shares_the_cores_unless_the_user_chose(jobs, cpus, environ, expected):
+    assert threads_per_job(jobs, cpus, environ) == expected
+
+
+def test_parallel_cpu_runs_each_get_a_share_of_the_cores(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    specs = plan_sweep(["zero-shot"], ["clutrr", "mquake"], tiny_budget(), TINY)
+    outcomes = run_sweep(specs, tmp_path / "out", progress=False, echo=lambda _: None, executor="process", jobs=2)
+    shares = {json.loads(outcome.path.read_text())["environment"]["torch_threads"] for outcome in outcomes}
+    assert shares == {max(1, (os.cpu_count() or 1) // 2)}

@@ -143,3 +143,16 @@ def test_a_budget_differing_in_one_field_is_flagged_by_name(tmp_path):
     write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("iti", 1, 0.1, budget=get_budget("smoke").replace(dev_examples=50))])
     markdown = build_report(tmp_path).markdown
     assert "different budgets: dev_examples = 50 for iti/clutrr/seed 1; 8 for lofit/clutrr/seed 1" in markdown
+
+
+def test_time_table_splits_each_run_into_its_fit_parts(tmp_path):
+    timed = fake_record("lofit", 1, 0.5)
+    timed["timings"] = {"load_model": 1.5, "fit": 100.0, "evaluate": 20.0, "total_s": 121.5,
+                        "fit_phases": {"head_selection": 60.0, "bias_tuning": 38.0, "other": 2.0}}
+    write(tmp_path, [timed, fake_record("zero-shot", 1, 0.1), fake_record("iti", 1, 0.2, status="failed")])
+    markdown = build_report(tmp_path).markdown
+    section = markdown.split("## Where the time went")[1].split("##")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "method" not in line]
+    assert len(rows) == 2  # finished runs only
+    assert "head_selection 60, bias_tuning 38, other 2" in section
+    assert "| zero-shot" in section and " - " in section  # a record without parts

@@ -43,10 +43,11 @@ class HeadBias(Method):
     def fit(self, context: FitContext):
         if context.task.name == self.config.fail_on_task:
             raise RuntimeError("planted failure")
-        result = train(
-            self.lm.model, self.lm.tokenizer, context.training_examples(), context.task.objective,
-            context.budget, OptimizerSettings(self.config.learning_rate), context.seed, context.work_dir,
-        )
+        with context.phase("training"):
+            result = train(
+                self.lm.model, self.lm.tokenizer, context.training_examples(), context.task.objective,
+                context.budget, OptimizerSettings(self.config.learning_rate), context.seed, context.work_dir,
+            )
         return {"training": result.to_dict()}
 
     def trainable_parameters(self):
@@ -96,7 +97,12 @@ def test_record_holds_everything_a_report_needs(tmp_path):
     assert record["trainable_parameters"]["count"] == 64
     assert 0 < record["trainable_parameters"]["percent_of_base"] < 1
     assert record["memory"]["kind"] == "cpu_peak_rss_delta"
-    assert set(record["timings"]) >= {"load_model", "fit", "evaluate", "total_s"}
+    timings = record["timings"]
+    assert set(timings) >= {"load_model", "fit", "evaluate", "total_s", "fit_phases"}
+    assert set(timings["fit_phases"]) == {"training", "other"}
+    assert timings["fit_phases"]["training"] >= fold["fit"]["training"]["seconds"] - 1e-3
+    assert sum(timings["fit_phases"].values()) == pytest.approx(timings["fit"], abs=0.01)
+    assert record["environment"]["torch_threads"] == torch.get_num_threads()
     assert record["throughput"]["train_tokens"] > 0 and record["throughput"]["eval_tokens"] > 0
     assert record["environment"]["versions"]["torch"]
     assert (tmp_path / record["artifacts"] / "main" / "method_config.json").exists()

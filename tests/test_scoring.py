@@ -137,3 +137,23 @@ def test_generation_follows_hooks(tiny_lm) -> None:
         handle.remove()
     assert [g.new_text for g in steered] != [g.new_text for g in plain]
     assert scorer.generate(PROMPTS, max_new_tokens=6) == plain
+
+
+def test_generation_batches_longest_prompts_together(tiny_lm) -> None:
+    tokenizer = tiny_lm.tokenizer
+    lengths = [len(tokenizer(prompt)["input_ids"]) for prompt in PROMPTS]
+    widths: list[int] = []
+
+    def record_prefill_width(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] > 1:
+            widths.append(ids.shape[1])
+
+    handle = tiny_lm.model.register_forward_pre_hook(record_prefill_width, with_kwargs=True)
+    try:
+        results = Scorer(tiny_lm.model, tokenizer, batch_size=2).generate(PROMPTS, max_new_tokens=2)
+    finally:
+        handle.remove()
+    longest_first = sorted(lengths, reverse=True)
+    assert widths == longest_first[::2]  # each batch pads only to its own longest prompt
+    assert [result.prompt for result in results] == PROMPTS
