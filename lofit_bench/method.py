@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import nn
 
 from lofit_bench.errors import UserError
+from lofit_bench.measure import Stopwatch
 
 if TYPE_CHECKING:
     from lofit_bench.budget import Budget
@@ -73,16 +72,11 @@ class FitContext:
     work_dir: Path
     progress: bool = False
     #: Wall seconds per named part of the fit (recorded as the run's ``timings.fit_phases``).
-    phase_seconds: dict[str, float] = field(default_factory=dict)
+    phases: Stopwatch = field(default_factory=Stopwatch)
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str) -> AbstractContextManager[None]:
         """Time a part of the fit (e.g. ``"head_selection"``); repeated names add up."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.perf_counter() - started
+        return self.phases.phase(name)
 
     def evaluate_dev(self) -> EvalResult:
         """Score the model as it is now on the dev split (the budget's share), timed as a phase."""

@@ -249,7 +249,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
             with memory.phase("fit"), watch.phase("fit"):
                 method.prepare(lm)
                 fold_record["fit"] = method.fit(context)
-            for name, seconds in context.phase_seconds.items():
+            for name, seconds in context.phases.seconds.items():
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds
             fold_record["train_ids"] = [example.id for example in context.training_examples()] if method.uses_training_data else []
         scorer = Scorer(method.evaluation_model(), lm.tokenizer, spec.budget.eval_batch_size, progress)

@@ -7,9 +7,10 @@ around whatever model the method produced and returns metrics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from lofit_bench.errors import UserError
 
@@ -110,3 +111,42 @@ class Task(ABC):
             fold: {split: len(self.split_ids(fold, split)) for split in ("train", "dev", "test")}
             for fold in self.folds
         }
+
+
+Item = TypeVar("Item")
+
+
+def check_limit(limit: int | None) -> None:
+    """``Task.evaluate``'s ``limit``: unset (every example) or a positive count."""
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be a positive number of examples, not {limit}")
+
+
+def evaluate_by_generation(
+    scorer: Any,
+    items: Sequence[Item],
+    *,
+    item_id: Callable[[Item], str],
+    prompt: Callable[[Item], str],
+    judge: Callable[[Item, Any], dict[str, Any]],
+    metrics: Sequence[str],
+    max_new_tokens: int,
+    description: str,
+) -> EvalResult:
+    """Greedy generation for every item, each judged on its own; a metric is the mean of its field.
+
+    ``judge(item, generation)`` returns the example's entry (prediction, gold and one value
+    per name in ``metrics``); the id and the generated text are added here.
+    """
+    from lofit_bench.metrics import mean
+
+    generations = scorer.generate([prompt(item) for item in items], max_new_tokens=max_new_tokens, description=description)
+    per_example = [
+        {"id": item_id(item), **judge(item, generation), "generation": generation.new_text}
+        for item, generation in zip(items, generations, strict=True)
+    ]
+    return EvalResult(
+        metrics={name: mean(entry[name] for entry in per_example) for name in metrics},
+        example_ids=[item_id(item) for item in items],
+        per_example=per_example,
+    )

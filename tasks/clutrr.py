@@ -27,8 +27,15 @@ from typing import Any
 
 from lofit_bench import hookimpl
 from lofit_bench.errors import UserError
-from lofit_bench.metrics import mean, parse_clutrr_answer
-from lofit_bench.task import EvalResult, SFTExample, Split, Task
+from lofit_bench.metrics import parse_clutrr_answer
+from lofit_bench.task import (
+    EvalResult,
+    SFTExample,
+    Split,
+    Task,
+    check_limit,
+    evaluate_by_generation,
+)
 
 PROMPT_TEMPLATE = (
     'Read the following story about a family. "{story}" Assume the relations described in the '
@@ -145,31 +152,16 @@ class Clutrr(Task):
     def evaluate(
         self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
     ) -> EvalResult:
-        if limit is not None and limit < 1:
-            raise UserError(f"limit must be a positive number of examples, not {limit}")
-        stories = self.stories(fold, split)[:limit]
-        generations = scorer.generate(
-            [story.prompt for story in stories],
-            max_new_tokens=MAX_NEW_TOKENS,
-            description=f"clutrr {split}",
-        )
-        per_example = []
-        for story, generation in zip(stories, generations, strict=True):
+        check_limit(limit)
+
+        def judge(story: ClutrrStory, generation: Any) -> dict[str, Any]:
             prediction = parse_clutrr_answer(generation.full_text)
             gold = story.target_text.lower()
-            per_example.append(
-                {
-                    "id": story.id,
-                    "prediction": prediction,
-                    "gold": gold,
-                    "exact_match": prediction == gold,
-                    "generation": generation.new_text,
-                }
-            )
-        return EvalResult(
-            metrics={"exact_match": mean(entry["exact_match"] for entry in per_example)},
-            example_ids=[story.id for story in stories],
-            per_example=per_example,
+            return {"prediction": prediction, "gold": gold, "exact_match": prediction == gold}
+
+        return evaluate_by_generation(
+            scorer, self.stories(fold, split)[:limit], item_id=lambda story: story.id, prompt=lambda story: story.prompt,
+            judge=judge, metrics=self.metrics, max_new_tokens=MAX_NEW_TOKENS, description=f"clutrr {split}",
         )
 
 

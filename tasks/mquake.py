@@ -35,10 +35,16 @@ from lofit_bench.errors import UserError
 from lofit_bench.metrics import (
     matches_any_lenient,
     matches_any_strict,
-    mean,
     parse_mquake_answer_strict,
 )
-from lofit_bench.task import EvalResult, SFTExample, Split, Task
+from lofit_bench.task import (
+    EvalResult,
+    SFTExample,
+    Split,
+    Task,
+    check_limit,
+    evaluate_by_generation,
+)
 
 PROMPT_TEMPLATE = "Q: Imagine that {edited_statement}. {question} A:"
 SPLIT_FILES = {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}
@@ -144,34 +150,20 @@ class Mquake(Task):
     def evaluate(
         self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
     ) -> EvalResult:
-        if limit is not None and limit < 1:
-            raise UserError(f"limit must be a positive number of examples, not {limit}")
-        cases = self.cases(fold, split)[:limit]
-        generations = scorer.generate(
-            [case.prompt for case in cases],
-            max_new_tokens=MAX_NEW_TOKENS,
-            description=f"mquake {split}",
-        )
-        per_example = []
-        for case, generation in zip(cases, generations, strict=True):
+        check_limit(limit)
+
+        def judge(case: MquakeCase, generation: Any) -> dict[str, Any]:
             prediction = parse_mquake_answer_strict(generation.full_text)
-            per_example.append(
-                {
-                    "id": case.id,
-                    "prediction": prediction,
-                    "gold": case.golds,
-                    "exact_match": matches_any_strict(prediction, case.golds),
-                    "exact_match_lenient": matches_any_lenient(prediction, case.golds),
-                    "generation": generation.new_text,
-                }
-            )
-        return EvalResult(
-            metrics={
-                "exact_match": mean(entry["exact_match"] for entry in per_example),
-                "exact_match_lenient": mean(entry["exact_match_lenient"] for entry in per_example),
-            },
-            example_ids=[case.id for case in cases],
-            per_example=per_example,
+            return {
+                "prediction": prediction,
+                "gold": case.golds,
+                "exact_match": matches_any_strict(prediction, case.golds),
+                "exact_match_lenient": matches_any_lenient(prediction, case.golds),
+            }
+
+        return evaluate_by_generation(
+            scorer, self.cases(fold, split)[:limit], item_id=lambda case: case.id, prompt=lambda case: case.prompt,
+            judge=judge, metrics=self.metrics, max_new_tokens=MAX_NEW_TOKENS, description=f"mquake {split}",
         )
 
 

@@ -36,7 +36,7 @@ from lofit_bench.metrics import (
     truthfulqa_mc1,
     truthfulqa_mc2,
 )
-from lofit_bench.task import EvalResult, PreferenceExample, Split, Task
+from lofit_bench.task import EvalResult, PreferenceExample, Split, Task, check_limit
 
 # Ouyang et al. (2022), as ITI and lo-fit prepend it (plural "myths", curly quotes).
 INSTRUCTION = (
@@ -187,8 +187,7 @@ class TruthfulQA(Task):
     ) -> EvalResult:
         """Score every candidate of the split in one call, so the scorer can batch the
         candidates of a question over one shared context."""
-        if limit is not None and limit < 1:
-            raise UserError(f"limit must be a positive number of examples, not {limit}")
+        check_limit(limit)
         questions = self.questions(fold, split)[:limit]
         requests = [
             (scoring_context(question.question), " " + answer)

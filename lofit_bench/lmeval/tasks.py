@@ -42,7 +42,7 @@ from lofit_bench import hookimpl
 from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.lmeval import quiet_lm_eval, require_lm_eval
 from lofit_bench.progress import progress_enabled
-from lofit_bench.task import EvalResult, Split, Task
+from lofit_bench.task import EvalResult, Split, Task, check_limit
 
 PREFIX = "lm_eval"
 INCLUDE_VARIABLE = "LOFIT_BENCH_LM_EVAL_INCLUDE"
@@ -245,8 +245,7 @@ class LmEvalTask(Task):
         self.check_fold(fold)
         if split != "test":
             raise UserError(f"task {self.name} has only lm-eval's evaluation split ('test'), not {split!r}")
-        if limit is not None and limit < 1:
-            raise UserError(f"limit must be a positive number of examples, not {limit}")
+        check_limit(limit)
         results, tokens = evaluate_model(
             scorer.model,
             scorer.tokenizer,

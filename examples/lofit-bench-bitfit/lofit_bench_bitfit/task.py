@@ -23,8 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.errors import UserError
-from lofit_bench.metrics import mean
-from lofit_bench.task import EvalResult, SFTExample, Split, Task
+from lofit_bench.task import (
+    EvalResult,
+    SFTExample,
+    Split,
+    Task,
+    check_limit,
+    evaluate_by_generation,
+)
 
 PROMPT_TEMPLATE = "Q: {question}\nA:"
 SPLIT_FILES = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
@@ -115,28 +121,18 @@ class LocalQA(Task):
     def evaluate(
         self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
     ) -> EvalResult:
-        if limit is not None and limit < 1:
-            raise UserError(f"limit must be a positive number of examples, not {limit}")
-        questions = self.questions(fold, split)[:limit]
-        generations = scorer.generate(
-            [question.prompt for question in questions],
-            max_new_tokens=MAX_NEW_TOKENS,
-            description=f"local-qa {split}",
-        )
-        per_example = []
-        for question, generation in zip(questions, generations, strict=True):
+        check_limit(limit)
+
+        def judge(question: Question, generation: Any) -> dict[str, Any]:
             prediction = normalize_answer(generation.new_text)
-            per_example.append(
-                {
-                    "id": question.id,
-                    "prediction": prediction,
-                    "gold": question.answer,
-                    "exact_match": prediction == normalize_answer(question.answer),
-                    "generation": generation.new_text,
-                }
-            )
-        return EvalResult(
-            metrics={"exact_match": mean(entry["exact_match"] for entry in per_example)},
-            example_ids=[question.id for question in questions],
-            per_example=per_example,
+            return {
+                "prediction": prediction,
+                "gold": question.answer,
+                "exact_match": prediction == normalize_answer(question.answer),
+            }
+
+        return evaluate_by_generation(
+            scorer, self.questions(fold, split)[:limit], item_id=lambda question: question.id,
+            prompt=lambda question: question.prompt, judge=judge, metrics=self.metrics,
+            max_new_tokens=MAX_NEW_TOKENS, description=f"local-qa {split}",
         )
