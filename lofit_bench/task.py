@@ -7,10 +7,9 @@ around whatever model the method produced and returns metrics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 from lofit_bench.errors import UserError
 
@@ -113,7 +112,8 @@ class Task(ABC):
         }
 
 
-Item = TypeVar("Item")
+
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")
 
 
 def check_limit(limit: int | None) -> None:
@@ -122,31 +122,67 @@ def check_limit(limit: int | None) -> None:
         raise UserError(f"limit must be a positive number of examples, not {limit}")
 
 
-def evaluate_by_generation(
-    scorer: Any,
-    items: Sequence[Item],
-    *,
-    item_id: Callable[[Item], str],
-    prompt: Callable[[Item], str],
-    judge: Callable[[Item, Any], dict[str, Any]],
-    metrics: Sequence[str],
-    max_new_tokens: int,
-    description: str,
-) -> EvalResult:
-    """Greedy generation for every item, each judged on its own; a metric is the mean of its field.
+class GenerationTask(Task):
+    r"""A task trained with SFT on (prompt, completion) and scored on greedy generations.
 
-    ``judge(item, generation)`` returns the example's entry (prediction, gold and one value
-    per name in ``metrics``); the id and the generated text are added here.
+    A subclass reads a split into items (anything with an ``id`` and a ``prompt``) in
+    :meth:`load_split`, names each item's SFT :meth:`completion`, and :meth:`judge`\ s one
+    generation: the example's entry with a value for every name in ``metrics`` (a metric is
+    the mean of its values). Splits are read once and cached.
     """
-    from lofit_bench.metrics import mean
 
-    generations = scorer.generate([prompt(item) for item in items], max_new_tokens=max_new_tokens, description=description)
-    per_example = [
-        {"id": item_id(item), **judge(item, generation), "generation": generation.new_text}
-        for item, generation in zip(items, generations, strict=True)
-    ]
-    return EvalResult(
-        metrics={name: mean(entry[name] for entry in per_example) for name in metrics},
-        example_ids=[item_id(item) for item in items],
-        per_example=per_example,
-    )
+    objective: ClassVar[Objective] = "sft"
+    evaluation: ClassVar[Literal["multiple_choice", "generation"]] = "generation"
+    #: Greedy decoding stops at EOS or after this many new tokens.
+    max_new_tokens: ClassVar[int] = 16
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        super().__init__(data_dir)
+        self._items_by_split: dict[str, list[Any]] = {}
+
+    @abstractmethod
+    def load_split(self, split: Split) -> list[Any]:
+        """The items of one split, in the order the protocol uses them."""
+
+    @abstractmethod
+    def completion(self, item: Any) -> str:
+        """The SFT target for ``item`` (the trainer appends EOS)."""
+
+    @abstractmethod
+    def judge(self, item: Any, generation: Any) -> dict[str, Any]:
+        """``item``'s entry for one :class:`~lofit_bench.scoring.Generation`: prediction, gold and metric values."""
+
+    def items(self, fold: str, split: Split) -> list[Any]:
+        self.check_fold(fold)
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        if split not in self._items_by_split:
+            self._items_by_split[split] = self.load_split(split)
+        return self._items_by_split[split]
+
+    def split_ids(self, fold: str, split: Split) -> list[str]:
+        return [item.id for item in self.items(fold, split)]
+
+    def training_examples(self, fold: str, split: Split = "train") -> list[SFTExample]:
+        return [
+            SFTExample(id=item.id, prompt=item.prompt, completion=self.completion(item))
+            for item in self.items(fold, split)
+        ]
+
+    def evaluate(self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None) -> EvalResult:
+        from lofit_bench.metrics import mean
+
+        check_limit(limit)
+        items = self.items(fold, split)[:limit]
+        generations = scorer.generate(
+            [item.prompt for item in items], max_new_tokens=self.max_new_tokens, description=f"{self.name} {split}"
+        )
+        per_example = [
+            {"id": item.id, **self.judge(item, generation), "generation": generation.new_text}
+            for item, generation in zip(items, generations, strict=True)
+        ]
+        return EvalResult(
+            metrics={name: mean(entry[name] for entry in per_example) for name in self.metrics},
+            example_ids=[item.id for item in items],
+            per_example=per_example,
+        )

@@ -28,14 +28,7 @@ from typing import Any
 from lofit_bench import hookimpl
 from lofit_bench.errors import UserError
 from lofit_bench.metrics import parse_clutrr_answer
-from lofit_bench.task import (
-    EvalResult,
-    SFTExample,
-    Split,
-    Task,
-    check_limit,
-    evaluate_by_generation,
-)
+from lofit_bench.task import GenerationTask, Split
 
 PROMPT_TEMPLATE = (
     'Read the following story about a family. "{story}" Assume the relations described in the '
@@ -112,57 +105,32 @@ def sample_training_stories(pool: list[ClutrrStory]) -> list[ClutrrStory]:
     return random.Random(TRAIN_SEED).sample(pool, TRAIN_SIZE)
 
 
-class Clutrr(Task):
+class Clutrr(GenerationTask):
     """CLUTRR 2-hop, LoFiT protocol: SFT on 300 sampled stories, exact match on 450 test stories."""
 
     name = "clutrr"
     description = "CLUTRR 2-hop kinship (task_1.2); SFT, exact match of the generated relation"
-    objective = "sft"
-    evaluation = "generation"
     metrics = ("exact_match",)
     primary_metric = "exact_match"
     folds = ("main",)
     license = "CC-BY-NC-4.0 (non-commercial)"
+    max_new_tokens = MAX_NEW_TOKENS
 
-    def __init__(self, data_dir: Path | None = None) -> None:
-        super().__init__(data_dir)
-        self._stories_by_split: dict[str, list[ClutrrStory]] = {}
+    def load_split(self, split: Split) -> list[ClutrrStory]:
+        stories = read_stories(self.data_dir / SPLIT_FILES[split])
+        return sample_training_stories(stories) if split == "train" else stories
 
     def stories(self, fold: str, split: Split) -> list[ClutrrStory]:
-        """The stories of one split in protocol order (train: sample order), cached."""
-        self.check_fold(fold)
-        if split not in SPLIT_FILES:
-            raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLIT_FILES)}")
-        if split not in self._stories_by_split:
-            stories = read_stories(self.data_dir / SPLIT_FILES[split])
-            self._stories_by_split[split] = (
-                sample_training_stories(stories) if split == "train" else stories
-            )
-        return self._stories_by_split[split]
+        """The stories of one split in protocol order (train: sample order)."""
+        return self.items(fold, split)
 
-    def split_ids(self, fold: str, split: Split) -> list[str]:
-        return [story.id for story in self.stories(fold, split)]
+    def completion(self, story: ClutrrStory) -> str:
+        return story.target_text
 
-    def training_examples(self, fold: str, split: Split = "train") -> list[SFTExample]:
-        return [
-            SFTExample(id=story.id, prompt=story.prompt, completion=story.target_text)
-            for story in self.stories(fold, split)
-        ]
-
-    def evaluate(
-        self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
-    ) -> EvalResult:
-        check_limit(limit)
-
-        def judge(story: ClutrrStory, generation: Any) -> dict[str, Any]:
-            prediction = parse_clutrr_answer(generation.full_text)
-            gold = story.target_text.lower()
-            return {"prediction": prediction, "gold": gold, "exact_match": prediction == gold}
-
-        return evaluate_by_generation(
-            scorer, self.stories(fold, split)[:limit], item_id=lambda story: story.id, prompt=lambda story: story.prompt,
-            judge=judge, metrics=self.metrics, max_new_tokens=MAX_NEW_TOKENS, description=f"clutrr {split}",
-        )
+    def judge(self, story: ClutrrStory, generation: Any) -> dict[str, Any]:
+        prediction = parse_clutrr_answer(generation.full_text)
+        gold = story.target_text.lower()
+        return {"prediction": prediction, "gold": gold, "exact_match": prediction == gold}
 
 
 @hookimpl

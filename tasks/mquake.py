@@ -37,14 +37,7 @@ from lofit_bench.metrics import (
     matches_any_strict,
     parse_mquake_answer_strict,
 )
-from lofit_bench.task import (
-    EvalResult,
-    SFTExample,
-    Split,
-    Task,
-    check_limit,
-    evaluate_by_generation,
-)
+from lofit_bench.task import GenerationTask, Split
 
 PROMPT_TEMPLATE = "Q: Imagine that {edited_statement}. {question} A:"
 SPLIT_FILES = {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}
@@ -111,60 +104,37 @@ def read_cases(path: Path) -> list[MquakeCase]:
     return cases
 
 
-class Mquake(Task):
+class Mquake(GenerationTask):
     """MQuAKE single-edit cases, LoFiT protocol: SFT on the new answer, exact match on test."""
 
     name = "mquake"
     description = (
         "MQuAKE-CF-3k single-edit multi-hop questions; SFT, exact match (strict and lenient)"
     )
-    objective = "sft"
-    evaluation = "generation"
     metrics = ("exact_match", "exact_match_lenient")
     primary_metric = "exact_match"
     folds = ("main",)
     license = "MIT"
+    max_new_tokens = MAX_NEW_TOKENS
 
-    def __init__(self, data_dir: Path | None = None) -> None:
-        super().__init__(data_dir)
-        self._cases_by_split: dict[str, list[MquakeCase]] = {}
+    def load_split(self, split: Split) -> list[MquakeCase]:
+        return read_cases(self.data_dir / SPLIT_FILES[split])
 
     def cases(self, fold: str, split: Split) -> list[MquakeCase]:
-        """The cases of one split in file order, read on first use and cached."""
-        self.check_fold(fold)
-        if split not in SPLIT_FILES:
-            raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLIT_FILES)}")
-        if split not in self._cases_by_split:
-            self._cases_by_split[split] = read_cases(self.data_dir / SPLIT_FILES[split])
-        return self._cases_by_split[split]
+        """The cases of one split in file order."""
+        return self.items(fold, split)
 
-    def split_ids(self, fold: str, split: Split) -> list[str]:
-        return [case.id for case in self.cases(fold, split)]
+    def completion(self, case: MquakeCase) -> str:
+        return case.new_answer
 
-    def training_examples(self, fold: str, split: Split = "train") -> list[SFTExample]:
-        return [
-            SFTExample(id=case.id, prompt=case.prompt, completion=case.new_answer)
-            for case in self.cases(fold, split)
-        ]
-
-    def evaluate(
-        self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
-    ) -> EvalResult:
-        check_limit(limit)
-
-        def judge(case: MquakeCase, generation: Any) -> dict[str, Any]:
-            prediction = parse_mquake_answer_strict(generation.full_text)
-            return {
-                "prediction": prediction,
-                "gold": case.golds,
-                "exact_match": matches_any_strict(prediction, case.golds),
-                "exact_match_lenient": matches_any_lenient(prediction, case.golds),
-            }
-
-        return evaluate_by_generation(
-            scorer, self.cases(fold, split)[:limit], item_id=lambda case: case.id, prompt=lambda case: case.prompt,
-            judge=judge, metrics=self.metrics, max_new_tokens=MAX_NEW_TOKENS, description=f"mquake {split}",
-        )
+    def judge(self, case: MquakeCase, generation: Any) -> dict[str, Any]:
+        prediction = parse_mquake_answer_strict(generation.full_text)
+        return {
+            "prediction": prediction,
+            "gold": case.golds,
+            "exact_match": matches_any_strict(prediction, case.golds),
+            "exact_match_lenient": matches_any_lenient(prediction, case.golds),
+        }
 
 
 @hookimpl

@@ -23,14 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.errors import UserError
-from lofit_bench.task import (
-    EvalResult,
-    SFTExample,
-    Split,
-    Task,
-    check_limit,
-    evaluate_by_generation,
-)
+from lofit_bench.task import GenerationTask, Split
 
 PROMPT_TEMPLATE = "Q: {question}\nA:"
 SPLIT_FILES = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
@@ -80,59 +73,35 @@ def read_questions(path: Path) -> list[Question]:
     return questions
 
 
-class LocalQA(Task):
+class LocalQA(GenerationTask):
     """Short factual questions from local JSONL files; SFT, greedy exact match."""
 
     name = "local-qa"
     description = "50 simple factual questions shipped with lofit-bench-bitfit; SFT, exact match"
-    objective = "sft"
-    evaluation = "generation"
     metrics = ("exact_match",)
     primary_metric = "exact_match"
     folds = ("main",)
     license = "MIT (written for the lofit-bench-bitfit example)"
-
-    def __init__(self, data_dir: Path | None = None) -> None:
-        super().__init__(data_dir)
-        self._questions: dict[str, list[Question]] = {}
+    max_new_tokens = MAX_NEW_TOKENS
 
     @classmethod
     def default_data_dir(cls) -> Path:
         return DATA_ROOT / cls.name
 
+    def load_split(self, split: Split) -> list[Question]:
+        return read_questions(self.data_dir / SPLIT_FILES[split])
+
     def questions(self, fold: str, split: Split) -> list[Question]:
-        """The questions of one split in file order, read on first use."""
-        self.check_fold(fold)
-        if split not in SPLIT_FILES:
-            raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLIT_FILES)}")
-        if split not in self._questions:
-            self._questions[split] = read_questions(self.data_dir / SPLIT_FILES[split])
-        return self._questions[split]
+        """The questions of one split in file order."""
+        return self.items(fold, split)
 
-    def split_ids(self, fold: str, split: Split) -> list[str]:
-        return [question.id for question in self.questions(fold, split)]
+    def completion(self, question: Question) -> str:
+        return " " + question.answer
 
-    def training_examples(self, fold: str, split: Split = "train") -> list[SFTExample]:
-        return [
-            SFTExample(id=question.id, prompt=question.prompt, completion=" " + question.answer)
-            for question in self.questions(fold, split)
-        ]
-
-    def evaluate(
-        self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
-    ) -> EvalResult:
-        check_limit(limit)
-
-        def judge(question: Question, generation: Any) -> dict[str, Any]:
-            prediction = normalize_answer(generation.new_text)
-            return {
-                "prediction": prediction,
-                "gold": question.answer,
-                "exact_match": prediction == normalize_answer(question.answer),
-            }
-
-        return evaluate_by_generation(
-            scorer, self.questions(fold, split)[:limit], item_id=lambda question: question.id,
-            prompt=lambda question: question.prompt, judge=judge, metrics=self.metrics,
-            max_new_tokens=MAX_NEW_TOKENS, description=f"local-qa {split}",
-        )
+    def judge(self, question: Question, generation: Any) -> dict[str, Any]:
+        prediction = normalize_answer(generation.new_text)
+        return {
+            "prediction": prediction,
+            "gold": question.answer,
+            "exact_match": prediction == normalize_answer(question.answer),
+        }
