@@ -367,3 +367,5 @@ def _quiet_libraries(progress: bool) -> None:
     for name in ("transformers.trainer", "trl", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*Mismatch between tokenized prompt and the start.*")
+    # trl 1.x still asks for the old name; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
