@@ -31,6 +31,9 @@ from lofit_bench.prompt_positions import (
 )
 
 MIN_SHARED_PREFIX = 16  # tokens; below this, copying a cache costs more than recomputing
+# Generation copies the prefix's cache once per batch (not once per question), so a short
+# shared opening (CLUTRR's 'Read the following story about a family. "') already pays.
+MIN_SHARED_GENERATION_PREFIX = 4
 
 
 def _cache_argument(model: nn.Module) -> str:
@@ -142,7 +145,7 @@ class Scorer:
             results.append(float(log_probs[row, positions, targets].sum()))
         return results
 
-    def _shared_prefix(self, contexts: list[list[int]]) -> tuple[int, object] | None:
+    def _shared_prefix(self, contexts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> tuple[int, object] | None:
         """KV cache of the token prefix every context starts with (TruthfulQA's instruction and
         six-shot primer), computed once and copied per question; None when there is none worth it."""
         if len(contexts) < 2:
@@ -151,7 +154,7 @@ class Scorer:
         first = contexts[0]
         for context in contexts[1:]:
             length = next((i for i in range(length) if context[i] != first[i]), length)
-        if length < MIN_SHARED_PREFIX:
+        if length < minimum:
             return None
         output = self.model(input_ids=torch.tensor([first[:length]], device=self.device), use_cache=True)
         self.tokens_processed += length
@@ -211,48 +214,65 @@ class Scorer:
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int = 16, description: str = "generating"
     ) -> list[Generation]:
-        """Greedy decoding with left padding and a KV cache, batched, stopping at EOS.
+        """Greedy decoding with a KV cache, batched, stopping at EOS; results in ``prompts`` order.
 
-        Prompts are batched longest first (as lm-eval does), so a batch pads to lengths close
-        to its own and little of the prefill is spent on padding; results come back in the
-        order of ``prompts``.
+        Prompts are batched longest first (as lm-eval does), so a batch pads only to lengths
+        close to its own. Each row is left-padded; when every prompt opens with the same
+        tokens (and ``reuse_context_cache`` is on), that opening is encoded once and each batch
+        starts from a copy of its KV cache, the padding going between the opening and the rest
+        (positions follow the attention mask, so every row reads exactly as if unpadded).
         """
-        tokenizer = self.tokenizer
-        previous_side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
+        token_lists = [self.encode(prompt) for prompt in prompts]
+        order = sorted(range(len(prompts)), key=lambda index: -len(token_lists[index]))
         self.model.eval()
         listeners = find_prompt_listeners(self.model)
-        lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
-        order = sorted(range(len(prompts)), key=lambda index: -lengths[index])
+        # A prompt listener (LoReFT) reads left-padded prompts; it gets no shared opening.
+        prefix = (
+            self._shared_prefix(token_lists, MIN_SHARED_GENERATION_PREFIX)
+            if self.reuse_context_cache and not listeners
+            else None
+        )
+        shared = prefix[0] if prefix else 0
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         results: list[Generation | None] = [None] * len(prompts)
-        try:
-            with progress_bar(total=len(prompts), description=description, enabled=self.progress) as bar:
-                for start in range(0, len(order), self.batch_size):
-                    indices = order[start : start + self.batch_size]
-                    chunk = [prompts[index] for index in indices]
-                    encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
-                    with declare_prompt(listeners, PromptSpans.left_padded(encoded["attention_mask"])):
-                        output = self.model.generate(
-                            **encoded,
-                            do_sample=False,
-                            max_new_tokens=max_new_tokens,
-                            pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id,
-                            temperature=None,
-                            top_p=None,
-                            top_k=None,
-                        )
-                    prompt_width = encoded["input_ids"].shape[1]
-                    self.tokens_processed += int(encoded["attention_mask"].sum()) + output[:, prompt_width:].numel()
-                    for row, (index, prompt) in enumerate(zip(indices, chunk, strict=True)):
-                        new_ids = output[row, prompt_width:]
-                        results[index] = Generation(
-                            prompt=prompt,
-                            full_text=tokenizer.decode(output[row], skip_special_tokens=True),
-                            new_text=tokenizer.decode(new_ids, skip_special_tokens=True),
-                            new_tokens=int((new_ids != tokenizer.pad_token_id).sum()),
-                        )
-                    bar.update(len(chunk))
-        finally:
-            tokenizer.padding_side = previous_side
+        with progress_bar(total=len(prompts), description=description, enabled=self.progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                indices = order[start : start + self.batch_size]
+                rows = [token_lists[index] for index in indices]
+                width = max(len(row) for row in rows)
+                input_ids = torch.tensor(
+                    [row[:shared] + [pad_id] * (width - len(row)) + row[shared:] for row in rows], device=self.device
+                )
+                attention_mask = torch.tensor(
+                    [[1] * shared + [0] * (width - len(row)) + [1] * (len(row) - shared) for row in rows],
+                    device=self.device,
+                )
+                extra = {}
+                if prefix:
+                    cache = copy.deepcopy(prefix[1])
+                    cache.batch_repeat_interleave(len(rows))
+                    extra[_cache_argument(self.model)] = cache
+                with declare_prompt(listeners, PromptSpans.left_padded(attention_mask)):
+                    output = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        do_sample=False,
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=pad_id,
+                        eos_token_id=self.tokenizer.eos_token_id,
+                        temperature=None,
+                        top_p=None,
+                        top_k=None,
+                        **extra,
+                    )
+                self.tokens_processed += int(attention_mask.sum()) - shared * len(rows) + output[:, width:].numel()
+                for row, index in enumerate(indices):
+                    new_ids = output[row, width:]
+                    results[index] = Generation(
+                        prompt=prompts[index],
+                        full_text=self.tokenizer.decode(output[row], skip_special_tokens=True),
+                        new_text=self.tokenizer.decode(new_ids, skip_special_tokens=True),
+                        new_tokens=int((new_ids != pad_id).sum()),
+                    )
+                bar.update(len(rows))
         return [result for result in results if result is not None]

@@ -157,3 +157,39 @@ def test_generation_batches_longest_prompts_together(tiny_lm) -> None:
     longest_first = sorted(lengths, reverse=True)
     assert widths == longest_first[::2]  # each batch pads only to its own longest prompt
     assert [result.prompt for result in results] == PROMPTS
+
+
+STORY_PROMPTS = [
+    'Read the story. "Ann met Bob." Who met Bob? Answer:',
+    'Read the story. "Cleo is the aunt of Dan, who lives in Rome." Who is Dan\'s aunt? Answer:',
+    'Read the story. "Eve." Who? Answer:',
+    'Read the story. "Fay and Gus went to the market on a rainy Sunday." Who went? Answer:',
+    'Read the story. "Hal." Answer:',
+]
+
+
+def test_a_shared_opening_is_encoded_once_and_changes_no_generation(tiny_lm) -> None:
+    """Prompts opening alike: the opening's cache is reused, padding goes after it, outputs unchanged."""
+    tokenizer = tiny_lm.tokenizer
+    widths: list[tuple[int, int]] = []
+
+    def record_widths(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] > 1:
+            widths.append(tuple(ids.shape))
+
+    separate = Scorer(tiny_lm.model, tokenizer, batch_size=2, reuse_context_cache=False)
+    expected = separate.generate(STORY_PROMPTS, max_new_tokens=6)
+    handle = tiny_lm.model.register_forward_pre_hook(record_widths, with_kwargs=True)
+    try:
+        shared = Scorer(tiny_lm.model, tokenizer, batch_size=2)
+        generations = shared.generate(STORY_PROMPTS, max_new_tokens=6)
+    finally:
+        handle.remove()
+    assert generations == expected
+    assert generations == [separate.generate([prompt], max_new_tokens=6)[0] for prompt in STORY_PROMPTS]
+    opening = len(tokenizer('Read the story. "')["input_ids"])
+    lengths = sorted((len(tokenizer(prompt)["input_ids"]) for prompt in STORY_PROMPTS), reverse=True)
+    assert widths[0] == (1, opening)  # the opening, once
+    assert [width for _, width in widths[1:]] == [length - opening for length in lengths[::2]]
+    assert shared.tokens_processed < separate.tokens_processed
