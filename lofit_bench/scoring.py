@@ -47,6 +47,14 @@ def _output_cache(output) -> object:
     return cache if cache is not None else output.past_key_values
 
 
+def _shares_cached_prefixes_safely(model: nn.Module) -> bool:
+    """False when something watches whole forward calls: a prompt listener (LoReFT) or a hook
+    on the model itself (RepE's contrast vector), whose edit depends on each call holding a
+    prompt from its first token; a cached shared prefix would change what those calls see."""
+    whole_model_hooks = bool(model._forward_pre_hooks or model._forward_hooks)
+    return not whole_model_hooks and not find_prompt_listeners(model)
+
+
 @dataclass(frozen=True)
 class Generation:
     """One greedy generation: ``full_text`` is the whole decoded sequence (prompt included)."""
@@ -112,7 +120,7 @@ class Scorer:
         scores = [0.0] * len(requests)
         self.model.eval()
         listeners = find_prompt_listeners(self.model)
-        reuse_cache = self.reuse_context_cache and not listeners
+        reuse_cache = self.reuse_context_cache and _shares_cached_prefixes_safely(self.model)
         prefix = self._shared_prefix([list(context) for context in groups]) if reuse_cache else None
         with progress_bar(total=len(requests), description=description, enabled=self.progress) as bar:
             for context_ids, members in groups.items():
@@ -226,10 +234,9 @@ class Scorer:
         order = sorted(range(len(prompts)), key=lambda index: -len(token_lists[index]))
         self.model.eval()
         listeners = find_prompt_listeners(self.model)
-        # A prompt listener (LoReFT) reads left-padded prompts; it gets no shared opening.
         prefix = (
             self._shared_prefix(token_lists, MIN_SHARED_GENERATION_PREFIX)
-            if self.reuse_context_cache and not listeners
+            if self.reuse_context_cache and _shares_cached_prefixes_safely(self.model)
             else None
         )
         shared = prefix[0] if prefix else 0

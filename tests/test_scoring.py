@@ -173,14 +173,13 @@ def test_a_shared_opening_is_encoded_once_and_changes_no_generation(tiny_lm) -> 
     tokenizer = tiny_lm.tokenizer
     widths: list[tuple[int, int]] = []
 
-    def record_widths(module, args, kwargs):
-        ids = kwargs.get("input_ids")
-        if ids is not None and ids.shape[1] > 1:
-            widths.append(tuple(ids.shape))
+    def record_widths(module, args):  # on the embedding: a hook on the model itself turns sharing off
+        if args[0].shape[1] > 1:
+            widths.append(tuple(args[0].shape))
 
     separate = Scorer(tiny_lm.model, tokenizer, batch_size=2, reuse_context_cache=False)
     expected = separate.generate(STORY_PROMPTS, max_new_tokens=6)
-    handle = tiny_lm.model.register_forward_pre_hook(record_widths, with_kwargs=True)
+    handle = tiny_lm.model.get_input_embeddings().register_forward_pre_hook(record_widths)
     try:
         shared = Scorer(tiny_lm.model, tokenizer, batch_size=2)
         generations = shared.generate(STORY_PROMPTS, max_new_tokens=6)
@@ -193,3 +192,17 @@ def test_a_shared_opening_is_encoded_once_and_changes_no_generation(tiny_lm) -> 
     assert widths[0] == (1, opening)  # the opening, once
     assert [width for _, width in widths[1:]] == [length - opening for length in lengths[::2]]
     assert shared.tokens_processed < separate.tokens_processed
+
+
+def test_no_shared_opening_when_a_hook_watches_whole_calls(tiny_lm) -> None:
+    """A hook on the model itself may depend on each call starting at the prompt's first token."""
+    calls: list[int] = []
+    handle = tiny_lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=8).generate(STORY_PROMPTS, max_new_tokens=2)
+    finally:
+        handle.remove()
+    longest = max(len(tiny_lm.tokenizer(prompt)["input_ids"]) for prompt in STORY_PROMPTS)
+    assert calls[0] == longest  # one left-padded call with every prompt whole
