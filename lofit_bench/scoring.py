@@ -47,12 +47,11 @@ def _output_cache(output) -> object:
     return cache if cache is not None else output.past_key_values
 
 
-def _shares_cached_prefixes_safely(model: nn.Module) -> bool:
-    """False when something watches whole forward calls: a prompt listener (LoReFT) or a hook
-    on the model itself (RepE's contrast vector), whose edit depends on each call holding a
-    prompt from its first token; a cached shared prefix would change what those calls see."""
-    whole_model_hooks = bool(model._forward_pre_hooks or model._forward_hooks)
-    return not whole_model_hooks and not find_prompt_listeners(model)
+def _watches_whole_calls(model: nn.Module, listeners: Sequence[PromptListener]) -> bool:
+    """True when a prompt listener (LoReFT) or a hook on the model itself (RepE's contrast
+    vector) depends on each forward call holding a prompt from its first token: a cached
+    shared prefix would change what those calls see, so none is used."""
+    return bool(listeners or model._forward_pre_hooks or model._forward_hooks)
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ class Scorer:
         scores = [0.0] * len(requests)
         self.model.eval()
         listeners = find_prompt_listeners(self.model)
-        reuse_cache = self.reuse_context_cache and _shares_cached_prefixes_safely(self.model)
+        reuse_cache = self.reuse_context_cache and not _watches_whole_calls(self.model, listeners)
         prefix = self._shared_prefix([list(context) for context in groups]) if reuse_cache else None
         with progress_bar(total=len(requests), description=description, enabled=self.progress) as bar:
             for context_ids, members in groups.items():
@@ -236,7 +235,7 @@ class Scorer:
         listeners = find_prompt_listeners(self.model)
         prefix = (
             self._shared_prefix(token_lists, MIN_SHARED_GENERATION_PREFIX)
-            if self.reuse_context_cache and _shares_cached_prefixes_safely(self.model)
+            if self.reuse_context_cache and not _watches_whole_calls(self.model, listeners)
             else None
         )
         shared = prefix[0] if prefix else 0

@@ -61,6 +61,9 @@ class EvalResult:
         return len(self.example_ids)
 
 
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+
+
 class Task(ABC):
     """Base class of every task plugin.
 
@@ -107,13 +110,9 @@ class Task(ABC):
     def data_summary(self) -> dict[str, Any]:
         """Split sizes per fold, recorded with every run."""
         return {
-            fold: {split: len(self.split_ids(fold, split)) for split in ("train", "dev", "test")}
+            fold: {split: len(self.split_ids(fold, split)) for split in SPLITS}
             for fold in self.folds
         }
-
-
-
-SPLITS: tuple[Split, ...] = ("train", "dev", "test")
 
 
 def check_limit(limit: int | None) -> None:
