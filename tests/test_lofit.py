@@ -30,15 +30,6 @@ def small_budget(**changes):
     return get_budget("smoke").replace(**values)
 
 
-@pytest.fixture(scope="module")
-def builtin_host():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(plugins.ALLOWLIST_VARIABLE, "")  # built-ins only: no installed plugin interferes
-        plugins.reset_host()
-        yield plugins.get_host()
-        plugins.reset_host()
-
-
 def context(lm, task: str, tmp_path, budget=None, seed: int = 0) -> FitContext:
     task_object = plugins.get_host().tasks.get(task)()
     return FitContext(lm, task_object, task_object.folds[0], budget or small_budget(), seed, tmp_path)

@@ -136,14 +136,6 @@ def test_contrast_on_a_multiple_choice_task_is_a_user_error():
         RepEConfig(vector="pca")
 
 
-@pytest.fixture
-def builtin_host(monkeypatch):
-    monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "")
-    plugins.reset_host()
-    yield
-    plugins.reset_host()
-
-
 def test_a_sweep_records_the_fit_on_clutrr_and_truthfulqa(builtin_host, tmp_path):
     specs = plan_sweep(["repe"], ["clutrr", "truthfulqa"], small_budget(dev_examples=2), ModelSettings("tiny-random-llama", device="cpu"))
     outcomes = run_sweep(specs, tmp_path, progress=False, echo=lambda _: None, executor="inline")
