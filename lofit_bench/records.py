@@ -22,6 +22,11 @@ from lofit_bench.errors import UserError
 
 RECORD_SCHEMA = 1
 RECORDS_FOLDER = "records"
+#: Distributions whose versions every record keeps (None when not installed).
+ENVIRONMENT_PACKAGES = (
+    "lofit-bench", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy",
+    "scikit-learn", "safetensors", "tokenizers", "pluggy", "lm_eval",
+)
 
 
 def run_key(method: str, method_config: dict[str, Any], task: str, budget: dict[str, Any], model: str, seed: int) -> str:
@@ -90,7 +95,7 @@ def iter_record_files(runs_dir: Path) -> Iterator[Path]:
 def environment() -> dict[str, Any]:
     """Library versions, platform and the lofit-bench git commit, for reproducibility."""
     versions = {}
-    for package in ("lofit-bench", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy", "lm_eval"):
+    for package in ENVIRONMENT_PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
