@@ -97,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="tables from the records of a run folder; writes report.md and results.csv",
-        description="Print a markdown comparison table from OUT/records and write report.md and results.csv into RUNS_DIR.",
+        help="tables from the records of a run folder; writes report.md, report.html, results.csv and results.json",
+        description="Print markdown comparison tables (one per model and task) from OUT/records and write "
+        "report.md, report.html, results.csv and results.json into RUNS_DIR.",
     )
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
+    report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against (default: lofit when the folder has it)")
 
     listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
@@ -217,7 +219,7 @@ def command_run(arguments: argparse.Namespace) -> int:
 def command_report(arguments: argparse.Namespace) -> int:
     from lofit_bench.report import build_report
 
-    report = build_report(arguments.runs_dir)
+    report = build_report(arguments.runs_dir, reference=arguments.reference)
     print(report.markdown)
     print(f"\nwrote report.md, report.html, results.csv and results.json in {arguments.runs_dir}")
     return 0
