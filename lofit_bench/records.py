@@ -29,13 +29,10 @@ ENVIRONMENT_PACKAGES = (
 )
 
 
-def run_key(method: str, method_config: dict[str, Any], task: str, budget: dict[str, Any], model: str, seed: int) -> str:
-    """A stable hash of everything that defines a run (resume skips a key already done)."""
-    payload = json.dumps(
-        {"method": method, "config": method_config, "task": task, "budget": budget, "model": model, "seed": seed},
-        sort_keys=True,
-        default=str,
-    )
+def run_key(identity: dict[str, Any]) -> str:
+    """A stable hash of everything that changes a run's result (see ``runner.run_identity``):
+    resume skips a run only when a finished record has the same key."""
+    payload = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

