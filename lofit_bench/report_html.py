@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.records import write_text_atomic
-from lofit_bench.report import COLUMN_HELP, Report, SummaryRow, failure_line, table_groups, task_table
+from lofit_bench.report import (
+    COLUMN_HELP,
+    Report,
+    SummaryRow,
+    failure_line,
+    table_groups,
+    task_table,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import multiprocessing
 import os
 import tempfile
 import traceback
@@ -20,6 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.budget import Budget
+from lofit_bench.console import (
+    LOGS_FOLDER,
+    RunStatus,
+    SweepConsole,
+    redirect_output,
+    status_path,
+    verbose,
+)
 from lofit_bench.errors import UserError
 from lofit_bench.measure import MemoryMeter, Stopwatch
 from lofit_bench.method import FitContext, Method
@@ -190,41 +199,55 @@ def run_sweep(
     executor: str = "process",
     jobs: int = 1,
     ray_address: str | None = None,
+    quiet: bool = False,
+    live: bool | None = None,
 ) -> list[RunOutcome]:
     """Run every spec, skipping those whose record already says ``ok`` (unless ``force``).
 
     Each record is written atomically the moment its run ends, so an interrupted sweep
     (Ctrl-C, kill -9) loses only the runs in flight, and rerunning it resumes where it stopped.
-    See :mod:`lofit_bench.executors` for where runs execute.
+    See :mod:`lofit_bench.executors` for where runs execute. ``progress`` turns on the runs'
+    own progress bars; the console (:mod:`lofit_bench.console`) prints one line per finished
+    run and, on a terminal (``live``), a status line; ``quiet`` prints nothing.
     """
     from lofit_bench.executors import execute
 
     check_output_folder(out_dir)
-    labels = {spec.key: f"[{index}/{len(specs)}] {spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})"
-              for index, spec in enumerate(specs, start=1)}
+    labels = {spec.key: f"{spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})" for spec in specs}
     outcomes: dict[str, RunOutcome] = {}
     pending = []
-    for spec in specs:
-        path = spec.record_path(out_dir)
-        if not force and _finished(path):
-            echo(f"{labels[spec.key]}: already done, skipped ({path.name}; --force reruns)")
-            outcomes[spec.key] = RunOutcome(spec, "skipped", path)
-        else:
-            pending.append(spec)
-    if pending:
-        where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
-        echo(f"running {len(pending)} run(s) ({where})")
-    for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
-        path = spec.record_path(out_dir)
-        write_json_atomic(path, record)
-        if record["status"] == "ok":
-            summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
-            echo(f"{labels[spec.key]}: {summary} ({record['timings']['total_s']:.0f} s)")
-            outcomes[spec.key] = RunOutcome(spec, "ok", path)
-        else:
-            error = record["error"]
-            echo(f"{labels[spec.key]}: FAILED: {error['type']}: {error['message']} (recorded in {path})")
-            outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}")
+    console = SweepConsole(
+        len(specs), 1 if executor == "inline" else jobs, out_dir,
+        echo=(lambda *_: None) if quiet else echo, live=False if quiet else live,
+    )
+    with console:
+        for spec in specs:
+            path = spec.record_path(out_dir)
+            if not force and _finished(path):
+                console.skipped(labels[spec.key], f"already done, skipped ({path.name}; --force reruns)")
+                outcomes[spec.key] = RunOutcome(spec, "skipped", path)
+            else:
+                pending.append(spec)
+                status_path(out_dir, path.stem).unlink(missing_ok=True)  # left by a killed sweep
+                console.submitted(path.stem, labels[spec.key])
+        if pending and not quiet:
+            where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
+            logs = "" if executor == "inline" or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
+            echo(f"running {len(pending)} run(s) ({where}{logs})")
+        for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
+            path = spec.record_path(out_dir)
+            write_json_atomic(path, record)
+            seconds = (record.get("timings") or {}).get("total_s")
+            if record["status"] == "ok":
+                summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
+                console.finished(path.stem, labels[spec.key], f"{summary} ({seconds:.0f} s)", seconds)
+                outcomes[spec.key] = RunOutcome(spec, "ok", path)
+            else:
+                error = record["error"]
+                console.finished(
+                    path.stem, labels[spec.key], f"FAILED: {error['type']}: {error['message']} (recorded in {path})", None
+                )
+                outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}")
     return [outcomes[spec.key] for spec in specs]
 
 
@@ -264,10 +287,20 @@ def empty_record(spec: RunSpec) -> dict[str, Any]:
 
 
 def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Run one spec and return its record (status ``failed`` with the error if it raised)."""
+    """Run one spec and return its record (status ``failed`` with the error if it raised).
+
+    In a sweep's child process the run's own output (library bars, warnings, logs) goes to
+    ``OUT/logs/<record>.log`` unless ``--verbose``; its phases go to the sweep's console.
+    """
+    stem = spec.record_path(out_dir).stem
     record = empty_record(spec)
+    if multiprocessing.parent_process() is not None and not verbose():
+        log_file = out_dir / LOGS_FOLDER / f"{stem}.log"
+        redirect_output(log_file)
+        record["log"] = str(log_file.relative_to(out_dir))
+    status = RunStatus(status_path(out_dir, stem))
     try:
-        _execute(spec, out_dir, record, progress_enabled(progress))
+        _execute(spec, out_dir, record, progress_enabled(progress), status)
         record["status"] = "ok"
     except Exception as error:  # noqa: BLE001 - a failed run is data, not the end of the sweep
         record["status"] = "failed"
@@ -280,7 +313,7 @@ def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str
     return record
 
 
-def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: bool) -> None:
+def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: bool, status: RunStatus) -> None:
     from transformers import set_seed
 
     host = get_host()
@@ -303,6 +336,11 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
     memory: MemoryMeter | None = None
     artifacts = out_dir / ARTIFACTS_FOLDER / spec.record_path(out_dir).stem
     for fold in task.folds:
+
+        def report(phase: str, fold: str = fold) -> None:
+            status.set(phase if len(task.folds) == 1 else f"{fold}: {phase}")
+
+        report("load_model")
         with watch.phase("load_model"):
             lm = load_model(spec.model.name, spec.model.dtype, spec.model.device, spec.model.trust_remote_code)
         record["model"] = lm.describe()
@@ -314,7 +352,11 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         fold_record: dict[str, Any] = {"split_sizes": task.data_summary()[fold]}
         folds[fold] = fold_record
         with tempfile.TemporaryDirectory(prefix="lofit-bench-") as work:
-            context = FitContext(lm, task, fold, spec.budget, spec.seed, Path(work), progress)
+            context = FitContext(
+                lm, task, fold, spec.budget, spec.seed, Path(work), progress,
+                on_phase=lambda name: report(f"fit: {name}"),
+            )
+            report("fit")
             with memory.phase("fit"), watch.phase("fit"):
                 method.prepare(lm)
                 fold_record["fit"] = method.fit(context)
@@ -322,6 +364,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds
             fold_record["train_ids"] = [example.id for example in context.training_examples()] if method.uses_training_data else []
         scorer = Scorer(method.evaluation_model(), lm.tokenizer, spec.budget.eval_batch_size, progress)
+        report("evaluate")
         with memory.phase("evaluate"), watch.phase("evaluate"):
             result = task.evaluate(scorer, fold, "test", limit=spec.budget.eval_examples)
         fold_record["metrics"] = result.metrics
