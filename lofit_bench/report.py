@@ -308,6 +308,13 @@ def header_lines(records: list[dict[str, Any]], finished: list[dict[str, Any]], 
         HeaderLine(f"budget: {'; '.join(budgets)}"),
         HeaderLine(f"p-values against: {reference}" if reference else "p-values: none (no reference method in this folder)"),
     ]
+    options = sorted({
+        f"{record['method']['name']} " + ", ".join(f"{key}={json.dumps(value)}" for key, value in sorted(record["method"]["options"].items()))
+        for record in records
+        if record["method"].get("options")
+    })
+    if options:
+        lines.append(HeaderLine(f"method options set for these runs (the rest are the methods' defaults): {'; '.join(options)}"))
     lines += [HeaderLine(text, warning=True) for text in budget_differences(records)]
     lines += [HeaderLine(text, warning=True) for text in version_differences(records)]
     return lines

@@ -206,6 +206,8 @@ def test_reference_with_options_still_gives_p_values(tmp_path):
     assert rows["zero-shot"].reference == "lofit [stage2_learning_rate=0.01]"
     assert rows["zero-shot"].p_value is not None and rows["zero-shot"].p_value < 0.001
     assert "p vs lofit [stage2_learning_rate=0.01]" in report.markdown
+    assert "method options set for these runs (the rest are the methods' defaults): lofit stage2_learning_rate=0.01; " \
+           "lofit stage2_learning_rate=0.3" in report.markdown
 
 
 def test_bootstrap_p_value_is_never_zero():
