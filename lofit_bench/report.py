@@ -433,7 +433,7 @@ def budget_differences(records: list[dict[str, Any]]) -> list[str]:
     fields = {name: (lambda record, name=name: record["budget"].get(name)) for name in names}
     return [
         f"runs in this folder used different budgets: {name} = "
-        + "; ".join(f"{value} for {', '.join(sorted(runs))}" for value, runs in sorted(by_value.items()))
+        + "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in sorted(by_value.items()))
         + "; compare with care"
         for name, by_value in _differences(records, fields)
     ]
@@ -443,14 +443,23 @@ def version_differences(records: list[dict[str, Any]]) -> list[str]:
     """One line per code or library version on which the folder's runs disagree."""
     with_environment = [record for record in records if record.get("environment")]
     packages = sorted({name for record in with_environment for name in (record["environment"].get("versions") or {})})
-    fields: dict[str, Any] = {"lofit-bench commit": lambda record: record["environment"].get("git_commit")}
+    fields: dict[str, Any] = {"lofit-bench commit": lambda record: _short_commit(record["environment"].get("git_commit"))}
     fields |= {name: (lambda record, name=name: (record["environment"].get("versions") or {}).get(name)) for name in packages}
-    return [
-        f"runs in this folder come from different versions: {name} = "
-        + "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in sorted(by_value.items()))
-        + "; rerun them on one version to compare"
-        for name, by_value in _differences(with_environment, fields)
-    ]
+    lines = []
+    for name, by_value in _differences(with_environment, fields):
+        values = sorted(by_value.items(), key=lambda item: (-len(item[1]), item[0]))
+        shown = "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in values[:3])
+        if len(values) > 3:
+            shown += f"; {len(values) - 3} more values for {sum(len(runs) for _, runs in values[3:])} runs (see results.csv)"
+        lines.append(f"runs in this folder come from different versions: {name} = {shown}; rerun them on one version to compare")
+    return lines
+
+
+def _short_commit(commit: str | None) -> str | None:
+    if not commit:
+        return commit
+    dirty = commit.endswith("-dirty")
+    return commit.removesuffix("-dirty")[:12] + ("-dirty" if dirty else "")
 
 
 # -- CSV -------------------------------------------------------------------------------------------
@@ -468,6 +477,7 @@ def csv_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
         "status": record["status"],
         "model": model_label(record, records),
         "model_fingerprint": model.get("fingerprint"),
+        "lofit_bench_commit": (record.get("environment") or {}).get("git_commit"),
         "dtype": model.get("dtype"),
         "device": model.get("device"),
         "budget": budget_name(record["budget"]),

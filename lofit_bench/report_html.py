@@ -63,6 +63,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _short(label: str, width: int = 24) -> str:
+    """A method label cut to fit a plot (the tables carry the whole label)."""
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
 def _panels(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:
     """One plot panel per (model, task) table; the title names the model when there are several."""
     groups = table_groups(rows)
@@ -88,8 +93,7 @@ def scatter_figure(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | 
         front = pareto_front(points)
         for index, (row, (x, y)) in enumerate(zip(task_rows, points, strict=True)):
             axes.scatter([x], [y], s=60 if index in front else 30, edgecolor="black" if index in front else "none")
-            name = row.method if len(row.method) <= 24 else row.method[:23] + "…"
-            axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            axes.annotate(_short(row.method), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ordered = sorted(points[index] for index in front)
         axes.plot([x for x, _ in ordered], [y for _, y in ordered], linestyle="--", color="grey", linewidth=1)
         if log:
@@ -112,7 +116,7 @@ def bars_figure(rows: list[SummaryRow]):
         means = [100 * row.primary for row in task_rows]
         errors = [100 * (row.metrics[row.primary_metric][1] or 0.0) for row in task_rows]
         axes.bar(range(len(task_rows)), means, yerr=errors, capsize=4, color="#4c72b0")
-        axes.set_xticks(range(len(task_rows)), [row.method for row in task_rows], rotation=30, ha="right", fontsize=8)
+        axes.set_xticks(range(len(task_rows)), [_short(row.method) for row in task_rows], rotation=30, ha="right", fontsize=8)
         axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
         axes.set_title(title)
     figure.tight_layout()
