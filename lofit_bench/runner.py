@@ -53,7 +53,7 @@ class ModelSettings:
         if self.dtype not in MODEL_DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(MODEL_DTYPES)}")
         device = self.device
-        if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
         gpus = self.gpus_per_run
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
