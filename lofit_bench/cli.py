@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
     run.add_argument("--executor", default=None, choices=["process", "inline", "ray"], help="process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]')")
-    run.add_argument("--jobs", type=int, default=None, help="runs at a time for the process and ray executors (default 1; one GPU per run when several exist)")
+    run.add_argument("--jobs", type=int, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
     run.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
     run.add_argument("--model-args", default=None, metavar="KEY=VALUE,...", help="model options in one place, as lm-eval: pretrained, revision, dtype, device, trust_remote_code, attn_implementation, gpus_per_run, device_map (e.g. pretrained=org/name,revision=main,attn_implementation=sdpa); the flags above override them")
@@ -161,8 +161,8 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 # -- commands --------------------------------------------------------------------------------
 def command_run(arguments: argparse.Namespace) -> int:
     from lofit_bench.budget import Budget, get_budget
-    from lofit_bench.models import DEFAULT_MODEL, check_model
-    from lofit_bench.runner import ModelSettings, check_output_folder, plan_sweep, run_sweep
+    from lofit_bench.models import check_model
+    from lofit_bench.runner import check_output_folder, plan_sweep, run_sweep
     from lofit_bench.sweep_config import SweepConfig, load_sweep_config
 
     if arguments.quiet:
@@ -181,7 +181,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     method_options = dict(config.method_options)
     for name, options in _method_options(arguments.method_set).items():
         method_options[name] = method_options.get(name, {}) | options
-    models = _model_settings(arguments, config, ModelSettings, DEFAULT_MODEL)
+    models = _model_settings(arguments, config)
     seeds = arguments.seeds or config.seeds
     specs = [spec for model in models for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options)]
     out_dir = arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -215,11 +215,14 @@ def command_run(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _model_settings(arguments: argparse.Namespace, config: Any, settings_class: Any, default_model: str) -> list[Any]:
+def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
     """One ModelSettings per model, from (lowest precedence first) the sweep file's dtype, device
     and ``model_args``, then ``--model-args``, then the single-option flags."""
-    from_file = settings_class.from_args(config.model_args) if config.model_args else {}
-    from_command = settings_class.from_args(arguments.model_args) if arguments.model_args else {}
+    from lofit_bench.models import DEFAULT_MODEL
+    from lofit_bench.runner import ModelSettings
+
+    from_file = ModelSettings.from_args(config.model_args) if config.model_args else {}
+    from_command = ModelSettings.from_args(arguments.model_args) if arguments.model_args else {}
     if "name" in from_command and arguments.model:
         raise UserError("--model and --model-args pretrained=... both name the model; give it once")
     names = (
@@ -227,7 +230,7 @@ def _model_settings(arguments: argparse.Namespace, config: Any, settings_class: 
         or ([from_command.pop("name")] if "name" in from_command else None)
         or config.models
         or ([from_file.pop("name")] if "name" in from_file else None)
-        or [default_model]
+        or [DEFAULT_MODEL]
     )
     from_command.pop("name", None)
     from_file.pop("name", None)
@@ -237,7 +240,7 @@ def _model_settings(arguments: argparse.Namespace, config: Any, settings_class: 
         {key: value for key, value in (("dtype", config.dtype), ("device", config.device)) if value is not None}
         | from_file | from_command | {key: value for key, value in flags.items() if value is not None}
     )
-    return [settings_class(name, **values) for name in names]
+    return [ModelSettings(name, **values) for name in names]
 
 
 def command_report(arguments: argparse.Namespace) -> int:

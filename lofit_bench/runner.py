@@ -62,7 +62,7 @@ class ModelSettings:
             raise UserError(f"device_map={self.device_map!r} shards the model over its run's GPUs; drop device={self.device}")
 
     @classmethod
-    def from_args(cls, text: str | dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    def from_args(cls, text: str | dict[str, Any]) -> dict[str, Any]:
         """Fields from lm-eval-style model arguments, ``pretrained=NAME,revision=REV,dtype=bf16``
         (or a mapping, from a sweep file), checked against this class: ``pretrained`` is the
         model name; values are typed by field (``true``/``false``, whole numbers)."""
@@ -78,7 +78,7 @@ class ModelSettings:
         else:
             raise UserError(f"model arguments must be KEY=VALUE,... or a table, got {text!r}")
         types = {item.name: item.type for item in fields(cls)}
-        values = dict(base or {})
+        values: dict[str, Any] = {}
         for key, value in items.items():
             name = "name" if key == "pretrained" else key
             if name not in types or key == "name":
