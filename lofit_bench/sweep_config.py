@@ -16,6 +16,10 @@ overrides. Example (TOML)::
     [method_options.lofit]
     heads = 0.1
 
+    [model_args]        # or model_args = "revision=main,attn_implementation=sdpa"
+    revision = "main"
+    gpus_per_run = 1
+
 Command-line flags given next to ``--config`` override the file's values.
 """
 
@@ -44,6 +48,7 @@ class SweepConfig:
     device: str | None = None
     executor: str | None = None
     jobs: int | None = None
+    model_args: str | dict[str, Any] | None = None  # as --model-args: "pretrained=...,revision=..." or a table
 
 
 def load_sweep_config(path: Path) -> SweepConfig:
@@ -82,6 +87,10 @@ def load_sweep_config(path: Path) -> SweepConfig:
             setattr(config, name, [item.strip() for item in value.split(",") if item.strip()])
         elif not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise UserError(f"sweep config {path}: {name} must be a list of names")
+    if config.model_args is not None and not isinstance(config.model_args, str | dict):
+        raise UserError(f"sweep config {path}: model_args must be KEY=VALUE,... or a table [model_args]")
+    if isinstance(config.model_args, dict) and "pretrained" in config.model_args and "models" in data:
+        raise UserError(f"sweep config {path}: models and model_args.pretrained both name the model; give it once")
     if not all(isinstance(options, dict) for options in config.method_options.values()):
         raise UserError(f"sweep config {path}: each [method_options.NAME] must be a table of fields")
     return config
