@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import threading
 import time
@@ -116,6 +115,7 @@ class SweepConsole:
         stream: TextIO | None = None,
         live: bool | None = None,
         refresh_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
         self.jobs = max(1, jobs)
@@ -124,8 +124,10 @@ class SweepConsole:
         self.stream = stream or sys.stderr
         self.live = (self.stream.isatty() and not os.environ.get("CI")) if live is None else live
         self.refresh_s = refresh_s
+        self.clock = clock
+        self.started = clock()
         self.done = 0
-        self.durations: list[float] = []
+        self.ran = 0  # finished here, not skipped
         self.running: dict[str, str] = {}  # record stem -> label
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -145,19 +147,18 @@ class SweepConsole:
         with self._lock:
             self.running.pop(stem, None)
         self.done += 1
-        if seconds:
-            self.durations.append(seconds)
+        self.ran += 1
         eta = self.eta()
         suffix = f" | ETA {_minutes(eta)}" if eta is not None and self.done < self.total else ""
         self._print(f"[{self.done}/{self.total}] {label}: {text}{suffix}")
         status_path(self.out_dir, stem).unlink(missing_ok=True)
 
     def eta(self) -> float | None:
-        """Seconds left: the runs not finished, at the mean duration so far, ``jobs`` at a time."""
-        if not self.durations:
+        """Seconds left at the sweep's pace so far (wall time per finished run, process start-up
+        and ``jobs`` runs at a time included); None before the first run ends."""
+        if not self.ran:
             return None
-        remaining = self.total - self.done
-        return remaining * statistics.fmean(self.durations) / self.jobs
+        return (self.clock() - self.started) / self.ran * (self.total - self.done)
 
     # -- the live line
     def status_line(self) -> str:

@@ -14,7 +14,9 @@ from lofit_bench.console import RunStatus, SweepConsole, status_path
 
 def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
     lines: list[str] = []
-    console = SweepConsole(total=4, jobs=2, out_dir=tmp_path, echo=lines.append, stream=io.StringIO(), live=False)
+    now = [0.0]
+    console = SweepConsole(total=4, jobs=2, out_dir=tmp_path, echo=lines.append, stream=io.StringIO(), live=False,
+                           clock=lambda: now[0])
     console.skipped("zero-shot on clutrr", "already done, skipped")
     console.submitted("a", "lofit on clutrr")
     console.submitted("b", "lora on clutrr")
@@ -25,9 +27,10 @@ def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
     assert line.startswith("[1/4 done] lofit on clutrr: fit: head_selection 0:0")
     assert "lora on clutrr: evaluate" in line and "iti on clutrr" not in line  # c has not started
     assert line.endswith("ETA after the first run")
-    console.finished("a", "lofit on clutrr", "exact_match 0.500 (100 s)", 100.0)
+    now[0] = 60.0
+    console.finished("a", "lofit on clutrr", "exact_match 0.500 (55 s)", 55.0)
     assert lines == ["[1/4] zero-shot on clutrr: already done, skipped",
-                     "[2/4] lofit on clutrr: exact_match 0.500 (100 s) | ETA 2 min"]  # 2 left x 100 s / 2 jobs
+                     "[2/4] lofit on clutrr: exact_match 0.500 (55 s) | ETA 2 min"]  # 60 s per run ran, 2 left
     assert not status_path(tmp_path, "a").exists()
     assert console.status_line().endswith("ETA 2 min")
 
