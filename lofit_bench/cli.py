@@ -232,12 +232,18 @@ def command_run(arguments: argparse.Namespace) -> int:
         specs, out_dir, force=arguments.force, progress=not arguments.quiet,
         executor=executor, jobs=jobs, ray_address=arguments.ray_address,
     )
-    if any(outcome.status in ("ok", "skipped") for outcome in outcomes):
+    saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(out_dir)]
+    if any(outcome.status in ("ok", "skipped") for outcome in saved):
         from lofit_bench.report import build_report
 
         print()
         print(build_report(out_dir).markdown)
         print(f"\nrecords: {out_dir / 'records'}; report: {out_dir / 'report.md'} (also .html, results.csv, results.json)")
+    unsaved = [outcome for outcome in outcomes if outcome.path != outcome.spec.record_path(out_dir)]
+    if unsaved:
+        print(f"lofit-bench: {len(unsaved)} record(s) could not be written into {out_dir / 'records'}; "
+              "their results were kept elsewhere (see above)", file=sys.stderr)
+        return EXIT_RUN_FAILED
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     if failed:
         print(f"lofit-bench: {len(failed)} of {len(outcomes)} run(s) failed; see their records", file=sys.stderr)

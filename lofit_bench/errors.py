@@ -30,10 +30,17 @@ class LofitBenchWarning(UserWarning):
     """Something the user should know that does not stop the command (printed as one line)."""
 
 
+_warned: set[str] = set()
+
+
 def warn(message: str) -> None:
-    """One ``lofit-bench: warning: ...`` line on stderr (see :func:`install_warning_format`)."""
+    """One ``lofit-bench: warning: ...`` line on stderr (see :func:`install_warning_format`),
+    once per process: a bad record read by the report and again by its heatmaps is one line."""
     import warnings
 
+    if message in _warned:
+        return
+    _warned.add(message)
     warnings.warn(message, LofitBenchWarning, stacklevel=2)
 
 

@@ -62,6 +62,23 @@ def model_shape(name: str) -> ModelShape | None:
     return ModelShape(layers, heads, head_dim, positions if isinstance(positions, int) else None)
 
 
+def check_model_name(name: str) -> None:
+    """A model name that is no known model, no folder and no hub id fails here, as load_model would."""
+    from lofit_bench.models import MODELS, _looks_like_hub_id
+
+    if name in MODELS or _looks_like_hub_id(name):
+        return
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").exists():
+            raise UserError(f"{folder.resolve()} has no config.json; --model takes a Hugging Face model folder")
+        return
+    raise UserError(
+        f"unknown model: {name}.{did_you_mean(name, MODELS)} Known models: {', '.join(MODELS)}; "
+        "--model also takes a local Hugging Face folder or a hub id (org/name)."
+    )
+
+
 def check_budget(budget: Any) -> None:
     """What the budget's own checks cannot know: schedule names the trainer accepts, sizes that cannot fit."""
     from transformers.trainer_utils import SchedulerType
@@ -96,6 +113,7 @@ def check_before_runs(
     check_budget(budget)
     for seed in seeds or list(budget.seeds):
         check_seed(seed)
+    check_model_name(model.name)
     shape = model_shape(model.name)
     if shape is None:
         return
