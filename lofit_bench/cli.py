@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from lofit_bench.errors import UserError, one_line_warning
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
+EXIT_DISK_FULL = 3  # lofit_bench.errors.DiskFull.exit_code
 
 
 def _split_names(value: str) -> list[str]:
@@ -178,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lofit-bench: error: {' '.join(str(error).split())}", file=sys.stderr)
         return getattr(error, "exit_code", EXIT_USER_ERROR)
+    except OSError as error:  # the environment (disk, permissions), not a bug: one line, not a traceback
+        if arguments.debug:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"lofit-bench: error: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_DISK_FULL if error.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("lofit-bench: interrupted; finished runs are saved in their records", file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ def names(value: Any, setting: str) -> list[str]:
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise UserError(f"{setting} must be a comma-separated list of names (e.g. a,b), got {value!r}")
+        raise UserError(f"{setting} must be a list of names (or one comma-separated string, e.g. a,b), got {value!r}")
     result = [item.strip() for item in value if item.strip()]
     if not result:
         raise UserError(f"{setting} must name at least one entry, got {value!r}")

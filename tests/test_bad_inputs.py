@@ -192,7 +192,7 @@ SWEEP_CASES = [
     ("dtype-unknown", "sweep.toml", SWEEP_HEAD + 'dtype = "fp8"\n', "dtype must be one of"),
     ("device-tpu", "sweep.toml", SWEEP_HEAD + 'device = "tpu"\n', "device must be"),
     ("executor-number", "sweep.toml", SWEEP_HEAD + "executor = 5\n", "executor must be one of"),
-    ("methods-number", "sweep.toml", 'methods = 5\ntasks = ["mquake"]\n', "methods must be a comma-separated list"),
+    ("methods-number", "sweep.toml", 'methods = 5\ntasks = ["mquake"]\n', "methods must be a list of names"),
     ("tasks-empty", "sweep.toml", 'methods = ["zero-shot"]\ntasks = []\n', "tasks must name at least one"),
     ("models-not-names", "sweep.toml", 'methods = ["zero-shot"]\ntasks = ["mquake"]\nmodels = [1]\n', "models must be"),
     ("budget-override-bad", "sweep.toml", SWEEP_HEAD + "[budget_overrides]\nepochs = -1\n", "epochs must be"),
@@ -317,6 +317,24 @@ def test_an_unwritable_records_folder_is_refused_up_front(capsys, tmp_path, no_m
     (out_dir / "records").write_text("a file where the records folder should be")
     code, out, err = run_cli(capsys, [*ZERO_SHOT, "--out", out_dir])
     assert_one_error_line(code, out, err, 2, "cannot write to")
+
+
+def test_an_output_that_cannot_be_written_is_one_line(capsys, copy_of_run, tmp_path):
+    (copy_of_run / "report.md").unlink()
+    (copy_of_run / "report.md").mkdir()  # a folder where the report file goes
+    code, out, err = run_cli(capsys, ["report", copy_of_run])
+    assert_one_error_line(code, out, err, 2, "")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, out, err = run_cli(capsys, ["export-lm-eval", blocker / "tasks"])
+    assert_one_error_line(code, out, err, 2, "")
+    heads = tmp_path / "heads" / "heads.json"
+    heads.parent.mkdir()
+    heads.write_text(json.dumps(GOOD_HEADS))
+    (heads.parent / "heads_heatmap.png").mkdir()
+    code, out, err = run_cli(capsys, ["heads", heads])
+    assert_one_error_line(code, out, err, 2, "")
+    assert strict_json(records_in(copy_of_run)[0])["status"] == "ok"
 
 
 # -- faults during a sweep --------------------------------------------------------------------------
