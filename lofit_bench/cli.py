@@ -127,15 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
     run.add_argument("--force", action="store_true", help="rerun runs whose record already exists")
-    run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI or LOFIT_BENCH_QUIET is set)")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    run.add_argument("--verbose", action="store_true", help="show the runs' own output (library progress bars, logs) instead of writing it to OUT/logs/")
+    run.add_argument("--reference", default=None, metavar="METHOD", help="method the report's p-values compare against (default: lofit when it ran)")
     run.add_argument("--lm-eval-include", action="append", default=[], type=Path, metavar="PATH", help="a folder of lm-eval task YAMLs for lm_eval:NAME tasks (repeatable)")
 
     report = commands.add_parser(
         "report",
-        help="tables from the records of a run folder; writes report.md and results.csv",
-        description="Print a markdown comparison table from OUT/records and write report.md and results.csv into RUNS_DIR.",
+        help="tables from the records of a run folder; writes report.md, report.html, results.csv and results.json",
+        description="Print markdown comparison tables (one per model and task) from OUT/records and write "
+        "report.md, report.html, results.csv and results.json into RUNS_DIR.",
     )
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
+    report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against (default: lofit when the folder has it)")
 
     listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
@@ -196,13 +200,21 @@ _one_line_warning = one_line_warning  # PluginWarning is a LofitBenchWarning
 
 # -- commands --------------------------------------------------------------------------------
 def command_run(arguments: argparse.Namespace) -> int:
+    from lofit_bench.console import QUIET_VARIABLE, VERBOSE_VARIABLE, quiet_libraries
+
+    if arguments.verbose:
+        os.environ[VERBOSE_VARIABLE] = "1"
+    if arguments.quiet:
+        os.environ[QUIET_VARIABLE] = "1"
+    quiet_libraries()  # before transformers or tqdm are imported: they read it once
+    say = (lambda *_: None) if arguments.quiet else print
+
     from lofit_bench.budget import Budget, get_budget
     from lofit_bench.models import DEFAULT_MODEL, load_model
+    from lofit_bench.report import budget_name, build_report
     from lofit_bench.runner import ModelSettings, check_output_folder, plan_sweep, run_sweep
     from lofit_bench.sweep_config import SweepConfig, load_sweep_config
 
-    if arguments.quiet:
-        os.environ["LOFIT_BENCH_QUIET"] = "1"
     if arguments.lm_eval_include:
         os.environ["LOFIT_BENCH_LM_EVAL_INCLUDE"] = os.pathsep.join(str(path.resolve()) for path in arguments.lm_eval_include)
     config = load_sweep_config(arguments.config) if arguments.config else SweepConfig()
@@ -235,18 +247,18 @@ def command_run(arguments: argparse.Namespace) -> int:
     executor = arguments.executor or config.executor or "process"
     jobs = arguments.jobs if arguments.jobs is not None else config.jobs if config.jobs is not None else 1
     names = ", ".join(model.name for model in models)
-    print(f"lofit-bench: {len(specs)} run(s) on {names} with budget {budget.name!r} -> {out_dir}")
+    say(f"lofit-bench: {len(specs)} run(s) on {names} with budget {budget_name(budget.to_dict())} -> {out_dir}")
     outcomes = run_sweep(
-        specs, out_dir, force=arguments.force, progress=not arguments.quiet,
-        executor=executor, jobs=jobs, ray_address=arguments.ray_address,
+        specs, out_dir, force=arguments.force, progress=arguments.verbose,
+        executor=executor, jobs=jobs, ray_address=arguments.ray_address, quiet=arguments.quiet,
     )
     saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(out_dir)]
     if any(outcome.status in ("ok", "skipped") for outcome in saved):
-        from lofit_bench.report import build_report
-
-        print()
-        print(build_report(out_dir).markdown)
-        print(f"\nrecords: {out_dir / 'records'}; report: {out_dir / 'report.md'} (also .html, results.csv, results.json)")
+        report = build_report(out_dir, reference=arguments.reference)
+        say()
+        say(report.markdown)
+        say(f"records: {out_dir / 'records'}; also report.md, results.csv, results.json")
+        say(f"open the report: {out_dir / 'report.html'}")
     unsaved = [outcome for outcome in outcomes if outcome.path != outcome.spec.record_path(out_dir)]
     if unsaved:
         print(f"lofit-bench: {len(unsaved)} record(s) could not be written into {out_dir / 'records'}; "
@@ -276,7 +288,7 @@ def _load_model_or_explain(load_model, model) -> None:
 def command_report(arguments: argparse.Namespace) -> int:
     from lofit_bench.report import build_report
 
-    report = build_report(arguments.runs_dir)
+    report = build_report(arguments.runs_dir, reference=arguments.reference)
     print(report.markdown)
     print(f"\nwrote report.md, report.html, results.csv and results.json in {arguments.runs_dir}")
     return 0

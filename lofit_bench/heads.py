@@ -140,19 +140,23 @@ def find_heads_file(path: Path) -> Path:
 def selections_in(path: Path) -> list[tuple[str, Path]]:
     """(label, heads.json) for every saved selection in a run folder, record by record."""
     from lofit_bench.records import load_records
+    from lofit_bench.report import method_label
 
     path = path.expanduser()
     if path.is_file():
         return [(path.parent.name, path)]
     found: list[tuple[str, Path]] = []
-    for record in load_records(path):
+    records = load_records(path)
+    finished = [record for record in records if record.get("status") == "ok"]
+    for record in records:
         artifacts = record.get("artifacts")
         if record.get("status") != "ok" or not artifacts:
             continue
         for fold in record.get("folds", {}):
             heads_file = path / artifacts / fold / HEADS_FILE
             if heads_file.exists():
-                label = f"{record['method']['name']} on {record['task']['name']} (seed {record['seed']}, fold {fold})"
+                model = (record.get("model") or {}).get("name", "?")
+                label = f"{method_label(record, finished)} on {record['task']['name']} ({model}, seed {record['seed']}, fold {fold})"
                 found.append((label, heads_file))
     if not found:
         raise UserError(f"no finished run under {path} saved a head selection ({HEADS_FILE}); run LoFiT first")

@@ -7,7 +7,7 @@ head, in LoFiT's variant). The site is the input of each layer's attention outpu
 forward pre-hook splits it into heads and edits them at every position, so KV-cached
 decoding, where each new token passes through ``o_proj`` on its own, is edited too.
 
-Three rules learnt the hard way (../shared/research/trl-check.md):
+Three rules learnt the hard way with the Hugging Face Trainer and trl:
 
 - The vectors live in one module registered as a *submodule of the model*: the Trainer builds
   its optimizer from ``model.named_parameters()``, and vectors held only by a hook's closure
@@ -20,7 +20,7 @@ Three rules learnt the hard way (../shared/research/trl-check.md):
 The vectors are fp32 whatever the model's dtype, and are cast to it inside the hook. This is a
 deliberate deviation from lo-fit, whose vectors are created in the model's dtype (bf16 for
 Gemma-7B and Llama-2-13B) and updated without an fp32 master copy, which loses most of a
-1e-3-sized initialisation (methods.md, gotcha 3).
+1e-3-sized initialisation.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ import dataclasses
 import json
 import math
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -88,10 +89,16 @@ class FitContext:
     progress: bool = False
     #: Wall seconds per named part of the fit (recorded as the run's ``timings.fit_phases``).
     phases: Stopwatch = field(default_factory=Stopwatch)
+    #: Told the name of each part as it starts (the sweep's console shows it).
+    on_phase: Callable[[str], None] | None = None
 
-    def phase(self, name: str) -> AbstractContextManager[None]:
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
         """Time a part of the fit (e.g. ``"head_selection"``); repeated names add up."""
-        return self.phases.phase(name)
+        if self.on_phase is not None:
+            self.on_phase(name)
+        with self.phases.phase(name):
+            yield
 
     def evaluate_dev(self) -> EvalResult:
         """Score the model as it is now on the dev split (the budget's share), timed as a phase."""

@@ -26,15 +26,17 @@ from lofit_bench.names import file_part, inside
 
 RECORD_SCHEMA = 1
 RECORDS_FOLDER = "records"
+#: Distributions whose versions every record keeps (None when not installed).
+ENVIRONMENT_PACKAGES = (
+    "lofit-bench", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy",
+    "scikit-learn", "safetensors", "tokenizers", "pluggy", "lm_eval",
+)
 
 
-def run_key(method: str, method_config: dict[str, Any], task: str, budget: dict[str, Any], model: str, seed: int) -> str:
-    """A stable hash of everything that defines a run (resume skips a key already done)."""
-    payload = json.dumps(
-        {"method": method, "config": method_config, "task": task, "budget": budget, "model": model, "seed": seed},
-        sort_keys=True,
-        default=str,
-    )
+def run_key(identity: dict[str, Any]) -> str:
+    """A stable hash of everything that changes a run's result (see ``runner.run_identity``):
+    resume skips a run only when a finished record has the same key."""
+    payload = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -89,6 +91,23 @@ def finite_json(value: Any, where: str, found: dict[str, str]) -> Any:
         found[where] = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
         return None
     return value
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a
+    failure midway leaves the old file (or none), never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _json_default(value: Any) -> Any:
@@ -179,7 +198,7 @@ def iter_record_files(runs_dir: Path) -> Iterator[Path]:
 def environment() -> dict[str, Any]:
     """Library versions, platform and the lofit-bench git commit, for reproducibility."""
     versions = {}
-    for package in ("lofit-bench", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy", "lm_eval"):
+    for package in ENVIRONMENT_PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

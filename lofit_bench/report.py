@@ -1,13 +1,17 @@
 """Reports built from run records only (a report never reloads a model).
 
-``build_report(runs_dir)`` aggregates records per (task, method) over seeds and writes
+``build_report(runs_dir)`` aggregates records per (model, task, method) over seeds and writes
 ``report.md`` (tabulate), ``results.csv`` (one row per record), ``results.json`` (the
-aggregated table and the rows) and ``report.html`` (self-contained, with plots).
+aggregated table and the rows) and ``report.html`` (self-contained, with plots), each file
+atomically. Records of different models are never averaged together, p-values only pair
+runs of one model on one task, and every budget is shown as the runs used it (overrides of
+a named preset included).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 from collections import defaultdict
@@ -15,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lofit_bench.errors import UserError
-from lofit_bench.records import load_records, write_json_atomic
+from lofit_bench.budget import BUDGETS
+from lofit_bench.errors import UserError, did_you_mean
+from lofit_bench.records import load_records, write_json_atomic, write_text_atomic
 from lofit_bench.stats import paired_bootstrap_p_value, per_example_values
 
-REFERENCE_METHOD = "lofit"
+#: The reference of the p-value column when the folder holds it and none is asked for.
+DEFAULT_REFERENCE = "lofit"
 
 MEMORY_LABELS = {
     "cpu_peak_rss_delta": "peak RSS over model (CPU, MiB)",
@@ -27,11 +33,13 @@ MEMORY_LABELS = {
 }
 
 COLUMN_HELP = {
-    "method": "method name (its config is in the record)",
+    "method": "method name (its config is in the record); its options are appended when the folder holds "
+    "several configs of one method, so configs are never averaged as if they were seeds",
     "seeds": "number of seeds that finished",
     "metric (%)": "the task's metrics: mean over seeds (± sample std with several seeds), each first averaged over the task's folds",
-    "p vs lofit": "two-sided paired bootstrap p-value (10,000 resamples of test examples, values averaged over seeds) "
-    "of the primary metric against LoFiT's on the same examples; '-' for LoFiT itself or when it did not run",
+    "p vs REFERENCE": "two-sided paired bootstrap p-value ((k+1)/(B+1) with B = 10,000 resamples of the test examples, "
+    "values averaged over seeds) of the primary metric against the reference method's on the same examples of the "
+    "same model; '-' for the reference itself or when it did not run (choose it with `lofit-bench report --reference`)",
     "params": "trainable parameters (exact numel of trained tensors)",
     "% params": "trainable parameters as a percentage of the base model's",
     "train s": "wall time of prepare + training/fitting, summed over folds (mean over seeds)",
@@ -43,13 +51,15 @@ COLUMN_HELP = {
 
 @dataclass
 class SummaryRow:
-    """One (task, method) cell group, aggregated over seeds."""
+    """One (model, task, method) cell group, aggregated over seeds."""
 
+    model: str
     task: str
     method: str
     seeds: list[int]
     metrics: dict[str, tuple[float, float | None]]
     primary_metric: str
+    reference: str | None
     p_value: float | None
     trainable_parameters: int | None
     percent_parameters: float | None
@@ -67,11 +77,19 @@ class SummaryRow:
 
 
 @dataclass
+class HeaderLine:
+    text: str
+    warning: bool = False
+
+
+@dataclass
 class Report:
     markdown: str
     rows: list[dict[str, Any]]
     failed: list[dict[str, Any]]
     summary: list[SummaryRow] = field(default_factory=list)
+    header: list[HeaderLine] = field(default_factory=list)
+    reference: str | None = None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -98,6 +116,26 @@ def format_p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+# -- grouping ------------------------------------------------------------------------------------
+def run_label(record: dict[str, Any]) -> str:
+    return f"{record['method']['name']}/{record['task']['name']}/seed {record['seed']}"
+
+
+def model_label(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """The model's name, plus its fingerprint when the folder holds several models of that name
+    (two different weights under one folder name are never averaged together)."""
+    model = record.get("model") or {}
+    name = model.get("name") or (record.get("model_settings") or {}).get("name") or "?"
+    fingerprints = {
+        (other.get("model") or {}).get("fingerprint")
+        for other in records
+        if ((other.get("model") or {}).get("name") or (other.get("model_settings") or {}).get("name") or "?") == name
+    }
+    if len(fingerprints) < 2:
+        return name
+    return f"{name} ({str(model.get('fingerprint'))[:8]})"
+
+
 def method_label(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
     """The method's name, plus its options when the folder holds several configs of it (so two
     configs are never averaged together as if they were seeds)."""
@@ -113,31 +151,68 @@ def method_label(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
     return f"{name} [{', '.join(f'{key}={json.dumps(value)}' for key, value in sorted(options.items()))}]"
 
 
-def summarize(records: list[dict[str, Any]]) -> list[SummaryRow]:
-    """Aggregate finished records per (task, method); p-values against LoFiT's examples."""
+def resolve_reference(records: list[dict[str, Any]], reference: str | None) -> str | None:
+    """The method the p-values compare against: the one asked for (which must be in the
+    folder), else ``lofit`` when the folder has it, else none."""
+    if reference is not None and not records:
+        return reference
+    names = sorted({record["method"]["name"] for record in records})
+    labels = sorted({method_label(record, records) for record in records})
+    if reference is None:
+        return DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else None
+    if reference not in names and reference not in labels:
+        raise UserError(
+            f"--reference {reference}: no finished run of that method in this folder.{did_you_mean(reference, names)} "
+            f"Methods here: {', '.join(names) or '(none)'}"
+        )
+    return reference
+
+
+def _reference_label(reference: str, labels: list[str], method_names: dict[str, str]) -> str | None:
+    """Among one (model, task)'s method labels, the one that stands for ``reference``: the label
+    itself, else the reference method's only config, else its config without options, else the
+    first of its configs (the table's header names which)."""
+    if reference in labels:
+        return reference
+    candidates = sorted(label for label in labels if method_names[label] == reference)
+    if not candidates:
+        return None
+    return candidates[0]
+
+
+def summarize(records: list[dict[str, Any]], reference: str | None = None) -> list[SummaryRow]:
+    """Aggregate finished records per (model, task, method); p-values against the reference's
+    examples on the same model and task."""
     finished = [record for record in records if record.get("status") == "ok"]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    reference = resolve_reference(finished, reference)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    method_names: dict[str, str] = {}
     for record in finished:
-        groups[(record["task"]["name"], method_label(record, finished))].append(record)
+        label = method_label(record, finished)
+        method_names[label] = record["method"]["name"]
+        groups[(model_label(record, finished), record["task"]["name"], label)].append(record)
     summary = []
-    for (task, method), items in sorted(groups.items()):
+    for (model, task, method), items in sorted(groups.items()):
         first = items[0]
         primary = first["task"]["primary_metric"]
-        reference = groups.get((task, REFERENCE_METHOD))
+        labels = [label for (other_model, other_task, label) in groups if (other_model, other_task) == (model, task)]
+        reference_label = _reference_label(reference, labels, method_names) if reference else None
         p_value = None
-        if reference is not None and method != REFERENCE_METHOD:
+        if reference_label is not None and method != reference_label:
             p_value = paired_bootstrap_p_value(
-                per_example_values(items, primary), per_example_values(reference, primary)
+                per_example_values(items, primary), per_example_values(groups[(model, task, reference_label)], primary)
             )
         params = first.get("trainable_parameters") or {}
         memory = [record["memory"]["peak_mib"] for record in items if record.get("memory")]
         summary.append(
             SummaryRow(
+                model=model,
                 task=task,
                 method=method,
                 seeds=sorted(record["seed"] for record in items),
                 metrics={name: _mean_std([record["metrics"][name] for record in items]) for name in first["task"]["metrics"]},
                 primary_metric=primary,
+                reference=reference_label,
                 p_value=p_value,
                 trainable_parameters=params.get("count"),
                 percent_parameters=params.get("percent_of_base"),
@@ -145,34 +220,40 @@ def summarize(records: list[dict[str, Any]]) -> list[SummaryRow]:
                 memory_kind=(first.get("memory") or {}).get("kind"),
                 train_seconds=statistics.fmean(record["timings"].get("fit", 0.0) for record in items),
                 eval_seconds=statistics.fmean(record["timings"].get("evaluate", 0.0) for record in items),
-                budget=first["budget"]["name"],
+                budget=budget_name(first["budget"]),
                 test_examples=sum(fold["eval_size"] for fold in first["folds"].values()),
             )
         )
     return summary
 
 
-def build_report(runs_dir: Path, write: bool = True, html: bool = True) -> Report:
+def table_groups(summary: list[SummaryRow]) -> list[tuple[str, str, list[SummaryRow]]]:
+    """(model, task, rows) per table, in a stable order."""
+    keys = sorted({(row.model, row.task) for row in summary})
+    return [(model, task, [row for row in summary if (row.model, row.task) == (model, task)]) for model, task in keys]
+
+
+# -- the report ------------------------------------------------------------------------------------
+def build_report(runs_dir: Path, write: bool = True, html: bool = True, reference: str | None = None) -> Report:
     from tabulate import tabulate
 
     records = load_records(runs_dir)
     if not records:
         raise UserError(f"no run records in {runs_dir}; run `lofit-bench run --out {runs_dir}` first")
     failed = [record for record in records if record.get("status") != "ok"]
-    summary = summarize(records)
-    budgets = sorted({budget_label(record) for record in records})
-    models = sorted({(record.get("model") or {}).get("name", "?") for record in records if record.get("status") == "ok"})
+    finished = [record for record in records if record.get("status") == "ok"]
+    summary = summarize(records, reference)
+    reference = resolve_reference(finished, reference)
+    header = header_lines(records, finished, reference)
 
     lines = [f"# lofit-bench report: {runs_dir}", ""]
-    lines += [f"- model: {', '.join(models) or '-'}", f"- budget: {'; '.join(budgets)}"]
-    lines += [f"- **warning: {line}**" for line in budget_differences(records)]
+    lines += [f"- **warning: {line.text}**" if line.warning else f"- {line.text}" for line in header]
     lines.append("")
-    for task in sorted({row.task for row in summary}):
-        rows = [row for row in summary if row.task == task]
+    for model, task, rows in table_groups(summary):
         headers, table = task_table(rows)
         sizes = sorted({row.test_examples for row in rows})
         lines += [
-            f"## {task} (primary metric: {rows[0].primary_metric}; test examples: {', '.join(map(str, sizes))})",
+            f"## {task} on {model} (primary metric: {rows[0].primary_metric}; test examples: {', '.join(map(str, sizes))})",
             "",
             tabulate(table, headers=headers, tablefmt="github"),
             "",
@@ -187,24 +268,28 @@ def build_report(runs_dir: Path, write: bool = True, html: bool = True) -> Repor
         ]
     if failed:
         lines += ["## Failed runs", ""]
-        lines += [
-            f"- {record['method']['name']} on {record['task']['name']} (seed {record['seed']}): "
-            f"{(record.get('error') or {}).get('type')}: {(record.get('error') or {}).get('message')}"
-            for record in failed
-        ]
+        lines += [f"- {failure_line(record, records)}" for record in failed]
         lines.append("")
     lines += ["## Columns", ""]
     lines += [f"- **{name}**: {text}" for name, text in COLUMN_HELP.items()]
     lines.append("")
     markdown = "\n".join(lines)
-    csv_rows = [csv_row(record) for record in records]
-    report = Report(markdown, csv_rows, failed, summary)
+    csv_rows = [csv_row(record, records) for record in records]
+    report = Report(markdown, csv_rows, failed, summary, header, reference)
     if write:
-        (runs_dir / "report.md").write_text(markdown + "\n")
-        write_csv(runs_dir / "results.csv", csv_rows)
+        write_text_atomic(runs_dir / "report.md", markdown + "\n")
+        write_text_atomic(runs_dir / "results.csv", csv_text(csv_rows))
         write_json_atomic(
             runs_dir / "results.json",
-            {"models": models, "budgets": budgets, "summary": [asdict(row) for row in summary], "runs": csv_rows},
+            {
+                "models": sorted({row.model for row in summary}),
+                "budgets": sorted({budget_label(record["budget"]) for record in records}),
+                "budget_fields": distinct_budgets(records),
+                "reference": reference,
+                "warnings": [line.text for line in header if line.warning],
+                "summary": [asdict(row) for row in summary],
+                "runs": csv_rows,
+            },
         )
         if html:
             from lofit_bench.report_html import write_html_report
@@ -213,13 +298,36 @@ def build_report(runs_dir: Path, write: bool = True, html: bool = True) -> Repor
     return report
 
 
+def header_lines(records: list[dict[str, Any]], finished: list[dict[str, Any]], reference: str | None) -> list[HeaderLine]:
+    """What every format states above the tables: models, budgets as used, the reference, warnings."""
+    models = sorted({model_label(record, records) for record in finished})
+    budgets = sorted({budget_label(record["budget"]) for record in records})
+    lines = [
+        HeaderLine(f"model{'s' if len(models) > 1 else ''}: {', '.join(models) or '-'}"
+                   + (" (one table per model; runs of different models are never averaged or paired)" if len(models) > 1 else "")),
+        HeaderLine(f"budget: {'; '.join(budgets)}"),
+        HeaderLine(f"p-values against: {reference}" if reference else "p-values: none (no reference method in this folder)"),
+    ]
+    options = sorted({
+        f"{record['method']['name']} " + ", ".join(f"{key}={json.dumps(value)}" for key, value in sorted(record["method"]["options"].items()))
+        for record in records
+        if record["method"].get("options")
+    })
+    if options:
+        lines.append(HeaderLine(f"method options set for these runs (the rest are the methods' defaults): {'; '.join(options)}"))
+    lines += [HeaderLine(text, warning=True) for text in budget_differences(records)]
+    lines += [HeaderLine(text, warning=True) for text in version_differences(records)]
+    return lines
+
+
 def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of one task's table (shared by the markdown and HTML reports)."""
+    """Headers and rows of one (model, task) table (shared by the markdown and HTML reports)."""
     metric_names = list(rows[0].metrics)
     kinds = sorted({row.memory_kind for row in rows if row.memory_kind})
     memory_header = " / ".join(MEMORY_LABELS.get(kind, kind) for kind in kinds) or "peak memory"
+    reference = next((row.reference for row in rows if row.reference), None)
     headers = [
-        "method", "seeds", *[f"{name} (%)" for name in metric_names], f"p vs {REFERENCE_METHOD}",
+        "method", "seeds", *[f"{name} (%)" for name in metric_names], f"p vs {reference or '-'}",
         "params", "% params", "train s", "eval s", memory_header,
     ]
     table = [
@@ -241,14 +349,14 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
 
 def timing_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """One row per finished run: loading, each part of the fit as the method timed it, evaluation."""
-    headers = ["method", "task", "seed", "load s", "fit s", "fit parts (s)", "eval s", "total s"]
+    headers = ["model", "method", "task", "seed", "load s", "fit s", "fit parts (s)", "eval s", "total s"]
     finished = [record for record in records if record.get("status") == "ok"]
     rows = []
     for record in finished:
         timings = record.get("timings") or {}
         parts = timings.get("fit_phases") or {}
         rows.append([
-            method_label(record, finished), record["task"]["name"], str(record["seed"]),
+            model_label(record, finished), method_label(record, finished), record["task"]["name"], str(record["seed"]),
             f"{timings.get('load_model', 0.0):.1f}", f"{timings.get('fit', 0.0):.1f}",
             ", ".join(f"{name} {seconds:.0f}" for name, seconds in parts.items()) or "-",
             f"{timings.get('evaluate', 0.0):.1f}", f"{timings.get('total_s', 0.0):.1f}",
@@ -256,41 +364,123 @@ def timing_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[st
     return headers, rows
 
 
-def budget_differences(records: list[dict[str, Any]]) -> list[str]:
-    """One line per budget field on which the folder's runs disagree, naming the runs."""
-    lines = []
-    fields = sorted({name for record in records for name in record["budget"]})
-    for name in fields:
+def failure_line(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    error = record.get("error") or {}
+    return (
+        f"{record['method']['name']} on {record['task']['name']} (seed {record['seed']}, "
+        f"{model_label(record, records)}): {error.get('type')}: {error.get('message')}"
+    )
+
+
+# -- budgets and versions as the runs used them ----------------------------------------------------
+def budget_overrides(budget: dict[str, Any]) -> dict[str, Any]:
+    """The fields on which a recorded budget differs from the built-in preset of its name."""
+    preset = BUDGETS.get(budget.get("name", ""))
+    if preset is None:
+        return {}
+    defaults = preset.to_dict()
+    return {name: value for name, value in budget.items() if name != "name" and name in defaults and defaults[name] != value}
+
+
+def budget_name(budget: dict[str, Any]) -> str:
+    """The preset's name with its overrides, e.g. ``smoke (max_length=1024)``."""
+    overrides = budget_overrides(budget)
+    if not overrides:
+        return budget["name"]
+    return f"{budget['name']} ({', '.join(f'{name}={json.dumps(value)}' for name, value in sorted(overrides.items()))})"
+
+
+def budget_label(budget: dict[str, Any]) -> str:
+    """The budget as a line of the report header, overrides included."""
+    parts = [f"{budget['epochs']} epochs", f"batch {budget['batch_size']}"]
+    for name in ("train_examples", "dev_examples", "eval_examples"):
+        parts.append(f"{name.split('_')[0]} {budget.get(name) or 'all'}")
+    parts += [f"max_length {budget.get('max_length')}", f"trials {budget.get('trials')}"]
+    overrides = budget_overrides(budget)
+    changed = f" (overridden: {', '.join(sorted(overrides))})" if overrides else ""
+    return f"{budget['name']}{changed}: {', '.join(parts)}"
+
+
+def distinct_budgets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every distinct budget of the folder, field by field (for results.json)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for record in records:
+        seen.setdefault(json.dumps(record["budget"], sort_keys=True), record["budget"])
+    return list(seen.values())
+
+
+def _differences(records: list[dict[str, Any]], fields: dict[str, Any]) -> list[tuple[str, dict[str, list[str]]]]:
+    """(field, value -> runs) for every field on which the records disagree; ``fields`` maps a
+    field's name to a function reading it from a record."""
+    found = []
+    for name, read in fields.items():
         by_value: dict[str, list[str]] = defaultdict(list)
         for record in records:
-            value = json.dumps(record["budget"].get(name))
-            by_value[value].append(f"{record['method']['name']}/{record['task']['name']}/seed {record['seed']}")
+            by_value[json.dumps(read(record))].append(run_label(record))
         if len(by_value) > 1:
-            parts = "; ".join(f"{value} for {', '.join(sorted(runs))}" for value, runs in sorted(by_value.items()))
-            lines.append(f"runs in this folder used different budgets: {name} = {parts}; compare with care")
+            found.append((name, by_value))
+    return found
+
+
+def _describe_runs(runs: list[str]) -> str:
+    runs = sorted(runs)
+    return ", ".join(runs) if len(runs) <= 4 else f"{len(runs)} runs ({', '.join(runs[:2])}, ...)"
+
+
+def budget_differences(records: list[dict[str, Any]]) -> list[str]:
+    """One line per budget field on which the folder's runs disagree, naming the runs."""
+    names = sorted({name for record in records for name in record["budget"]})
+    fields = {name: (lambda record, name=name: record["budget"].get(name)) for name in names}
+    return [
+        f"runs in this folder used different budgets: {name} = "
+        + "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in sorted(by_value.items()))
+        + "; compare with care"
+        for name, by_value in _differences(records, fields)
+    ]
+
+
+def version_differences(records: list[dict[str, Any]]) -> list[str]:
+    """One line per code or library version on which the folder's runs disagree."""
+    with_environment = [record for record in records if record.get("environment")]
+    packages = sorted({name for record in with_environment for name in (record["environment"].get("versions") or {})})
+    fields: dict[str, Any] = {"lofit-bench commit": lambda record: _short_commit(record["environment"].get("git_commit"))}
+    fields |= {name: (lambda record, name=name: (record["environment"].get("versions") or {}).get(name)) for name in packages}
+    lines = []
+    for name, by_value in _differences(with_environment, fields):
+        values = sorted(by_value.items(), key=lambda item: (-len(item[1]), item[0]))
+        shown = "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in values[:3])
+        if len(values) > 3:
+            shown += f"; {len(values) - 3} more values for {sum(len(runs) for _, runs in values[3:])} runs (see results.csv)"
+        lines.append(f"runs in this folder come from different versions: {name} = {shown}; rerun them on one version to compare")
     return lines
 
 
-def budget_label(record: dict[str, Any]) -> str:
-    budget = record["budget"]
-    parts = [f"{budget['name']}: {budget['epochs']} epochs, batch {budget['batch_size']}"]
-    for name in ("train_examples", "eval_examples"):
-        parts.append(f"{name.split('_')[0]} {budget[name] if budget[name] else 'all'}")
-    return ", ".join(parts)
+def _short_commit(commit: str | None) -> str | None:
+    if not commit:
+        return commit
+    dirty = commit.endswith("-dirty")
+    return commit.removesuffix("-dirty")[:12] + ("-dirty" if dirty else "")
 
 
-def csv_row(record: dict[str, Any]) -> dict[str, Any]:
+# -- CSV -------------------------------------------------------------------------------------------
+def csv_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     params = record.get("trainable_parameters") or {}
     memory = record.get("memory") or {}
     timings = record.get("timings") or {}
     throughput = record.get("throughput") or {}
+    model = record.get("model") or {}
     row: dict[str, Any] = {
         "method": record["method"]["name"],
+        "method_label": method_label(record, records),
         "task": record["task"]["name"],
         "seed": record["seed"],
         "status": record["status"],
-        "model": (record.get("model") or {}).get("name", (record.get("model_settings") or {}).get("name")),
-        "budget": record["budget"]["name"],
+        "model": model_label(record, records),
+        "model_fingerprint": model.get("fingerprint"),
+        "lofit_bench_commit": (record.get("environment") or {}).get("git_commit"),
+        "dtype": model.get("dtype"),
+        "device": model.get("device"),
+        "budget": budget_name(record["budget"]),
         "trainable_parameters": params.get("count"),
         "percent_parameters": params.get("percent_of_base"),
         "memory_kind": memory.get("kind"),
@@ -308,11 +498,12 @@ def csv_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def csv_text(rows: list[dict[str, Any]]) -> str:
     fields: list[str] = []
     for row in rows:
         fields += [key for key in row if key not in fields]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

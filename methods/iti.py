@@ -2,8 +2,8 @@
 
 Li, Patel, Viégas, Pfister and Wattenberg, "Inference-Time Intervention: Eliciting Truthful
 Answers from a Language Model", NeurIPS 2023, arXiv:2306.03341. Reference code:
-github.com/likenneth/honest_llama. Specification: ../shared/research/methods.md, section 3
-(and gotchas 14-15); the LoFiT paper compares against it at K = 3 % of the heads.
+github.com/likenneth/honest_llama. The LoFiT paper (Yin et al. 2024) compares against it at
+K = 3 % of the heads.
 
 Site: z^(l,i), the output of attention head i of layer l, i.e. the input of the layer's
 attention output projection split into heads (the same site as LoFiT). Nothing is trained:

@@ -1,8 +1,8 @@
 """LoFiT: Localized Fine-Tuning on LLM representations.
 
 Yin, Ye and Durrett, "LoFiT: Localized Fine-tuning on LLM Representations", NeurIPS 2024,
-arXiv:2406.01563 (v2). Reference code: github.com/fc2869/lo-fit. Specification as that code
-implements it: ../shared/research/methods.md, section 2 (and the gotchas in section 9).
+arXiv:2406.01563 (v2). Reference code: github.com/fc2869/lo-fit; this file follows the paper
+as that code implements it, with the deviations listed below and in the README.
 
 Site: z^(l,i), the output of attention head i of layer l at every token position, i.e. the
 input of the layer's attention output projection split into heads. Per head two vectors of

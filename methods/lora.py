@@ -1,8 +1,8 @@
 """LoRA: low-rank updates of the attention query and value projections, through peft.
 
 Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022, arXiv:2106.09685.
-The LoFiT paper's baseline (Yin et al. 2024, arXiv:2406.01563, Sec. 4.3 and Table 7; spec:
-../shared/research/methods.md section 5): Hugging Face peft on ``q_proj`` and ``v_proj`` of
+The LoFiT paper's baseline (Yin et al. 2024, arXiv:2406.01563, Sec. 4.3 and Table 7):
+Hugging Face peft on ``q_proj`` and ``v_proj`` of
 every layer, rank 8, lora_alpha 8, dropout 0.1, the same SFT / DPO objectives and budget as
 LoFiT. Each adapted linear map W (d_out x d_in) stays frozen and gains a low-rank update:
 

@@ -3,7 +3,7 @@
 Wu, Arora, Wang, Geiger, Jurafsky, Manning and Potts, "ReFT: Representation Finetuning for
 Language Models", NeurIPS 2024, arXiv:2404.03592; reference code github.com/stanfordnlp/pyreft
 (written again here, without pyreft or pyvene). The LoFiT paper's ReFT baseline (Yin et al.
-2024, Table 3 and Table 8; spec: ../shared/research/methods.md section 6, gotcha 18).
+2024, Table 3 and Table 8).
 
 Site: h, the residual stream after decoder layer l (the layer's output), in every layer. At
 an edited position the representation is replaced by
@@ -21,8 +21,8 @@ draws from the global generator; here a forked, seeded one). An intervention hol
 
 Positions ("f{p}+l{s}", pyreft's ``get_intervention_locations``): the first p and the last s
 tokens of the *prompt*, where for a prompt of n tokens p <- min(p, n // 2) and
-s <- min(s, n // 2) (pyreft's code caps both at floor(n / 2); methods.md's ceil for s does not
-match it and is not used). Untied (the default) keeps a separate intervention for the prefix
+s <- min(s, n // 2) (pyreft's code caps both at floor(n / 2); a ceil for s, as some descriptions
+have it, does not match that code and is not used). Untied (the default) keeps a separate intervention for the prefix
 and the suffix group of each layer; tied shares one. Generated tokens and answer tokens are
 never edited: they change only through attention to the edited prompt states. Per layer:
 2 * (2 * r * d + r) untied, (2 * r * d + r) tied or with p or s = 0. Llama-2-7B, r 4, f1+l1,

@@ -2,7 +2,7 @@
 
 Wu et al., "Advancing Parameter Efficiency in Fine-tuning via Representation Editing", ACL 2024,
 arXiv:2402.15179. As re-implemented for the LoFiT paper (Yin et al. 2024, arXiv:2406.01563,
-Table 3; spec: ../shared/research/methods.md sections 6 and 9, gotcha 17): the edited
+Table 3): the edited
 representation is not the FFN output of the RED paper but the output z^(l,i) of *every*
 attention head i of *every* layer l (the input of the attention output projection, LoFiT's
 site), with no head selection. Per head a scale s and a bias b of size head_dim:

@@ -2,8 +2,8 @@
 
 Zou et al., "Representation Engineering: A Top-Down Approach to AI Transparency",
 arXiv:2310.01405 (2023). Reference code: github.com/andyzoujm/representation-engineering
-(``rep-reading`` + ``rep-control``, and ``rep_control_contrast_vec``). Specification:
-../shared/research/methods.md, section 4 (and gotcha 16). The LoFiT paper compares against a
+(``rep-reading`` + ``rep-control``, and ``rep_control_contrast_vec``). The LoFiT paper
+(Yin et al. 2024, Sec. 4.3) compares against a
 reading vector on TruthfulQA and a contrast vector on MQuAKE and CLUTRR, both controlling the
 single best ("top-1") layer with a coefficient tuned on dev.
 
@@ -77,7 +77,7 @@ from lofit_bench.task import TrainingExample
 VECTOR_FILE = "repe_vector.safetensors"
 STATE_FILE = "repe_state.json"
 VECTORS = ("auto", "reading", "contrast")
-# 5 first: the LoFiT paper's best for both (methods.md section 4). Larger values follow because a
+# 5 first: the LoFiT paper's best for both (Yin et al. 2024, Sec. 4.3). Larger values follow because a
 # small model's residual stream is large next to a unit vector (SmolLM2: |h| ~ 100-200 mid-depth)
 # and the instructed copies differ little at the last token (|h_pos - h_neg| ~ 3-8 there).
 DEFAULT_ALPHAS = {"reading": [5.0, 10.0, 20.0, 40.0], "contrast": [5.0, 2.5, 10.0, 20.0]}

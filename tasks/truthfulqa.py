@@ -5,7 +5,7 @@ fold 0 is 326/82/409 questions, fold 1 is 327/82/408 (not the often quoted 407).
 
 Training (lo-fit ``utils/dataloaders.py::TQA``): one preference pair per question,
 prompt ``Q: <question> A:``, chosen = the raw ``Best Answer``, rejected = the first
-``Incorrect Answers`` item. Training is zero-shot; evaluation is not (methods.md gotcha 4).
+``Incorrect Answers`` item. Training is zero-shot; evaluation is not (it uses the instruction and the 6-shot primer).
 
 Evaluation (``honest_llama/utils.py::tqa_run_probs``): each candidate answer is scored by the
 sum of its token log-probs after the instruction, the six-shot QA primer and

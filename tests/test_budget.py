@@ -22,7 +22,7 @@ def test_paper_preset_is_the_papers_protocol() -> None:
 def test_smoke_preset_is_small() -> None:
     smoke = get_budget("smoke")
     assert (smoke.train_examples, smoke.dev_examples, smoke.eval_examples) == (16, 8, 12)
-    assert (smoke.epochs, smoke.batch_size, smoke.max_length, smoke.trials) == (1, 8, 256, 1)
+    assert (smoke.epochs, smoke.batch_size, smoke.max_length, smoke.trials) == (1, 8, 768, 1)
 
 
 @pytest.mark.parametrize("name", list(BUDGETS))

@@ -161,9 +161,10 @@ def test_zero_shot_end_to_end_writes_records_and_report(capsys, tmp_path):
     code, stdout, _ = run_cli(
         capsys,
         "run", "--methods", "zero-shot", "--tasks", "truthfulqa,clutrr,mquake", "--model", "tiny-random-llama",
-        "--budget", "smoke", "--budget-set", "eval_examples=3", "--out", str(out), "--quiet", "--executor", "inline",
+        "--budget", "smoke", "--budget-set", "eval_examples=3", "--out", str(out), "--executor", "inline",
     )
     assert code == 0
+    assert stdout.strip().endswith(f"open the report: {out / 'report.html'}")
     records = sorted((out / "records").glob("*.json"))
     assert len(records) == 3
     truthfulqa = json.loads(next(path for path in records if "truthfulqa" in path.name).read_text())

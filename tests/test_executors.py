@@ -105,7 +105,7 @@ def test_kill_9_mid_sweep_then_resume_without_duplicates_or_losses(tmp_path, ins
     command = [
         sys.executable, "-m", "lofit_bench", "run", "--methods", "zero-shot,test-stall", "--tasks", "clutrr",
         "--model", "tiny-random-llama", "--device", "cpu", "--budget", "smoke", "--budget-set", "eval_examples=2",
-        "--out", str(out), "--quiet", "--executor", "inline",
+        "--out", str(out), "--executor", "inline",
     ]
     environment = dict(os.environ, LOFIT_TEST_STALL="1")
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -221,7 +221,7 @@ def test_heads_command_prints_the_ranking_and_draws_a_heatmap(clutrr_run, capsys
     out, record = clutrr_run
     assert main(["heads", str(out), "--top", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "lofit on clutrr (seed 42, fold main)" in printed
+    assert "lofit on clutrr (tiny-random-llama, seed 42, fold main)" in printed
     assert "chosen (layer, head)" in printed and "rank  layer  head" in printed
     heatmap = out / record["artifacts"] / "main" / "heads_heatmap.png"
     assert heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -156,3 +156,134 @@ def test_time_table_splits_each_run_into_its_fit_parts(tmp_path):
     assert len(rows) == 2  # finished runs only
     assert "head_selection 60, bias_tuning 38, other 2" in section
     assert "| zero-shot" in section and " - " in section  # a record without parts
+
+
+# -- what a report must never get wrong ---------------------------------------------------------
+def test_records_of_two_models_are_never_averaged_or_paired(tmp_path):
+    other = with_examples(fake_record("lofit", 1, 0.9), [1.0] * 20)
+    other["model"] = {"name": "smollm2-135m"}
+    write(tmp_path, [with_examples(fake_record("lofit", 1, 0.1), [0.0] * 20),
+                     with_examples(fake_record("zero-shot", 1, 0.0), [0.0] * 20), other])
+    report = build_report(tmp_path)
+    rows = {(row.model, row.method): row for row in report.summary}
+    assert set(rows) == {("tiny-random-llama", "lofit"), ("tiny-random-llama", "zero-shot"), ("smollm2-135m", "lofit")}
+    assert all(len(row.seeds) == 1 for row in rows.values())
+    assert rows[("smollm2-135m", "lofit")].metrics["exact_match"] == (0.9, None)
+    assert rows[("tiny-random-llama", "zero-shot")].p_value == 1.0  # paired with its own model's LoFiT
+    assert "## clutrr on smollm2-135m" in report.markdown and "## clutrr on tiny-random-llama" in report.markdown
+    assert "runs of different models are never averaged" in report.markdown
+
+
+def test_one_model_name_with_two_fingerprints_is_two_models(tmp_path):
+    first, second = fake_record("lofit", 1, 0.1), fake_record("lofit", 2, 0.9)
+    first["model"] = {"name": "my-folder", "fingerprint": "aaaaaaaa1111"}
+    second["model"] = {"name": "my-folder", "fingerprint": "bbbbbbbb2222"}
+    write(tmp_path, [first, second])
+    assert sorted(row.model for row in build_report(tmp_path).summary) == ["my-folder (aaaaaaaa)", "my-folder (bbbbbbbb)"]
+
+
+def test_reference_method_is_an_option_and_unknown_ones_are_refused(tmp_path):
+    write(tmp_path, [with_examples(fake_record("iti", 1, 0.8), [1.0] * 40),
+                     with_examples(fake_record("zero-shot", 1, 0.0), [0.0] * 40)])
+    report = build_report(tmp_path)
+    assert report.reference is None and "p vs -" in report.markdown  # no lofit here: no p-values
+    report = build_report(tmp_path, reference="iti")
+    rows = {row.method: row for row in report.summary}
+    assert rows["iti"].p_value is None and rows["zero-shot"].p_value < 0.001
+    assert "p vs iti" in report.markdown and "p-values against: iti" in report.markdown
+    with pytest.raises(UserError, match="Methods here: iti, zero-shot"):
+        build_report(tmp_path, reference="lofti")
+
+
+def test_reference_with_options_still_gives_p_values(tmp_path):
+    tuned = with_examples(fake_record("lofit", 1, 0.9), [1.0] * 40)
+    tuned["method"]["options"] = {"stage2_learning_rate": 0.3}
+    other = with_examples(fake_record("lofit", 1, 0.5), [1.0] * 20 + [0.0] * 20)
+    other["method"]["options"] = {"stage2_learning_rate": 0.01}
+    write(tmp_path, [tuned, other, with_examples(fake_record("zero-shot", 1, 0.0), [0.0] * 40)])
+    report = build_report(tmp_path)
+    rows = {row.method: row for row in report.summary}
+    assert rows["zero-shot"].reference == "lofit [stage2_learning_rate=0.01]"
+    assert rows["zero-shot"].p_value is not None and rows["zero-shot"].p_value < 0.001
+    assert "p vs lofit [stage2_learning_rate=0.01]" in report.markdown
+    assert "method options set for these runs (the rest are the methods' defaults): lofit stage2_learning_rate=0.01; " \
+           "lofit stage2_learning_rate=0.3" in report.markdown
+
+
+def test_bootstrap_p_value_is_never_zero():
+    from lofit_bench.stats import paired_bootstrap_p_value
+
+    better = {("main", str(index)): 1.0 for index in range(50)}
+    worse = {("main", str(index)): 0.0 for index in range(50)}
+    assert paired_bootstrap_p_value(better, worse, samples=999) == pytest.approx(2 / 1000)
+
+
+def test_budget_overrides_are_stated_in_every_format(tmp_path):
+    write(tmp_path, [fake_record("lofit", 1, 0.5, budget=get_budget("smoke").replace(max_length=1024))])
+    report = build_report(tmp_path)
+    assert "smoke (overridden: max_length)" in report.markdown and "max_length 1024" in report.markdown
+    with open(tmp_path / "results.csv") as handle:
+        assert next(csv.DictReader(handle))["budget"] == "smoke (max_length=1024)"
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["summary"][0]["budget"] == "smoke (max_length=1024)"
+    assert data["budget_fields"][0]["max_length"] == 1024
+    assert "smoke (overridden: max_length)" in (tmp_path / "report.html").read_text()
+
+
+def test_records_of_different_library_versions_are_flagged(tmp_path):
+    old, new = fake_record("lofit", 1, 0.5), fake_record("zero-shot", 1, 0.1)
+    old["environment"] = {"git_commit": "abc", "versions": {"torch": "2.12.0", "trl": "1.0"}}
+    new["environment"] = {"git_commit": "abc", "versions": {"torch": "2.13.0", "trl": "1.0"}}
+    write(tmp_path, [old, new])
+    report = build_report(tmp_path)
+    warnings = [line.text for line in report.header if line.warning]
+    assert len(warnings) == 1 and warnings[0].startswith("runs in this folder come from different versions: torch")
+    assert "2.12.0" in warnings[0] and "lofit/clutrr/seed 1" in warnings[0]
+    assert "warning: runs in this folder come from different versions" in (tmp_path / "report.html").read_text()
+
+
+def test_html_has_a_heatmap_for_every_run_that_chose_heads(tmp_path):
+    from lofit_bench.heads import HEADS_FILE, HeadSelection
+
+    records = []
+    for seed in range(8):  # more than any cap: every selection must be drawn
+        record = fake_record("lofit", seed, 0.1 * seed)
+        record["artifacts"] = f"artifacts/lofit-{seed}"
+        folder = tmp_path / record["artifacts"] / "main"
+        folder.mkdir(parents=True)
+        selection = HeadSelection(source="lofit", chosen=[(seed % 2, 1)], shape={"n_layers": 2, "n_heads": 4, "head_dim": 8},
+                                  ranking=[(layer, head, float(layer + head)) for layer in range(2) for head in range(4)])
+        selection.save(folder / HEADS_FILE)
+        records.append(record)
+    records.append(fake_record("zero-shot", 1, 0.0))
+    write(tmp_path, records)
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    for seed in range(8):
+        assert f'alt="heads of lofit on clutrr (tiny-random-llama, seed {seed}, fold main)"' in page
+
+
+def test_scatter_axes_are_labelled_by_their_cost(tmp_path):
+    from lofit_bench.report_html import scatter_figure
+
+    write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("zero-shot", 1, 0.1)])
+    figure = scatter_figure(build_report(tmp_path, write=False).summary, lambda row: row.trainable_parameters,
+                            "trainable parameters (log; 0 drawn at 1)", True)
+    assert figure.axes[0].get_xlabel() == "trainable parameters (log; 0 drawn at 1)"
+
+
+def test_report_files_are_replaced_atomically(tmp_path, monkeypatch):
+    from lofit_bench import report_html
+
+    write(tmp_path, [fake_record("lofit", 1, 0.5)])
+    build_report(tmp_path)
+    before = (tmp_path / "report.html").read_text()
+
+    def broken(*arguments, **keywords):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(report_html, "bars_figure", broken)
+    with pytest.raises(RuntimeError):
+        build_report(tmp_path)
+    assert (tmp_path / "report.html").read_text() == before  # the old page, not half a new one
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]

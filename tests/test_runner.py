@@ -173,3 +173,45 @@ def test_zero_shot_leaves_the_model_untouched(tiny_lm):
     method.remove()
     after = tiny_lm.model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_the_key_covers_everything_that_changes_a_result(tmp_path):
+    budget = get_budget("smoke")
+
+    def key(model=TINY, options=None, run_budget=budget):
+        return plan_sweep(["zero-shot", "lofit"], ["clutrr"], run_budget, model, method_options=options)[1].key
+
+    base = key()
+    assert key() == base  # stable
+    assert key(model=ModelSettings("tiny-random-llama", dtype="bf16", device="cpu")) != base
+    assert key(model=ModelSettings("tiny-random-qwen2", device="cpu")) != base
+    assert key(run_budget=budget.replace(max_length=1024)) != base
+    assert key(options={"lofit": {"heads": 3}}) != base
+    # The resolved config is hashed, not the user's spelling: an option set to its default is the same run.
+    assert key(options={"lofit": {"heads": 0.03}}) == base
+    identity = plan_sweep(["lofit"], ["clutrr"], budget, TINY)[0].identity
+    assert identity["method_plugin"].startswith("lofit-bench==") and identity["model"]["device"] == "cpu"
+    assert identity["method_config"]["heads"] == 0.03 and identity["model_fingerprint"]
+
+
+def test_a_local_model_folder_is_fingerprinted_by_its_content(tmp_path):
+    from lofit_bench.runner import model_source_fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"a" * 100)
+    before = model_source_fingerprint(ModelSettings(str(tmp_path)))
+    (tmp_path / "model.safetensors").write_bytes(b"b" * 100)
+    assert model_source_fingerprint(ModelSettings(str(tmp_path))) != before
+
+
+def test_changing_the_dtype_reruns_instead_of_reusing_records(tmp_path):
+    budget = get_budget("smoke").replace(eval_examples=1)
+    fp32 = plan_sweep(["zero-shot"], ["mquake"], budget, TINY)
+    assert [outcome.status for outcome in run_sweep(fp32, tmp_path, executor="inline", echo=lambda *_: None)] == ["ok"]
+    assert [outcome.status for outcome in run_sweep(fp32, tmp_path, executor="inline", echo=lambda *_: None)] == ["skipped"]
+    bf16 = plan_sweep(["zero-shot"], ["mquake"], budget, ModelSettings("tiny-random-llama", dtype="bf16", device="cpu"))
+    outcomes = run_sweep(bf16, tmp_path, executor="inline", echo=lambda *_: None)
+    assert [outcome.status for outcome in outcomes] == ["ok"]
+    record = json.loads(outcomes[0].path.read_text())
+    assert record["model"]["dtype"] == "bf16" and record["identity"]["model"]["dtype"] == "bf16"
+    assert len(list((tmp_path / "records").glob("*.json"))) == 2

@@ -1,0 +1,74 @@
+"""The sweep's console: finished runs as lines, a live status line from the runs' phases, and
+library noise kept out of the terminal (in OUT/logs/) unless --verbose."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+from lofit_bench.console import RunStatus, SweepConsole, status_path
+
+
+def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
+    lines: list[str] = []
+    console = SweepConsole(total=4, jobs=2, out_dir=tmp_path, echo=lines.append, stream=io.StringIO(), live=False)
+    console.skipped("zero-shot on clutrr", "already done, skipped")
+    console.submitted("a", "lofit on clutrr")
+    console.submitted("b", "lora on clutrr")
+    console.submitted("c", "iti on clutrr")
+    RunStatus(status_path(tmp_path, "a")).set("fit: head_selection")
+    RunStatus(status_path(tmp_path, "b")).set("evaluate")
+    line = console.status_line()
+    assert line.startswith("[1/4 done] lofit on clutrr: fit: head_selection 0:0")
+    assert "lora on clutrr: evaluate" in line and "iti on clutrr" not in line  # c has not started
+    assert line.endswith("ETA after the first run")
+    console.finished("a", "lofit on clutrr", "exact_match 0.500 (100 s)", 100.0)
+    assert lines == ["[1/4] zero-shot on clutrr: already done, skipped",
+                     "[2/4] lofit on clutrr: exact_match 0.500 (100 s) | ETA 2 min"]  # 2 left x 100 s / 2 jobs
+    assert not status_path(tmp_path, "a").exists()
+    assert console.status_line().endswith("ETA 2 min")
+
+
+def test_live_line_is_drawn_and_cleared_on_a_terminal(tmp_path):
+    stream = io.StringIO()
+    lines: list[str] = []
+    with SweepConsole(total=1, jobs=1, out_dir=tmp_path, echo=lines.append, stream=stream, live=True, refresh_s=0.05) as console:
+        console.submitted("a", "lofit on clutrr")
+        RunStatus(status_path(tmp_path, "a")).set("fit")
+        import time
+
+        time.sleep(0.3)
+        console.finished("a", "lofit on clutrr", "done", 1.0)
+    assert "\r\033[K[0/1 done] lofit on clutrr: fit" in stream.getvalue()
+    assert stream.getvalue().endswith("\r\033[K")  # the live line is gone at the end
+    assert lines == ["[1/1] lofit on clutrr: done"]
+
+
+def _sweep(tmp_path, *flags):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lofit_bench", "run", "--methods", "zero-shot", "--tasks", "mquake",
+               "--model", "tiny-random-llama", "--device", "cpu", "--budget", "smoke", "--budget-set", "eval_examples=2",
+               "--out", str(out), *flags]
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("LOFIT_BENCH_QUIET", "TQDM_", "TRANSFORMERS_VERBOSITY"))}
+    return out, subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_a_sweep_prints_its_own_lines_and_keeps_the_runs_output_in_a_log(tmp_path):
+    out, result = _sweep(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "[1/1] zero-shot on mquake (seed 42, tiny-random-llama): exact_match 0.000" in result.stdout
+    assert "it/s]" not in result.stdout and "Loading" not in result.stdout  # no library bars
+    record = json.loads(next((out / "records").glob("*.json")).read_text())
+    assert record["log"].startswith("logs/") and (out / record["log"]).exists()
+    assert not list((out / ".status").glob("*.json"))  # finished runs leave no status behind
+
+
+def test_quiet_prints_nothing(tmp_path):
+    out, result = _sweep(tmp_path, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+    assert len(list((out / "records").glob("*.json"))) == 1
