@@ -38,6 +38,16 @@ class Budget:
     trials: int = field(
         default=4, metadata={"help": "hyper-parameter trials a method may spend on the dev split"}
     )
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={"help": "micro-batches per optimizer step; batch_size stays the effective batch "
+                  "(each micro-batch holds batch_size / gradient_accumulation_steps examples)"},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in the backward pass to save memory (non-reentrant, "
+                  "so hooks on a frozen model still get gradients); same gradients, slower steps"},
+    )
 
     def __post_init__(self) -> None:
         # Values arrive from `--budget-set FIELD=VALUE` as parsed JSON or raw strings, so the
@@ -53,6 +63,18 @@ class Budget:
             value = getattr(self, name)
             if not _is_count(value):
                 raise UserError(f"budget {self.name!r}: {name} must be a whole number of at least 1, got {value!r}")
+        accumulation = self.gradient_accumulation_steps
+        if not _is_count(accumulation):
+            raise UserError(
+                f"budget {self.name!r}: gradient_accumulation_steps must be a whole number of at least 1, got {accumulation!r}"
+            )
+        if self.batch_size % accumulation:
+            raise UserError(
+                f"budget {self.name!r}: batch_size {self.batch_size} is the effective batch and must split into "
+                f"gradient_accumulation_steps={accumulation} equal micro-batches; choose a divisor of {self.batch_size}"
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise UserError(f"budget {self.name!r}: gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         ratio = self.warmup_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
             raise UserError(f"budget {self.name!r}: warmup_ratio must be a fraction in [0, 1), got {ratio!r}")
@@ -80,6 +102,11 @@ class Budget:
 
     def replace(self, **changes: Any) -> Budget:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Examples per forward/backward pass: the effective batch over the accumulation steps."""
+        return self.batch_size // self.gradient_accumulation_steps
 
 
 def _is_count(value: Any) -> bool:

@@ -123,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
     run.add_argument("--executor", default=None, choices=["process", "inline", "ray"], help="process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]')")
-    run.add_argument("--jobs", type=_jobs, default=None, help="runs at a time for the process and ray executors (default 1; one GPU per run when several exist)")
+    run.add_argument("--jobs", type=_jobs, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
     run.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
+    run.add_argument("--model-args", default=None, metavar="KEY=VALUE,...", help="model options in one place, as lm-eval: pretrained, revision, dtype, device, trust_remote_code, attn_implementation, gpus_per_run, device_map (e.g. pretrained=org/name,revision=main,attn_implementation=sdpa); the flags above override them")
+    run.add_argument("--gpus-per-run", type=int, default=None, metavar="N", help="GPUs each run takes from the free ones (default 1); above 1 the frozen model is sharded over them (accelerate device_map=auto)")
     run.add_argument("--force", action="store_true", help="rerun runs whose record already exists")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     run.add_argument("--verbose", action="store_true", help="show the runs' own output (library progress bars, logs) instead of writing it to OUT/logs/")
@@ -210,9 +212,9 @@ def command_run(arguments: argparse.Namespace) -> int:
     say = (lambda *_: None) if arguments.quiet else print
 
     from lofit_bench.budget import Budget, get_budget
-    from lofit_bench.models import DEFAULT_MODEL, load_model
+    from lofit_bench.models import check_model
     from lofit_bench.report import budget_name, build_report
-    from lofit_bench.runner import ModelSettings, check_output_folder, plan_sweep, run_sweep
+    from lofit_bench.runner import check_output_folder, plan_sweep, run_sweep
     from lofit_bench.sweep_config import SweepConfig, load_sweep_config
 
     if arguments.lm_eval_include:
@@ -229,21 +231,20 @@ def command_run(arguments: argparse.Namespace) -> int:
     method_options = dict(config.method_options)
     for name, options in _method_options(arguments.method_set).items():
         method_options[name] = method_options.get(name, {}) | options
-    models = [
-        ModelSettings(name, arguments.dtype or config.dtype or "auto", arguments.device or config.device or "auto", arguments.trust_remote_code)
-        for name in (arguments.model or config.models or [DEFAULT_MODEL])
-    ]
+    models = _model_settings(arguments, config)
     seeds = arguments.seeds or config.seeds
     specs = [spec for model in models for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options)]
     out_dir = arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_folder(out_dir)
     from lofit_bench.lock import out_folder_lock
 
-    arguments.cleanup.enter_context(out_folder_lock(out_dir))  # before the model loads: a second sweep on OUT refuses at once
-    # Load each model once before any run: an unknown, unreachable or unsupported model fails
-    # here, with exit code 2, instead of as N failed runs (and the bundled model's cache is built once).
+    arguments.cleanup.enter_context(out_folder_lock(out_dir))  # before the models are checked: a second sweep on OUT refuses at once
+    # Check each model before any run, from its config alone: an unknown, unreachable or unsupported
+    # model fails here, with exit code 2, instead of as N failed runs (and the bundled model's cache is
+    # built once). Nothing is loaded and CUDA is never initialised in this process: runs load the
+    # model in their own processes, on their own GPUs.
     for model in models:
-        _load_model_or_explain(load_model, model)
+        check_model(model.name, model.trust_remote_code, model.revision)
     executor = arguments.executor or config.executor or "process"
     jobs = arguments.jobs if arguments.jobs is not None else config.jobs if config.jobs is not None else 1
     names = ", ".join(model.name for model in models)
@@ -271,18 +272,32 @@ def command_run(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model_or_explain(load_model, model) -> None:
-    """Load a model once up front; a broken folder (truncated weights...) is a user error."""
-    try:
-        load_model(model.name, model.dtype, model.device, model.trust_remote_code)
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - safetensors, torch and transformers raise many types
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise UserError(
-            f"could not load model {model.name!r}: {type(error).__name__}: {first_line}; "
-            "check that its folder is complete (re-download or re-save it)"
-        ) from None
+def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
+    """One ModelSettings per model, from (lowest precedence first) the sweep file's dtype, device
+    and ``model_args``, then ``--model-args``, then the single-option flags."""
+    from lofit_bench.models import DEFAULT_MODEL
+    from lofit_bench.runner import ModelSettings
+
+    from_file = ModelSettings.from_args(config.model_args) if config.model_args else {}
+    from_command = ModelSettings.from_args(arguments.model_args) if arguments.model_args else {}
+    if "name" in from_command and arguments.model:
+        raise UserError("--model and --model-args pretrained=... both name the model; give it once")
+    names = (
+        arguments.model
+        or ([from_command.pop("name")] if "name" in from_command else None)
+        or config.models
+        or ([from_file.pop("name")] if "name" in from_file else None)
+        or [DEFAULT_MODEL]
+    )
+    from_command.pop("name", None)
+    from_file.pop("name", None)
+    flags = {"dtype": arguments.dtype, "device": arguments.device, "gpus_per_run": arguments.gpus_per_run,
+             "trust_remote_code": arguments.trust_remote_code or None}
+    values = (
+        {key: value for key, value in (("dtype", config.dtype), ("device", config.device)) if value is not None}
+        | from_file | from_command | {key: value for key, value in flags.items() if value is not None}
+    )
+    return [ModelSettings(name, **values) for name in names]
 
 
 def command_report(arguments: argparse.Namespace) -> int:

@@ -6,12 +6,19 @@ failed record while the sweep goes on, and so each run's peak memory is its own.
 return the record; the parent writes it, so remote workers need no shared filesystem.
 
 - ``inline``: in this process (debugging, tests). No crash isolation.
-- ``process`` (default): one child process per run; ``--jobs N`` runs N at a time, each
-  pinned to its own GPU when there are several, and on CPU each given its share of the
-  cores as torch threads (unless ``OMP_NUM_THREADS`` says otherwise): N runs fighting over
-  every core are several times slower than N runs with a share each. A child whose parent
-  sweep dies (killed, Ctrl-C) stops too, instead of computing a result nobody will write.
-- ``ray``: Ray tasks on a local or remote cluster (``pip install lofit-bench[ray]``).
+- ``process`` (default): one child process per run; ``--jobs N`` runs N at a time. On a GPU
+  machine each run takes ``gpus_per_run`` GPUs from a queue of free ones when it starts and
+  gives them back when it ends (finished, failed or crashed), and its process sees only those
+  (``CUDA_VISIBLE_DEVICES``, set before torch can initialise CUDA there), so inside the run
+  they are ``cuda:0..k-1`` and nothing can land on another run's GPU; a CPU-only run sees
+  none. The parent never initialises CUDA: it only counts the GPUs. On CPU each run is given
+  its share of the cores as torch threads (unless ``OMP_NUM_THREADS`` says otherwise): N runs
+  fighting over every core are several times slower than N runs with a share each. A child
+  whose parent sweep dies (killed, Ctrl-C) stops too, instead of computing a result nobody
+  will write.
+- ``ray``: Ray tasks on a local or remote cluster (``pip install lofit-bench[ray]``), each
+  asking Ray for ``gpus_per_run`` GPUs when the cluster has GPUs (Ray then sets the task's
+  ``CUDA_VISIBLE_DEVICES`` itself).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -48,7 +55,16 @@ def _run_spec_in_child(spec: Any, out_dir: str, progress: bool, threads: int | N
         import torch
 
         torch.set_num_threads(threads)
-    return _run_spec(spec, out_dir, progress)
+    record = _run_spec(spec, out_dir, progress)
+    # What this process was shown, read here rather than told by the parent: the proof that it saw its GPUs only.
+    record["placement"] = {"cuda_visible_devices": os.environ.get(VISIBLE_DEVICES)}
+    return record
+
+
+def _see_only(devices: str | None) -> None:
+    """Pool initializer, run in the child before any task (hence before torch) is unpickled."""
+    if devices is not None:
+        os.environ[VISIBLE_DEVICES] = devices
 
 
 def _exit_with_parent(parent: int, interval: float = 2.0) -> None:
@@ -83,20 +99,75 @@ def crashed_record(spec: Any, message: str) -> Record:
     return record
 
 
-def _gpu_count() -> int:
+VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The GPUs this process may hand out, as ``CUDA_VISIBLE_DEVICES`` entries, without
+    initialising CUDA (``torch.cuda.is_initialized()`` stays false): the variable's own list
+    when it is set, else as many indices as the driver reports."""
+    environ = os.environ if environ is None else environ
+    if VISIBLE_DEVICES in environ:
+        entries = [entry.strip() for entry in environ[VISIBLE_DEVICES].split(",")]
+        devices = []
+        for entry in entries:
+            if not entry or entry.startswith("-"):
+                break  # CUDA stops at the first invalid entry
+            devices.append(entry)
+        return devices
     try:
         import torch
 
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001
+        return [str(index) for index in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - a broken driver means no GPU to hand out
+        return []
+
+
+class GpuPool:
+    """The free GPUs of this machine: a run takes some when it starts and gives them back when
+    it ends, so a run never waits on a busy GPU while another is idle and no GPU serves two runs."""
+
+    def __init__(self, devices: Sequence[str]) -> None:
+        self.devices = list(devices)
+        self.free = list(devices)
+
+    def acquire(self, count: int) -> list[str] | None:
+        """``count`` free GPUs (lowest first), or None when fewer are free now."""
+        if count > len(self.free):
+            return None
+        taken, self.free = self.free[:count], self.free[count:]
+        return taken
+
+    def release(self, devices: Sequence[str]) -> None:
+        if len(set(devices)) != len(devices) or any(device in self.free or device not in self.devices for device in devices):
+            raise RuntimeError(f"GPUs {list(devices)} were not taken from this pool")
+        self.free = [device for device in self.devices if device in self.free or device in devices]
+
+
+def gpus_wanted(spec: Any, gpus: int) -> int:
+    """GPUs a run takes from the pool: ``gpus_per_run`` when its device is ``auto`` or ``cuda``
+    and the machine has GPUs, else none (a CPU run, or a run pinned with ``cuda:N``)."""
+    if gpus == 0 or spec.model.device not in ("auto", "cuda"):
         return 0
+    wanted = getattr(spec.model, "gpus_per_run", 1)
+    if wanted > gpus:
+        raise UserError(
+            f"a run of {spec.model.name} asks for {wanted} GPUs (--gpus-per-run), but {gpus} "
+            f"{'is' if gpus == 1 else 'are'} visible"
+        )
+    return wanted
 
 
-def _place(spec: Any, slot: int, gpus: int) -> Any:
-    """Pin a run to one GPU (round robin) when several are visible and the device is 'auto'."""
-    if gpus > 1 and spec.model.device == "auto":
-        return dataclasses.replace(spec, model=dataclasses.replace(spec.model, device=f"cuda:{slot % gpus}"))
-    return spec
+def _visible_for(spec: Any, devices: list[str]) -> tuple[Any, str | None]:
+    """The spec as its child must see it, and that child's ``CUDA_VISIBLE_DEVICES`` (None: as is)."""
+    if devices:
+        return spec, ",".join(devices)
+    device = spec.model.device
+    if device.startswith("cuda:"):  # pinned: that GPU alone, which the child calls cuda:0
+        return dataclasses.replace(spec, model=dataclasses.replace(spec.model, device="cuda")), device.split(":", 1)[1]
+    if device == "cpu":
+        return spec, ""  # a CPU run sees no GPU at all
+    return spec, None  # no GPU on this machine: nothing to hide
 
 
 def execute(
@@ -106,56 +177,72 @@ def execute(
     jobs: int = 1,
     progress: bool = True,
     ray_address: str | None = None,
+    gpus: Sequence[str] | None = None,
 ) -> Iterator[tuple[Any, Record]]:
-    """Yield (spec, record) as runs finish, in completion order."""
+    """Yield (spec, record) as runs finish, in completion order.
+
+    ``gpus`` (the process executor's ``CUDA_VISIBLE_DEVICES`` entries to hand out) defaults to
+    this machine's; tests pass a fake list.
+    """
     if executor == "inline":
         for spec in specs:
             yield spec, _run_spec(spec, str(out_dir), progress)
     elif executor == "process":
-        yield from _execute_in_processes(specs, out_dir, max(1, jobs), progress)
+        yield from _execute_in_processes(specs, out_dir, max(1, jobs), progress, gpus)
     elif executor == "ray":
         yield from _execute_on_ray(specs, out_dir, max(1, jobs), progress, ray_address)
     else:
         raise UserError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
 
 
-def _execute_in_processes(specs: list[Any], out_dir: Path, jobs: int, progress: bool) -> Iterator[tuple[Any, Record]]:
-    gpus = _gpu_count()
-    threads = threads_per_job(jobs) if gpus == 0 else None
+def _execute_in_processes(
+    specs: list[Any], out_dir: Path, jobs: int, progress: bool, gpus: Sequence[str] | None = None
+) -> Iterator[tuple[Any, Record]]:
+    pool = GpuPool(visible_gpus() if gpus is None else gpus)
+    wanted = {id(spec): gpus_wanted(spec, len(pool.devices)) for spec in specs}  # too many asked: fail now
+    threads = threads_per_job(jobs) if not pool.devices else None
     context = multiprocessing.get_context("spawn")
-    pending = list(enumerate(specs))
-    running: dict[Future, Any] = {}
+    pending = list(specs)
+    running: dict[Future, tuple[Any, list[str], str | None]] = {}
     # One pool per run (max_tasks_per_child=1 would do too, but a crash breaks a whole pool):
     # a killed child then fails only its own run.
     pools: dict[Future, ProcessPoolExecutor] = {}
 
-    def submit() -> None:
-        slot, spec = pending.pop(0)
-        spec = _place(spec, slot, gpus)
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
-        future = pool.submit(_run_spec_in_child, spec, str(out_dir), progress and jobs == 1, threads)
-        running[future] = spec
-        pools[future] = pool
+    def submit() -> bool:
+        """Start the next run if the GPUs it wants are free; False when it must wait for some."""
+        devices = pool.acquire(wanted[id(pending[0])])
+        if devices is None:
+            return False
+        spec = pending.pop(0)
+        child_spec, visible = _visible_for(spec, devices)
+        process_pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_see_only, initargs=(visible,))
+        future = process_pool.submit(_run_spec_in_child, child_spec, str(out_dir), progress and jobs == 1, threads)
+        running[future] = (spec, devices, visible)
+        pools[future] = process_pool
+        return True
 
     try:
         while pending or running:
-            while pending and len(running) < jobs:
-                submit()
+            while pending and len(running) < jobs and submit():
+                pass
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                spec = running.pop(future)
-                pool = pools.pop(future)
+                spec, devices, visible = running.pop(future)
+                process_pool = pools.pop(future)
                 try:
                     record = future.result()
                 except BrokenProcessPool:
                     record = crashed_record(spec, "the run's process died without reporting (killed, out of memory or a crash in native code)")
+                    record["placement"] = {"cuda_visible_devices": visible}
                 except Exception as error:  # noqa: BLE001 - e.g. an unpicklable result
                     record = crashed_record(spec, f"{type(error).__name__}: {error}")
-                pool.shutdown(wait=True)
+                    record["placement"] = {"cuda_visible_devices": visible}
+                process_pool.shutdown(wait=True)
+                pool.release(devices)  # after the process is gone: its CUDA memory is freed
                 yield spec, record
     finally:
-        for pool in pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+        for process_pool in pools.values():
+            process_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _execute_on_ray(
@@ -171,15 +258,18 @@ def _execute_on_ray(
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
-    gpus_per_run = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    remote_run: Callable = ray.remote(num_gpus=gpus_per_run, max_retries=0)(_run_spec)
+    cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+    wanted = {id(spec): gpus_wanted(spec, cluster_gpus) for spec in specs}
+    # Ray hides the other GPUs from a task (its CUDA_VISIBLE_DEVICES) and, for GPU tasks, starts a
+    # fresh worker process per task by default, so a run's CUDA memory goes with it.
+    remote_run: Callable = ray.remote(max_retries=0)(_run_spec)
     try:
         in_flight: dict[Any, Any] = {}
         pending = list(specs)
         while pending or in_flight:
             while pending and len(in_flight) < jobs:
                 spec = pending.pop(0)
-                in_flight[remote_run.remote(spec, str(out_dir), False)] = spec
+                in_flight[remote_run.options(num_gpus=wanted[id(spec)]).remote(spec, str(out_dir), False)] = spec
             done, _ = ray.wait(list(in_flight), num_returns=1)
             for reference in done:
                 spec = in_flight.pop(reference)

@@ -134,8 +134,10 @@ class HeadIntervention(nn.Module):
         return norms
 
     def l1_norm(self, kind: str = "scale") -> torch.Tensor:
-        """Sum of |x| over every element of every ``kind`` vector (LoFiT's stage-1 penalty)."""
-        return sum(values.abs().sum() for values in self.vectors(kind))  # type: ignore[return-value]
+        """Sum of |x| over every element of every ``kind`` vector (LoFiT's stage-1 penalty), on
+        the first vector's device (a device-mapped model's layers live on several)."""
+        vectors = self.vectors(kind)
+        return sum(values.abs().sum().to(vectors[0].device) for values in vectors)  # type: ignore[return-value]
 
     def attach(self, model: nn.Module, layout: ModelLayout, name: str) -> Attachment:
         """Register this module as ``model.<name>`` and hook each edited layer's ``o_proj``."""
@@ -146,8 +148,11 @@ class HeadIntervention(nn.Module):
             )
         if hasattr(model, name):
             raise RuntimeError(f"the model already has an attribute {name!r}; remove the other intervention first")
-        device = next(layout.attention_output(model, 0).parameters()).device
-        self.to(device)
+        from lofit_bench.models import module_device
+
+        # Each layer's vectors on that layer's device: a device-mapped model's layers differ.
+        for layer, site in self.sites.items():
+            site.to(module_device(layout.attention_output(model, int(layer))))
         model.add_module(name, self)
         hooks = [
             layout.attention_output(model, int(layer)).register_forward_pre_hook(

@@ -14,13 +14,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lofit_bench.architectures import ModelLayout, resolve_layout
+from lofit_bench.architectures import ARCHITECTURES, ModelLayout, resolve_layout
 from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.progress import progress_enabled
 
@@ -41,6 +42,11 @@ class LoadedModel:
     layout: ModelLayout
     dtype: str
     device: str
+    revision: str | None = None
+    commit: str | None = None  # the hub commit the revision resolved to (hub ids only)
+    attn_implementation: str | None = None
+    device_map: dict[str, str] | None = None  # module -> device, when the model is sharded
+    devices: list[str] = field(default_factory=list)
 
     @property
     def parameter_count(self) -> int:
@@ -58,6 +64,11 @@ class LoadedModel:
             "head_dim": self.layout.head_dim,
             "dtype": self.dtype,
             "device": self.device,
+            "devices": self.devices or [self.device],
+            "revision": self.revision,
+            "commit": self.commit,
+            "attn_implementation": self.attn_implementation,
+            "device_map": self.device_map,
         }
 
 
@@ -225,13 +236,24 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {value: key for key, value in DTYPES.items()}[dtype]
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    *,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a model by short name, local folder or hub id; see `lofit-bench list models`."""
+    """Load a model by short name, local folder or hub id; see `lofit-bench list models`.
+
+    ``device_map`` shards the frozen model over the visible GPUs with accelerate (a strategy
+    such as ``auto``, or an explicit module -> device mapping); it replaces ``device``.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
@@ -241,34 +263,24 @@ def load_model(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    folder: Path | None
-    model: nn.Module | None
-    tokenizer: object
-    if name in MODELS:
-        folder, model, tokenizer = MODELS[name].loader(cache_dir())
-        source = f"{name} ({folder})" if folder else f"{name} (built in code)"
-    elif Path(name).expanduser().is_dir():
-        folder, model, tokenizer = Path(name).expanduser().resolve(), None, None
-        if not (folder / "config.json").exists():
-            raise UserError(f"{folder} has no config.json; --model takes a Hugging Face model folder")
-        source = str(folder)
-    elif _looks_like_hub_id(name):
-        folder, model, tokenizer, source = None, None, None, f"hub:{name}"
-    else:
-        raise UserError(
-            f"unknown model: {name}.{did_you_mean(name, MODELS)} Known models: {', '.join(MODELS)}; "
-            "--model also takes a local Hugging Face folder or a hub id (org/name)."
-        )
+    folder, model, tokenizer, source = _resolve(name, revision)
+    options: dict[str, Any] = {}
+    if attn_implementation:
+        options["attn_implementation"] = attn_implementation
+    if revision and folder is None:
+        options["revision"] = revision
     if model is None:
         location = str(folder) if folder else name
         # Offline, go straight to the local hub cache instead of retrying the network for a minute.
         local_only = folder is not None or not _hub_reachable()
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                location, trust_remote_code=trust_remote_code, local_files_only=local_only
+                location, trust_remote_code=trust_remote_code, local_files_only=local_only,
+                **({"revision": revision} if "revision" in options else {}),
             )
             model = AutoModelForCausalLM.from_pretrained(
-                location, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=local_only
+                location, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=local_only,
+                **options, **({"device_map": device_map} if device_map is not None else {}),
             )
         except (OSError, ValueError) as error:
             hint = (
@@ -277,12 +289,23 @@ def load_model(
                 else ""
             )
             raise UserError(f"could not load model {name!r}: {str(error).splitlines()[0]}{hint}") from None
-    model = model.to(device=torch_device, dtype=torch_dtype).eval()
+    elif attn_implementation:
+        try:
+            model.set_attn_implementation(attn_implementation)
+        except (ValueError, ImportError) as error:
+            raise UserError(f"attn_implementation={attn_implementation!r}: {str(error).splitlines()[0]}") from None
+    if device_map is None:
+        model = model.to(device=torch_device, dtype=torch_dtype)
+    elif getattr(model, "hf_device_map", None) is None:  # built in code: shard it here
+        model = dispatch_built_model(model.to(dtype=torch_dtype), device_map, torch_dtype)
+    model = model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     if getattr(tokenizer, "pad_token", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
     layout = resolve_layout(model)
+    devices = parameter_devices(model)
+    hf_device_map = getattr(model, "hf_device_map", None)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -291,8 +314,108 @@ def load_model(
         fingerprint=_fingerprint(name, folder, model),
         layout=layout,
         dtype=dtype_name(torch_dtype),
-        device=str(torch_device),
+        device=devices[0] if device_map is not None else str(torch_device),
+        revision=revision,
+        commit=getattr(model.config, "_commit_hash", None) if source.startswith("hub:") else None,
+        attn_implementation=getattr(model.config, "_attn_implementation", None),
+        device_map={module: str(where) for module, where in hf_device_map.items()} if hf_device_map else None,
+        devices=devices,
     )
+
+
+def _resolve(name: str, revision: str | None) -> tuple[Path | None, nn.Module | None, object, str]:
+    """(folder, model built in code, its tokenizer, source) for a short name, folder or hub id."""
+    if name in MODELS:
+        if revision:
+            raise UserError(f"revision={revision!r} applies to hub ids; {name} is built in or bundled")
+        folder, model, tokenizer = MODELS[name].loader(cache_dir())
+        return folder, model, tokenizer, f"{name} ({folder})" if folder else f"{name} (built in code)"
+    if Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser().resolve()
+        if not (folder / "config.json").exists():
+            raise UserError(f"{folder} has no config.json; --model takes a Hugging Face model folder")
+        if revision:
+            raise UserError(f"revision={revision!r} applies to hub ids; {folder} is a local folder")
+        return folder, None, None, str(folder)
+    if _looks_like_hub_id(name):
+        return None, None, None, f"hub:{name}"
+    raise UserError(
+        f"unknown model: {name}.{did_you_mean(name, MODELS)} Known models: {', '.join(MODELS)}; "
+        "--model also takes a local Hugging Face folder or a hub id (org/name)."
+    )
+
+
+def check_model(name: str, trust_remote_code: bool = False, revision: str | None = None) -> str:
+    """Check, before a sweep, that ``name`` resolves and its architecture is supported, by
+    reading its config only: no weights are loaded and CUDA is never initialised (the sweep's
+    runs load the model in their own processes, on their own GPUs). The bundled model's
+    dequantised cache is built here, on the CPU, once. Returns the model type."""
+    if name in TINY_CONFIGS:
+        if revision:
+            raise UserError(f"revision={revision!r} applies to hub ids; {name} is built in code")
+        return TINY_CONFIGS[name][0].removesuffix("Config").lower()
+    from transformers import AutoConfig
+
+    folder, _, _, _ = _resolve(name, revision)
+    local_only = folder is not None or not _hub_reachable()
+    try:
+        config = AutoConfig.from_pretrained(
+            str(folder) if folder else name, trust_remote_code=trust_remote_code, local_files_only=local_only,
+            **({"revision": revision} if revision and folder is None else {}),
+        )
+    except (OSError, ValueError) as error:
+        hint = " The hub is unreachable from here (offline); pass a local folder instead." if folder is None else ""
+        raise UserError(f"could not load model {name!r}: {str(error).splitlines()[0]}{hint}") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise UserError(
+            f"unsupported architecture {model_type!r} ({name}): lofit-bench knows where attention heads live "
+            f"only for {', '.join(sorted(ARCHITECTURES))}. Add a row to "
+            "lofit_bench.architectures.ARCHITECTURES to support it."
+        )
+    return model_type
+
+
+def dispatch_built_model(model: nn.Module, device_map: str | dict[str, Any], dtype: torch.dtype) -> nn.Module:
+    """Shard a model built in code with accelerate, as ``from_pretrained(device_map=...)`` does
+    for a loaded one: a strategy is turned into a map balanced over the visible GPUs (every
+    module on the CPU when there is none); the map is kept as ``model.hf_device_map``."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise UserError(f"device_map={device_map!r}: use one of {', '.join(DEVICE_MAP_STRATEGIES)}")
+        no_split = getattr(model, "_no_split_modules", None) or []
+        memory = get_balanced_memory(model, no_split_module_classes=no_split, dtype=dtype, low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split, dtype=dtype)
+    # force_hooks: accelerate's device-alignment hooks even when every module is on one device,
+    # so a CPU-only test exercises the same hooked forward as a sharded model. accelerate then
+    # warns that CPU modules were "offloaded to the meta device", which is untrue with no GPU.
+    import logging
+
+    big_modeling = logging.getLogger("accelerate.big_modeling")
+    level = big_modeling.level
+    if {str(device) for device in device_map.values()} <= {"cpu"}:
+        big_modeling.setLevel(logging.ERROR)
+    try:
+        return dispatch_model(model, device_map=dict(device_map), force_hooks=True)
+    finally:
+        big_modeling.setLevel(level)
+
+
+def parameter_devices(model: nn.Module) -> list[str]:
+    """The devices the model's parameters are on, in module order (one entry unless sharded)."""
+    return list(dict.fromkeys(str(parameter.device) for parameter in model.parameters()))
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module computes: its first parameter's device (a device-mapped model's layers differ)."""
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
+    raise ValueError(f"{type(module).__name__} has no parameter or buffer to tell its device")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

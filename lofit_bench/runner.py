@@ -13,10 +13,11 @@ import datetime as _dt
 import hashlib
 import multiprocessing
 import os
+import sys
 import tempfile
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from lofit_bench.console import (
     status_path,
     verbose,
 )
-from lofit_bench.errors import DiskFull, UserError, install_warning_format, warn
+from lofit_bench.errors import DiskFull, UserError, did_you_mean, install_warning_format, warn
 from lofit_bench.faults import check_finite_metrics, save_artifacts
 from lofit_bench.lock import holding_out_folder_lock
 from lofit_bench.measure import MemoryMeter, Stopwatch
@@ -55,10 +56,81 @@ ARTIFACTS_FOLDER = "artifacts"
 
 @dataclass(frozen=True)
 class ModelSettings:
+    """How a run loads its model (``--model-args``, sweep files' ``model_args``)."""
+
     name: str = DEFAULT_MODEL
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    revision: str | None = None  # a hub branch, tag or commit; the resolved commit is recorded
+    attn_implementation: str | None = None  # e.g. eager, sdpa, flash_attention_2
+    gpus_per_run: int = 1  # GPUs each run takes; above 1 the frozen model is sharded (device_map)
+    device_map: str | None = None  # accelerate's strategy: auto, balanced, balanced_low_0, sequential
+
+    def __post_init__(self) -> None:
+        if self.dtype not in MODEL_DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(MODEL_DTYPES)}")
+        device = self.device
+        if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+        gpus = self.gpus_per_run
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise UserError(f"gpus_per_run must be a whole number of at least 1, got {gpus!r}")
+        if self.device_map is not None and self.device.startswith("cuda:"):
+            raise UserError(f"device_map={self.device_map!r} shards the model over its run's GPUs; drop device={self.device}")
+
+    @classmethod
+    def from_args(cls, text: str | dict[str, Any]) -> dict[str, Any]:
+        """Fields from lm-eval-style model arguments, ``pretrained=NAME,revision=REV,dtype=bf16``
+        (or a mapping, from a sweep file), checked against this class: ``pretrained`` is the
+        model name; values are typed by field (``true``/``false``, whole numbers)."""
+        if isinstance(text, str):
+            items: dict[str, Any] = {}
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                key, separator, value = item.partition("=")
+                if not separator or not key.strip():
+                    raise UserError(f"model argument {item!r} must look like KEY=VALUE (e.g. pretrained=org/name,revision=main)")
+                items[key.strip()] = value.strip()
+        elif isinstance(text, dict):
+            items = dict(text)
+        else:
+            raise UserError(f"model arguments must be KEY=VALUE,... or a table, got {text!r}")
+        types = {item.name: item.type for item in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in items.items():
+            name = "name" if key == "pretrained" else key
+            if name not in types or key == "name":
+                known = ["pretrained", *(field_name for field_name in types if field_name != "name")]
+                raise UserError(f"unknown model argument {key!r}.{did_you_mean(key, known)} Known: {', '.join(known)}")
+            values[name] = _typed_model_argument(key, value, types[name])
+        return values
+
+    @property
+    def effective_device_map(self) -> str | None:
+        """The device map a run loads with: the one asked for, or ``auto`` for several GPUs."""
+        return self.device_map or ("auto" if self.gpus_per_run > 1 else None)
+
+
+MODEL_DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+def _typed_model_argument(key: str, value: Any, annotation: str) -> Any:
+    if "bool" in annotation:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise UserError(f"model argument {key}={value!r} must be true or false")
+    if "int" in annotation:
+        try:
+            if isinstance(value, bool) or int(value) != float(value):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise UserError(f"model argument {key}={value!r} must be a whole number") from None
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -258,9 +330,10 @@ def run_sweep(
                 outcomes[spec.key] = RunOutcome(spec, "ok", path)
             else:
                 error = record["error"]
-                console.finished(
-                    path.stem, labels[spec.key], f"FAILED: {error['type']}: {error['message']} (recorded in {path})", None
-                )
+                failure = f"FAILED: {error['type']}: {error['message']} (recorded in {path})"
+                console.finished(path.stem, labels[spec.key], failure, None)
+                if quiet:  # an error is said even then
+                    print(f"lofit-bench: {labels[spec.key]}: {failure}", file=sys.stderr)
                 outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}")
             if (record.get("artifacts_error") or {}).get("disk_full"):
                 raise DiskFull(
@@ -368,10 +441,14 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
 
         report("load_model")
         with watch.phase("load_model"):
-            lm = load_model(spec.model.name, spec.model.dtype, spec.model.device, spec.model.trust_remote_code)
+            lm = load_model(
+                spec.model.name, spec.model.dtype, spec.model.device, spec.model.trust_remote_code,
+                revision=spec.model.revision, attn_implementation=spec.model.attn_implementation,
+                device_map=spec.model.effective_device_map,
+            )
         record["model"] = lm.describe()
         base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
-        memory = memory or MemoryMeter(lm.device)
+        memory = memory or MemoryMeter(lm.device, devices=lm.devices)
         set_seed(spec.seed)
         method: Method = method_class.from_options(spec.method_options)
         record["method"]["config"] = method.config.to_dict()

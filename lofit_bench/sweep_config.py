@@ -16,6 +16,10 @@ overrides. Example (TOML)::
     [method_options.lofit]
     heads = 0.1
 
+    [model_args]        # or model_args = "revision=main,attn_implementation=sdpa"
+    revision = "main"
+    gpus_per_run = 1
+
 Command-line flags given next to ``--config`` override the file's values.
 """
 
@@ -45,6 +49,7 @@ class SweepConfig:
     device: str | None = None
     executor: str | None = None
     jobs: int | None = None
+    model_args: str | dict[str, Any] | None = None  # as --model-args: "pretrained=...,revision=..." or a table
 
 
 def load_sweep_config(path: Path) -> SweepConfig:
@@ -84,9 +89,14 @@ def load_sweep_config(path: Path) -> SweepConfig:
     if unknown:
         raise UserError(f"unknown keys in sweep config {path}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
     try:
-        return SweepConfig(**{name: _check_field(name, value) for name, value in data.items()})
+        config = SweepConfig(**{name: _check_field(name, value) for name, value in data.items()})
     except UserError as error:
         raise UserError(f"sweep config {path}: {error}") from None
+    if config.model_args is not None and not isinstance(config.model_args, str | dict):
+        raise UserError(f"sweep config {path}: model_args must be KEY=VALUE,... or a table [model_args]")
+    if isinstance(config.model_args, dict) and "pretrained" in config.model_args and "models" in data:
+        raise UserError(f"sweep config {path}: models and model_args.pretrained both name the model; give it once")
+    return config
 
 
 def _check_field(name: str, value: Any) -> Any:

@@ -136,7 +136,11 @@ def train(
         trainer.args.logging_nan_inf_filter = False  # a NaN loss must be seen, not averaged away
         trainer.add_callback(non_finite_stop(optimizer.learning_rate))
         started = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            if budget.gradient_checkpointing:
+                _undo_activation_checkpointing(model)
         seconds = time.perf_counter() - started
         trained = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
         broken = first_non_finite(trained)
@@ -210,7 +214,8 @@ def _common_arguments(
     on_cpu = parameter.device.type == "cpu"
     return dict(
         output_dir=str(work_dir),
-        per_device_train_batch_size=budget.batch_size,
+        per_device_train_batch_size=budget.micro_batch_size,
+        gradient_accumulation_steps=budget.gradient_accumulation_steps,
         num_train_epochs=budget.epochs,
         learning_rate=optimizer.learning_rate,
         weight_decay=optimizer.weight_decay,
@@ -224,7 +229,10 @@ def _common_arguments(
         use_cpu=on_cpu,
         bf16=parameter.dtype == torch.bfloat16,
         fp16=parameter.dtype == torch.float16,
-        activation_checkpointing=False,
+        # trl turns checkpointing on by default; here the budget decides. Non-reentrant, so hooks'
+        # vectors on a frozen model get gradients without inputs that require grad.
+        activation_checkpointing=budget.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if budget.gradient_checkpointing else None,
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
@@ -272,12 +280,13 @@ def _build_trainer(
         config = DPOConfig(
             beta=DPO_BETA,
             precompute_ref_log_probs=True,
-            precompute_ref_batch_size=budget.batch_size,
+            precompute_ref_batch_size=budget.micro_batch_size,
             **arguments,
         )
         trainer_class = _with_extra_loss(DPOTrainer, extra_loss)
     else:
         raise ValueError(f"unknown objective {objective!r}; expected 'sft' or 'dpo'")
+    never_data_parallel(config)
     trainer_class = _declaring_prompts(trainer_class, find_prompt_listeners(model))
     kwargs: dict[str, Any] = dict(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     if peft_config is not None:
@@ -285,6 +294,35 @@ def _build_trainer(
     if objective == "dpo":
         kwargs["ref_model"] = None
     return trainer_class(**kwargs)
+
+
+def never_data_parallel(arguments: Any) -> None:
+    """Keep the Trainer from wrapping the model in ``nn.DataParallel``.
+
+    The Trainer wraps when it counts several GPUs (``n_gpu > 1``). A run's process sees only its
+    own GPUs, and when it has several the frozen model is already sharded over them
+    (``device_map``); replicating it would put a copy (and the interventions) on every GPU and
+    split each batch. The Trainer itself lowers the count to 1 for model-parallel models; this
+    does it whatever the map looks like (a small model mapped onto one of two GPUs included).
+    """
+    if arguments.n_gpu > 1:
+        arguments._n_gpu = 1
+
+
+def _undo_activation_checkpointing(model: nn.Module) -> None:
+    """The Trainer leaves checkpointing on, and a hook on the input embeddings that makes their
+    output require grad; evaluation and a method's ``remove()`` must find the model as it was."""
+    instances = [model]
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else None
+    if base is not None and base is not model:
+        instances.append(base)
+    for instance in instances:
+        if getattr(instance, "_require_grads_hook", None) is not None:
+            instance.disable_input_require_grads()
+        if callable(getattr(instance, "activation_checkpointing_disable", None)) and any(
+            getattr(module, "gradient_checkpointing", False) for module in instance.modules()
+        ):
+            instance.activation_checkpointing_disable()
 
 
 def _loss_positions_only(trainer_class: type) -> type:
@@ -361,8 +399,8 @@ def _with_extra_loss(trainer_class: type, extra_loss: ExtraLoss | None) -> type:
             )
             if return_outputs:
                 loss, outputs = result
-                return loss + extra_loss(), outputs
-            return result + extra_loss()
+                return loss + extra_loss().to(loss.device), outputs
+            return result + extra_loss().to(result.device)  # a device-mapped model's loss is on its last GPU
 
     PenalizedTrainer.__name__ = f"Penalized{trainer_class.__name__}"
     return PenalizedTrainer

@@ -242,12 +242,16 @@ class LoReFTEdits(PromptListener):
     def attach(self, model: nn.Module, layout: ModelLayout) -> None:
         if hasattr(model, SUBMODULE):
             raise RuntimeError(f"the model already carries {SUBMODULE!r}: another LoReFT is attached")
-        self.to(next(model.parameters()).device)
+        from lofit_bench.models import module_device
+
+        blocks = layout.decoder_layers(model)
+        # Each layer's interventions on that layer's device: a device-mapped model's layers differ.
+        for layer in self.layers:
+            self.sites[str(layer)].to(module_device(blocks[layer]))
         model.add_module(SUBMODULE, self)
         from lofit_bench.scoring import _cache_argument
 
         self.cache_argument = _cache_argument(model)
-        blocks = layout.decoder_layers(model)
         self.handles = [
             model.register_forward_pre_hook(self._start_call, with_kwargs=True),
             model.register_forward_hook(self._end_call),
@@ -303,6 +307,7 @@ class LoReFTEdits(PromptListener):
         hidden = output_hidden(output)
         edited = hidden.clone()
         for group, mask in self.masks.items():
+            mask = mask.to(hidden.device)  # a no-op unless the model is device-mapped
             edited[mask] = self.sites[layer][group](hidden[mask])
         return replace_output_hidden(output, edited)
 

@@ -126,12 +126,21 @@ def test_cli_exits_1_when_a_run_failed_but_reports_the_rest(tmp_path, capsys):
     code = main([
         "run", "--methods", "test-head-bias", "--tasks", "clutrr,mquake", "--model", "tiny-random-llama",
         "--budget", "smoke", "--budget-set", "eval_examples=2", "--budget-set", "train_examples=8", "--budget-set", "max_length=1024",
-        "--method-set", "test-head-bias.fail_on_task=\"mquake\"", "--out", str(tmp_path), "--quiet", "--executor", "inline",
+        "--method-set", "test-head-bias.fail_on_task=\"mquake\"", "--out", str(tmp_path), "--executor", "inline",
     ])
     captured = capsys.readouterr()
     assert code == 1
     assert "FAILED: RuntimeError: planted failure" in captured.out
     assert "## clutrr" in captured.out and "## Failed runs" in captured.out
+    # --quiet: nothing on stdout, the failure still said on stderr
+    code = main([
+        "run", "--methods", "test-head-bias", "--tasks", "clutrr,mquake", "--model", "tiny-random-llama",
+        "--budget", "smoke", "--budget-set", "eval_examples=2", "--budget-set", "train_examples=8", "--budget-set", "max_length=1024",
+        "--method-set", "test-head-bias.fail_on_task=\"mquake\"", "--out", str(tmp_path), "--quiet", "--executor", "inline",
+    ])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert "FAILED: RuntimeError: planted failure" in captured.err and "1 of 2 run(s) failed" in captured.err
 
 
 def test_resume_skips_finished_runs_and_force_reruns(tmp_path):
