@@ -16,7 +16,7 @@ def test_readme_smoke_comparison_on_the_bundled_model(tmp_path, capsys, monkeypa
     monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "")
     plugins.reset_host()
     out = tmp_path / "demo"
-    code = main(["run", "--methods", "zero-shot", "--tasks", "truthfulqa,clutrr,mquake", "--budget", "smoke", "--out", str(out), "--quiet"])
+    code = main(["run", "--methods", "zero-shot", "--tasks", "truthfulqa,clutrr,mquake", "--budget", "smoke", "--out", str(out)])
     printed = capsys.readouterr().out
     plugins.reset_host()
     assert code == 0

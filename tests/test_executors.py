@@ -148,7 +148,7 @@ def test_sweep_file_with_models_seeds_and_budget_overrides(tmp_path, capsys, mon
         [budget_overrides]
         eval_examples = 2
     """))
-    code = main(["run", "--config", str(sweep), "--quiet"])
+    code = main(["run", "--config", str(sweep)])
     plugins.reset_host()
     assert code == 0
     records = [json.loads(path.read_text()) for path in (tmp_path / "out" / "records").glob("*.json")]
