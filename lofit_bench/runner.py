@@ -162,7 +162,7 @@ def run_sweep(
         where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
         echo(f"running {len(pending)} run(s) ({where})")
     for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
-        path = save_record(spec.record_path(out_dir), record, echo) or Path("(printed on stderr)")
+        path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
         if record["status"] == "ok":
             summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
             echo(f"{labels[spec.key]}: {summary} ({record['timings']['total_s']:.0f} s)")
