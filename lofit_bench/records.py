@@ -160,9 +160,10 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str]:
     return record, ""
 
 
-def save_record(path: Path, record: dict[str, Any], echo=print) -> Path | None:
-    """Write ``record`` to ``path``; when that fails, keep the result: say so on one line and
-    write it to a fallback folder (or print it). Returns where it went (None: printed only).
+def save_record(path: Path, record: dict[str, Any]) -> Path | None:
+    """Write ``record`` to ``path``; when that fails, keep the result: say so on one line of
+    stderr (even with --quiet) and write it to a fallback folder (or print it). Returns where
+    it went (None: printed only).
     Raises :class:`~lofit_bench.errors.DiskFull` after saving what it could when the disk is full."""
     try:
         write_json_atomic(path, record)
@@ -181,7 +182,7 @@ def save_record(path: Path, record: dict[str, Any], echo=print) -> Path | None:
         print(f"lofit-bench: unsaved record {path.name}: {text}", file=sys.stderr)
         kept = "printed it on stderr (one line starting 'lofit-bench: unsaved record')"
     reason = failure.strerror or str(failure)
-    echo(f"lofit-bench: error: could not write record {path}: {reason}; {kept}")
+    print(f"lofit-bench: warning: could not write record {path}: {reason}; {kept}", file=sys.stderr)
     if failure.errno in (errno.ENOSPC, errno.EDQUOT):
         raise DiskFull(
             f"the disk is full (writing {path}); the sweep stopped. Free space and rerun the same "

@@ -322,7 +322,7 @@ def run_sweep(
             logs = "" if executor == "inline" or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
             echo(f"running {len(pending)} run(s) ({where}{logs})")
         for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
-            path = save_record(spec.record_path(out_dir), record, echo) or Path("(printed on stderr)")
+            path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
             seconds = (record.get("timings") or {}).get("total_s")
             if record["status"] == "ok":
                 summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())

@@ -386,7 +386,7 @@ def test_a_record_that_cannot_be_written_is_kept_in_a_fallback_folder(capsys, tm
     assert code == 1 and "Traceback" not in out + err, err
     (fallback,) = (tmp_path / "tmp" / "lofit-bench-unsaved").glob("*.json")
     assert strict_json(fallback)["status"] == "ok"
-    assert any("could not write record" in line and str(fallback) in line for line in out.splitlines())
+    assert any("could not write record" in line and str(fallback) in line for line in err.splitlines())
 
 
 def test_artefacts_that_cannot_be_saved_cost_the_artefacts_not_the_result(capsys, tmp_path, monkeypatch):
