@@ -148,6 +148,8 @@ BUDGETS: dict[str, Budget] = {
 
 
 def get_budget(name: str) -> Budget:
+    if not isinstance(name, str):  # e.g. a list from a sweep file or the Python API
+        raise UserError(f"a budget is named by a string (one of {', '.join(BUDGETS)}), got {name!r}")
     try:
         return BUDGETS[name]
     except KeyError:

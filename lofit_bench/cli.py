@@ -4,7 +4,9 @@ answers at once; every user error becomes one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import sys
@@ -13,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lofit_bench.errors import UserError
+from lofit_bench.errors import UserError, one_line_warning
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
+EXIT_DISK_FULL = 3  # lofit_bench.errors.DiskFull.exit_code
 
 
 def _split_names(value: str) -> list[str]:
@@ -27,10 +30,42 @@ def _split_names(value: str) -> list[str]:
 
 
 def _seeds(value: str) -> list[int]:
+    from lofit_bench import validate
+
+    return _checked(validate.seeds, value)
+
+
+def _checked(check, value: str, *arguments: Any) -> Any:
+    """A sweep-file check (:mod:`lofit_bench.validate`) as an argparse type: the same message."""
     try:
-        return [int(seed) for seed in _split_names(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers, e.g. 42,43 (got {value!r})") from None
+        return check(value, *arguments)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _jobs(value: str) -> int:
+    from lofit_bench import validate
+
+    return _checked(validate.jobs, value)
+
+
+def _device(value: str) -> str:
+    from lofit_bench import validate
+
+    return _checked(validate.device, value)
+
+
+def _top(value: str) -> int:
+    from lofit_bench import validate
+
+    return _checked(validate.positive_count, value, "--top")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (usage stays in --help), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"lofit-bench: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _parse_value(text: str) -> Any:
@@ -61,7 +96,7 @@ def _method_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="lofit-bench",
         description="Compare LoFiT and other ways of steering or fine-tuning a language model "
         "under identical data splits and budgets.",
@@ -85,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (default auto: fp32 on CPU, bf16 on CUDA)")
-    run.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
     run.add_argument("--executor", default=None, choices=["process", "inline", "ray"], help="process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]')")
-    run.add_argument("--jobs", type=int, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
+    run.add_argument("--jobs", type=_jobs, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
     run.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
     run.add_argument("--model-args", default=None, metavar="KEY=VALUE,...", help="model options in one place, as lm-eval: pretrained, revision, dtype, device, trust_remote_code, attn_implementation, gpus_per_run, device_map (e.g. pretrained=org/name,revision=main,attn_implementation=sdpa); the flags above override them")
@@ -119,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a layer x head heatmap (heads_heatmap.png) next to each saved heads.json.",
     )
     heads.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out folder of a run (or one heads.json)")
-    heads.add_argument("--top", type=int, default=20, help="how many ranked heads to print (default 20)")
+    heads.add_argument("--top", type=_top, default=20, help="how many ranked heads to print (default 20)")
 
     export = commands.add_parser(
         "export-lm-eval",
@@ -143,23 +178,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     warnings.formatwarning = _one_line_warning
     try:
-        return COMMANDS[arguments.command](arguments)
+        with contextlib.ExitStack() as cleanup:  # what a command holds (the --out lock) ends with it
+            arguments.cleanup = cleanup
+            return COMMANDS[arguments.command](arguments)
     except UserError as error:
         if arguments.debug:
             raise
-        print(f"lofit-bench: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        print(f"lofit-bench: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return getattr(error, "exit_code", EXIT_USER_ERROR)
+    except OSError as error:  # the environment (disk, permissions), not a bug: one line, not a traceback
+        if arguments.debug:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"lofit-bench: error: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_DISK_FULL if error.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("lofit-bench: interrupted; finished runs are saved in their records", file=sys.stderr)
         return 130
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    from lofit_bench.plugins import PluginWarning
-
-    if issubclass(category, PluginWarning):
-        return f"lofit-bench: warning: {message}\n"
-    return f"{filename}:{lineno}: {category.__name__}: {message}\n"
+_one_line_warning = one_line_warning  # PluginWarning is a LofitBenchWarning
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -198,6 +236,9 @@ def command_run(arguments: argparse.Namespace) -> int:
     specs = [spec for model in models for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options)]
     out_dir = arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_folder(out_dir)
+    from lofit_bench.lock import out_folder_lock
+
+    arguments.cleanup.enter_context(out_folder_lock(out_dir))  # before the models are checked: a second sweep on OUT refuses at once
     # Check each model before any run, from its config alone: an unknown, unreachable or unsupported
     # model fails here, with exit code 2, instead of as N failed runs (and the bundled model's cache is
     # built once). Nothing is loaded and CUDA is never initialised in this process: runs load the
@@ -205,21 +246,25 @@ def command_run(arguments: argparse.Namespace) -> int:
     for model in models:
         check_model(model.name, model.trust_remote_code, model.revision)
     executor = arguments.executor or config.executor or "process"
-    jobs = arguments.jobs or config.jobs or 1
-    if jobs < 1:
-        raise UserError("--jobs must be at least 1")
+    jobs = arguments.jobs if arguments.jobs is not None else config.jobs if config.jobs is not None else 1
     names = ", ".join(model.name for model in models)
     say(f"lofit-bench: {len(specs)} run(s) on {names} with budget {budget_name(budget.to_dict())} -> {out_dir}")
     outcomes = run_sweep(
         specs, out_dir, force=arguments.force, progress=arguments.verbose,
         executor=executor, jobs=jobs, ray_address=arguments.ray_address, quiet=arguments.quiet,
     )
-    if any(outcome.status in ("ok", "skipped") for outcome in outcomes):
+    saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(out_dir)]
+    if any(outcome.status in ("ok", "skipped") for outcome in saved):
         report = build_report(out_dir, reference=arguments.reference)
         say()
         say(report.markdown)
         say(f"records: {out_dir / 'records'}; also report.md, results.csv, results.json")
         say(f"open the report: {out_dir / 'report.html'}")
+    unsaved = [outcome for outcome in outcomes if outcome.path != outcome.spec.record_path(out_dir)]
+    if unsaved:
+        print(f"lofit-bench: {len(unsaved)} record(s) could not be written into {out_dir / 'records'}; "
+              "their results were kept elsewhere (see above)", file=sys.stderr)
+        return EXIT_RUN_FAILED
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     if failed:
         print(f"lofit-bench: {len(failed)} of {len(outcomes)} run(s) failed; see their records", file=sys.stderr)

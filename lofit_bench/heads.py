@@ -60,9 +60,36 @@ class HeadSelection:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: object = "heads file") -> HeadSelection:
-        if data.get("format") != FORMAT:
-            raise UserError(f"{origin} is not a lofit-bench heads file (format {data.get('format')!r})")
+        """Read a heads file, checking it field by field: a hand-edited file is a one-line error."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise UserError(f"{origin} is not a lofit-bench heads file (format {found!r})")
+        try:
+            selection = cls._from_checked_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            what = f"missing field {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+            raise UserError(
+                f"{origin} is not a valid heads file ({what}); it needs source, chosen [[layer, head], ...], "
+                "shape {n_layers, n_heads, head_dim} and optionally ranking [{layer, head, score}, ...]"
+            ) from None
+        shape = selection.shape
+        for name in ("n_layers", "n_heads", "head_dim"):
+            if not isinstance(shape.get(name), int) or isinstance(shape.get(name), bool) or shape[name] < 1:
+                raise UserError(f"{origin}: shape.{name} must be a whole number >= 1, got {shape.get(name)!r}")
+        heads = list(selection.chosen) + [(layer, head) for layer, head, _ in selection.ranking or []]
+        for layer, head in heads:
+            if not (0 <= layer < shape["n_layers"] and 0 <= head < shape["n_heads"]):
+                raise UserError(
+                    f"{origin}: head (layer {layer}, head {head}) is outside the shape it declares "
+                    f"({shape['n_layers']} layers x {shape['n_heads']} heads)"
+                )
+        return selection
+
+    @classmethod
+    def _from_checked_dict(cls, data: dict[str, Any]) -> HeadSelection:
         ranking = data.get("ranking")
+        if not isinstance(data["source"], str):
+            raise TypeError(f"source must be a string, got {data['source']!r}")
         return cls(
             source=data["source"],
             chosen=[(int(layer), int(head)) for layer, head in data["chosen"]],
@@ -81,7 +108,7 @@ class HeadSelection:
     def load(cls, path: Path) -> HeadSelection:
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise UserError(f"cannot read heads file {path}: {error}") from None
         return cls.from_dict(data, path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from lofit_bench.measure import Stopwatch
 if TYPE_CHECKING:
     from lofit_bench.budget import Budget
     from lofit_bench.models import LoadedModel
+    from lofit_bench.preflight import ModelShape
     from lofit_bench.task import EvalResult, Task, TrainingExample
 
 CONFIG_FILE = "method_config.json"
@@ -45,6 +47,9 @@ class MethodConfig:
                 f"unknown option(s) for {cls.__name__}: {', '.join(unknown)}. "
                 f"Known: {', '.join(fields) or '(none)'}"
             )
+        for name, value in values.items():  # hyper-parameters must be finite (JSON lets Infinity and NaN in)
+            if _has_non_finite(value):
+                raise UserError(f"option {name} of {cls.__name__} must be finite, got {value!r}")
         return cls(**values)
 
     @classmethod
@@ -59,6 +64,16 @@ class MethodConfig:
                 {"name": item.name, "type": str(item.type), "default": default, "help": item.metadata.get("help", "")}
             )
         return rows
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    return False
 
 
 @dataclass
@@ -120,6 +135,12 @@ class Method(ABC):
     @abstractmethod
     def prepare(self, lm: LoadedModel) -> None:
         """Attach hooks or wrap the model; nothing is trained yet."""
+
+    @classmethod
+    def check_before_runs(cls, config: MethodConfig, shape: ModelShape) -> None:
+        """Checks of ``config`` against the model's architecture numbers, run before any model
+        loads (head counts, a layer index, a file the config names); raise UserError. Default: none."""
+        return None
 
     def fit(self, context: FitContext) -> dict[str, Any]:
         """Train (or fit without gradients) under ``context.budget``.

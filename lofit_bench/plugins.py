@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import pluggy
 
 from lofit_bench import hookspecs
+from lofit_bench.errors import LofitBenchWarning
+from lofit_bench.names import name_problem
 from lofit_bench.registry import Registry
 
 ENTRY_POINT_GROUP = "lofit_bench"
@@ -39,7 +41,7 @@ BUILTIN_PLUGINS = (
 )
 
 
-class PluginWarning(UserWarning):
+class PluginWarning(LofitBenchWarning):
     """A plugin misbehaved; lofit-bench skipped the broken part and went on."""
 
 
@@ -94,7 +96,18 @@ class PluginHost:
     def _load_entry_points(self) -> None:
         allowlist = os.environ.get(ALLOWLIST_VARIABLE)
         allowed = None if allowlist is None else {n.strip() for n in allowlist.split(",") if n.strip()}
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        # A fixed order (distribution name, then entry-point name), not install order: which of two
+        # plugins wins a contested name must not depend on which was installed first.
+        found = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=_entry_point_order)
+        if allowed:
+            missing = sorted(allowed - {entry_point.name for entry_point in found})
+            if missing:
+                installed = ", ".join(sorted({entry_point.name for entry_point in found})) or "(none)"
+                warn_plugin(
+                    f"{ALLOWLIST_VARIABLE} names {', '.join(missing)}, which no installed plugin provides "
+                    f"(installed plugins: {installed})"
+                )
+        for entry_point in found:
             if allowed is not None and entry_point.name not in allowed:
                 continue
             distribution = getattr(entry_point, "dist", None)
@@ -142,9 +155,25 @@ class PluginHost:
 
     # -- registries ------------------------------------------------------------------------
     def _collect(self) -> None:
-        # Built-ins first, so a plugin never takes a built-in's name; otherwise registration order.
-        for info in sorted(self._info.values(), key=lambda info: not info.builtin):
+        # Built-ins first (in their listed order), so a plugin never takes a built-in's name; then
+        # installed plugins by distribution name and plugin name, so the winner of a contested
+        # name is the same on every machine whatever the install order.
+        def order(info: PluginInfo) -> tuple:
+            return (False, "", "") if info.builtin else (True, info.distribution.lower(), info.name)
+
+        for info in sorted(self._info.values(), key=order):
             self._collect_from(info.name)
+
+    def distribution_of(self, plugin_name: str) -> dict[str, str] | None:
+        """The distribution (name and version) that provides a registered plugin, for the record."""
+        info = self._info.get(plugin_name)
+        return None if info is None else {"name": info.distribution, "version": info.version}
+
+    def _describe(self, plugin_name: str) -> str:
+        info = self._info.get(plugin_name)
+        if info is None or info.builtin:
+            return repr(plugin_name)
+        return f"{plugin_name!r} ({info.distribution} {info.version})".replace(" )", ")")
 
     def _collect_from(self, plugin_name: str) -> None:
         plugin = self.manager.get_plugin(plugin_name)
@@ -160,10 +189,18 @@ class PluginHost:
                 if not isinstance(name, str) or not name:
                     warn_plugin(f"plugin {plugin_name!r} registered {cls!r}, which has no `name`")
                     return
+                problem = name_problem(name)
+                if problem is not None:
+                    warn_plugin(
+                        f"plugin {self._describe(plugin_name)} registered {_registry.kind} {name!r}, which was "
+                        f"skipped: {problem}"
+                    )
+                    return
                 if not _registry.add(name, cls, owner=plugin_name):
                     warn_plugin(
-                        f"plugin {plugin_name!r} tried to register {_registry.kind} {name!r}, "
-                        f"which plugin {_registry.owner(name)!r} already registered; kept the first"
+                        f"plugin {plugin_name!r} tried to register {_registry.kind} {name!r}, which plugin "
+                        f"{self._describe(_registry.owner(name))} already registered; kept the first (built-ins "
+                        f"first, then plugins by distribution name) and skipped the one from {self._describe(plugin_name)}"
                     )
 
             _call_hook(plugin_name, hook_name, implementation, register)
@@ -192,6 +229,12 @@ def _call_hook(plugin_name: str, hook_name: str, implementation, register) -> No
         implementation(register=register)
     except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
         warn_plugin(f"plugin {plugin_name!r} raised in {hook_name} and was skipped: {type(error).__name__}: {error}")
+
+
+def _entry_point_order(entry_point) -> tuple[str, str, str]:
+    distribution = getattr(entry_point, "dist", None)
+    name = distribution.metadata["Name"] if distribution else ""
+    return ((name or "").lower(), entry_point.name, entry_point.value)
 
 
 def _own_version() -> str:

@@ -7,18 +7,22 @@ library versions.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lofit_bench.errors import UserError
+from lofit_bench.errors import DiskFull, UserError, warn
+from lofit_bench.names import file_part, inside
 
 RECORD_SCHEMA = 1
 RECORDS_FOLDER = "records"
@@ -37,16 +41,28 @@ def run_key(identity: dict[str, Any]) -> str:
 
 
 def record_path(out_dir: Path, method: str, task: str, seed: int, key: str) -> Path:
-    return out_dir / RECORDS_FOLDER / f"{method}--{task}--seed{seed}--{key[:8]}.json"
+    """``OUT/records/METHOD--TASK--seedN--KEY.json``; names are mapped to safe file-name parts
+    (``lm_eval:x`` -> ``lm_eval%3Ax``) and the path is checked to stay inside ``out_dir``."""
+    name = f"{file_part(method)}--{file_part(task)}--seed{seed}--{key[:8]}.json"
+    return inside(out_dir, out_dir / RECORDS_FOLDER / name)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write to a temporary file in the same folder, then rename: readers never see half a file.
+
+    The JSON is strict (no ``NaN``/``Infinity`` literals, which strict readers reject): a
+    non-finite number is written as ``null``, and when the payload is a mapping its places are
+    listed under ``NON_FINITE_KEY`` with the value they had (``"metrics.mc2": "NaN"``).
+    """
+    found: dict[str, str] = {}
+    payload = finite_json(payload, "", found)
+    if found and isinstance(payload, dict):
+        payload[NON_FINITE_KEY] = found
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=False, default=_json_default)
+            json.dump(payload, stream, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
             stream.write("\n")
             stream.flush()
             os.fsync(stream.fileno())
@@ -55,6 +71,26 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+NON_FINITE_KEY = "non_finite"
+
+
+def finite_json(value: Any, where: str, found: dict[str, str]) -> Any:
+    """A copy of ``value`` with every non-finite float replaced by None (noted in ``found``)."""
+    if isinstance(value, dict):
+        return {key: finite_json(item, f"{where}.{key}" if where else str(key), found) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item, f"{where}[{index}]", found) for index, item in enumerate(value)]
+    if not isinstance(value, float | int | str | bool | type(None)) and hasattr(value, "item"):
+        try:
+            value = value.item()  # numpy / torch scalars
+        except (ValueError, RuntimeError):
+            return value
+    if isinstance(value, float) and not math.isfinite(value):
+        found[where] = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return None
+    return value
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -85,20 +121,74 @@ def _json_default(value: Any) -> Any:
 
 
 def load_records(runs_dir: Path) -> list[dict[str, Any]]:
-    """Every record under ``runs_dir`` (its ``records/`` folder or the folder itself)."""
+    """Every record under ``runs_dir`` (its ``records/`` folder or the folder itself).
+
+    Reading never fails as a whole: a file that is not a record lofit-bench can read
+    (unreadable, not UTF-8, not JSON, not an object, another schema) is named in one warning
+    and skipped.
+    """
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir} is not a folder; pass the --out folder of a `lofit-bench run`")
     records = []
     for path in iter_record_files(runs_dir):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path} is not valid JSON ({error}); delete it and rerun that run") from None
-        if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
+        record, problem = read_record(path)
+        if record is None:
+            warn(f"skipped {path}: {problem}")
             continue
         record["_path"] = str(path)
         records.append(record)
     return records
+
+
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(record, "") or (None, why it is not a readable record of this schema)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text, so not a run record"
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON ({error}); delete it and rerun that run"
+    if not isinstance(record, dict):
+        return None, f"not a run record (a JSON {type(record).__name__}, not an object)"
+    if record.get("schema") != RECORD_SCHEMA:
+        return None, (
+            f"a record of schema {record.get('schema')!r}; this lofit-bench reads schema {RECORD_SCHEMA} "
+            "(use the lofit-bench version that wrote it)"
+        )
+    return record, ""
+
+
+def save_record(path: Path, record: dict[str, Any]) -> Path | None:
+    """Write ``record`` to ``path``; when that fails, keep the result: say so on one line of
+    stderr (even with --quiet) and write it to a fallback folder (or print it). Returns where
+    it went (None: printed only).
+    Raises :class:`~lofit_bench.errors.DiskFull` after saving what it could when the disk is full."""
+    try:
+        write_json_atomic(path, record)
+        return path
+    except OSError as error:
+        failure = error
+    fallback = Path(tempfile.gettempdir()) / "lofit-bench-unsaved" / path.name
+    try:
+        write_json_atomic(fallback, record)
+        where: Path | None = fallback
+        kept = f"saved it to {fallback} instead; move it into {path.parent} to keep it"
+    except OSError:
+        where = None
+        found: dict[str, str] = {}
+        text = json.dumps(finite_json(record, "", found), default=_json_default, allow_nan=False)
+        print(f"lofit-bench: unsaved record {path.name}: {text}", file=sys.stderr)
+        kept = "printed it on stderr (one line starting 'lofit-bench: unsaved record')"
+    reason = failure.strerror or str(failure)
+    print(f"lofit-bench: warning: could not write record {path}: {reason}; {kept}", file=sys.stderr)
+    if failure.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFull(
+            f"the disk is full (writing {path}); the sweep stopped. Free space and rerun the same "
+            "command: finished runs are skipped and the rest resume"
+        )
+    return where
 
 
 def iter_record_files(runs_dir: Path) -> Iterator[Path]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import multiprocessing
 import os
 import sys
 import tempfile
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,18 +30,24 @@ from lofit_bench.console import (
     status_path,
     verbose,
 )
-from lofit_bench.errors import UserError, did_you_mean
+from lofit_bench.errors import DiskFull, UserError, did_you_mean, install_warning_format, warn
+from lofit_bench.faults import check_finite_metrics, save_artifacts
+from lofit_bench.lock import holding_out_folder_lock
 from lofit_bench.measure import MemoryMeter, Stopwatch
 from lofit_bench.method import FitContext, Method
 from lofit_bench.models import DEFAULT_MODEL, load_model
-from lofit_bench.plugins import get_host
+from lofit_bench.names import inside
+from lofit_bench.plugins import PluginWarning, get_host
+from lofit_bench.preflight import check_before_runs
 from lofit_bench.progress import progress_enabled
 from lofit_bench.records import (
     RECORD_SCHEMA,
+    RECORDS_FOLDER,
     environment,
+    read_record,
     record_path,
     run_key,
-    write_json_atomic,
+    save_record,
 )
 from lofit_bench.scoring import Scorer
 
@@ -182,6 +188,7 @@ def plan_sweep(
         if name not in method_classes:
             raise UserError(f"options were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
         method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
+    check_before_runs(method_classes, method_options, budget, model, seeds)
     model_fingerprint = model_source_fingerprint(model)
     specs = [
         RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})))
@@ -260,8 +267,16 @@ def check_output_folder(out_dir: Path) -> None:
             pass
     except OSError as error:
         raise UserError(f"cannot write to output folder {out_dir}: {error.strerror or error}; choose another --out") from None
+    for folder in (out_dir / RECORDS_FOLDER, out_dir / ARTIFACTS_FOLDER):  # the folders runs write into
+        try:
+            folder.mkdir(exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as error:
+            raise UserError(f"cannot write to {folder}: {error.strerror or error}; fix its permissions or choose another --out") from None
 
 
+@holding_out_folder_lock
 def run_sweep(
     specs: list[RunSpec],
     out_dir: Path,
@@ -307,8 +322,7 @@ def run_sweep(
             logs = "" if executor == "inline" or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
             echo(f"running {len(pending)} run(s) ({where}{logs})")
         for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
-            path = spec.record_path(out_dir)
-            write_json_atomic(path, record)
+            path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
             seconds = (record.get("timings") or {}).get("total_s")
             if record["status"] == "ok":
                 summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
@@ -321,16 +335,22 @@ def run_sweep(
                 if quiet:  # an error is said even then
                     print(f"lofit-bench: {labels[spec.key]}: {failure}", file=sys.stderr)
                 outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}")
+            if (record.get("artifacts_error") or {}).get("disk_full"):
+                raise DiskFull(
+                    f"the disk is full (saving the artefacts of {path.name}, whose record is kept); the sweep "
+                    "stopped. Free space and rerun the same command: finished runs are skipped and the rest resume"
+                )
     return [outcomes[spec.key] for spec in specs]
 
 
 def _finished(path: Path) -> bool:
     if not path.exists():
         return False
-    try:
-        return json.loads(path.read_text()).get("status") == "ok"
-    except (OSError, json.JSONDecodeError):
+    record, problem = read_record(path)
+    if record is None:
+        warn(f"{path} is not a readable record ({problem}); that run is done again and its record replaced")
         return False
+    return record.get("status") == "ok"
 
 
 def fit_phase_table(phases: dict[str, float], fit_seconds: float) -> dict[str, float]:
@@ -366,6 +386,10 @@ def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict[str
     ``OUT/logs/<record>.log`` unless ``--verbose``; its phases go to the sweep's console.
     """
     stem = spec.record_path(out_dir).stem
+    install_warning_format()
+    with warnings.catch_warnings():  # the sweep's process has reported broken plugins already
+        warnings.simplefilter("ignore", PluginWarning)
+        get_host()
     record = empty_record(spec)
     if multiprocessing.parent_process() is not None and not verbose():
         log_file = out_dir / LOGS_FOLDER / f"{stem}.log"
@@ -394,6 +418,8 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
     task = host.tasks.get(spec.task)()
     watch = Stopwatch()
     record["method"]["plugin"] = host.methods.owner(spec.method)
+    record["method"]["plugin_distribution"] = host.distribution_of(host.methods.owner(spec.method))
+    record["task"]["plugin_distribution"] = host.distribution_of(host.tasks.owner(spec.task))
     record["task"].update(
         plugin=host.tasks.owner(spec.task),
         objective=task.objective,
@@ -407,7 +433,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
     record["folds"] = folds
     fit_phases: dict[str, float] = {}
     memory: MemoryMeter | None = None
-    artifacts = out_dir / ARTIFACTS_FOLDER / spec.record_path(out_dir).stem
+    artifacts = inside(out_dir, out_dir / ARTIFACTS_FOLDER / spec.record_path(out_dir).stem)
     for fold in task.folds:
 
         def report(phase: str, fold: str = fold) -> None:
@@ -445,13 +471,14 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         with memory.phase("evaluate"), watch.phase("evaluate"):
             result = task.evaluate(scorer, fold, "test", limit=spec.budget.eval_examples)
         fold_record["metrics"] = result.metrics
+        check_finite_metrics(result.metrics, fold)
         fold_record["eval_size"] = result.size
         fold_record["eval_ids"] = result.example_ids
         fold_record["eval_tokens"] = scorer.tokens_processed
         fold_record["per_example"] = result.per_example
         if result.details:
             fold_record["evaluation_details"] = result.details
-        method.save(artifacts / fold)
+        save_artifacts(method, artifacts / fold, record)
         record["trainable_parameters"] = {
             "count": method.trainable_parameters(),
             "percent_of_base": 100.0 * method.trainable_parameters() / base_parameters,

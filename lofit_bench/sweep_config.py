@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lofit_bench import validate
 from lofit_bench.errors import UserError
 
 
@@ -52,11 +53,16 @@ class SweepConfig:
 
 
 def load_sweep_config(path: Path) -> SweepConfig:
-    """Read and validate a sweep file (``.toml``, ``.yaml``/``.yml`` or ``.json``)."""
+    """Read and validate a sweep file (``.toml``, ``.yaml``/``.yml`` or ``.json``), field by
+    field with the command line's messages (see :mod:`lofit_bench.validate`)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise UserError(f"cannot read sweep config {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"sweep config {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise UserError(f"sweep config {path} must end in .toml, .yaml, .yml or .json")
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -65,32 +71,56 @@ def load_sweep_config(path: Path) -> SweepConfig:
                 import yaml
             except ImportError:
                 raise UserError("YAML sweep files need PyYAML (pip install pyyaml), or use TOML") from None
-            data = yaml.safe_load(text) or {}
-        elif path.suffix == ".json":
-            data = json.loads(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as error:
+                raise ValueError(" ".join(str(error).split())) from None
+            data = {} if data is None else data
         else:
-            raise UserError(f"sweep config {path} must end in .toml, .yaml, .yml or .json")
+            data = json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as error:
-        raise UserError(f"sweep config {path} is malformed: {error}") from None
+        raise UserError(f"sweep config {path} is malformed: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"sweep config {path} must hold a table/mapping at the top level")
     if "model" in data:  # a single model may be given as `model = "..."`
         data.setdefault("models", [data.pop("model")])
     known = {item.name for item in fields(SweepConfig)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(key) for key in set(data) - known)
     if unknown:
         raise UserError(f"unknown keys in sweep config {path}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
-    config = SweepConfig(**data)
-    for name in ("methods", "tasks", "models"):
-        value = getattr(config, name)
-        if isinstance(value, str):
-            setattr(config, name, [item.strip() for item in value.split(",") if item.strip()])
-        elif not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise UserError(f"sweep config {path}: {name} must be a list of names")
+    try:
+        config = SweepConfig(**{name: _check_field(name, value) for name, value in data.items()})
+    except UserError as error:
+        raise UserError(f"sweep config {path}: {error}") from None
     if config.model_args is not None and not isinstance(config.model_args, str | dict):
         raise UserError(f"sweep config {path}: model_args must be KEY=VALUE,... or a table [model_args]")
     if isinstance(config.model_args, dict) and "pretrained" in config.model_args and "models" in data:
         raise UserError(f"sweep config {path}: models and model_args.pretrained both name the model; give it once")
-    if not all(isinstance(options, dict) for options in config.method_options.values()):
-        raise UserError(f"sweep config {path}: each [method_options.NAME] must be a table of fields")
     return config
+
+
+def _check_field(name: str, value: Any) -> Any:
+    """One field of a sweep file, checked by the same rule as its command-line flag."""
+    if name in ("methods", "tasks", "models"):
+        return validate.names(value, name)
+    if name == "budget":
+        return validate.text(value, "budget (a budget name)")
+    if name == "budget_overrides":
+        return validate.table(value, "budget_overrides")
+    if name == "method_options":
+        for method, options in validate.table(value, "method_options").items():
+            validate.table(options, f"method_options.{method}")
+        return value
+    if name == "seeds":
+        return validate.seeds(value)
+    if name == "out":
+        return validate.text(value, "out (a folder)")
+    if name == "dtype":
+        return validate.choice(value, "dtype", validate.DTYPE_CHOICES)
+    if name == "device":
+        return validate.device(value)
+    if name == "executor":
+        return validate.choice(value, "executor", validate.EXECUTOR_CHOICES)
+    if name == "jobs":
+        return validate.jobs(value)
+    return value

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from lofit_bench.budget import Budget
-from lofit_bench.errors import UserError
+from lofit_bench.errors import Diverged, UserError, warn
+from lofit_bench.faults import divergence_hint, first_non_finite, non_finite_stop
 from lofit_bench.progress import progress_enabled
 from lofit_bench.prompt_positions import (
     PromptListener,
@@ -119,6 +120,11 @@ def train(
             f"every training example is longer than the budget's max_length ({budget.max_length} tokens; "
             f"the shortest needs {shortest}); raise it with --budget-set max_length={shortest} or more"
         )
+    if over_length:
+        warn(
+            f"{over_length} of {len(examples)} training examples are longer than the budget's max_length "
+            f"({budget.max_length} tokens) and are truncated; raise it with --budget-set max_length=N"
+        )
     _quiet_libraries(progress)
     from transformers.trainer_callback import PrinterCallback
 
@@ -127,6 +133,8 @@ def train(
             model, tokenizer, examples, objective, budget, optimizer, seed, work_dir, extra_loss, peft_config, progress
         )
         trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; losses go to the record
+        trainer.args.logging_nan_inf_filter = False  # a NaN loss must be seen, not averaged away
+        trainer.add_callback(non_finite_stop(optimizer.learning_rate))
         started = time.perf_counter()
         try:
             trainer.train()
@@ -134,6 +142,13 @@ def train(
             if budget.gradient_checkpointing:
                 _undo_activation_checkpointing(model)
         seconds = time.perf_counter() - started
+        trained = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+        broken = first_non_finite(trained)
+        if broken is not None:
+            raise Diverged(
+                f"training diverged: trained tensor {broken} holds NaN or infinity after step "
+                f"{trainer.state.global_step}; {divergence_hint(optimizer.learning_rate)}"
+            )
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainResult(
         objective=objective,

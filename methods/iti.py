@@ -119,7 +119,7 @@ class ITIConfig(MethodConfig):
     )
 
     def __post_init__(self) -> None:
-        _check_head_count(self.heads, "iti.heads")
+        _check_head_count(self.heads, "iti.heads")  # against the model: ITI.check_before_runs
         if not isinstance(self.alphas, list) or not self.alphas or not all(_number(value) for value in self.alphas):
             raise UserError(f"iti.alphas must be a non-empty JSON list of numbers, e.g. [15, 5], got {self.alphas!r}")
         if not isinstance(self.head_grid, list):
@@ -302,6 +302,12 @@ class ITI(HeadInterventionMethod):
     submodule = SUBMODULE
     description = "ITI (Li et al. 2023): probe-selected heads shifted by alpha * sigma * direction"
     config_class = ITIConfig
+
+    @classmethod
+    def check_before_runs(cls, config: MethodConfig, shape: Any) -> None:
+        for value in config.head_grid or [config.heads]:
+            resolve_head_count(value, shape.total_heads)
+        resolve_head_count(config.heads, shape.total_heads)
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)

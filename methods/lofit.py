@@ -199,6 +199,15 @@ def resolve_hyperparameters(config: LoFiTConfig, task: str, needs_stage1: bool) 
 class LoFiT(HeadInterventionMethod):
     """Select K attention heads by L1-sparse scaling (stage 1), then tune their bias vectors (stage 2)."""
 
+    @classmethod
+    def check_before_runs(cls, config: MethodConfig, shape: Any) -> None:
+        k = resolve_head_count(config.heads, shape.total_heads)
+        if config.head_source_kind == "file":
+            path = find_heads_file(Path(config.head_source.partition(":")[2]))
+            origin = HeadSelection.load(path)
+            origin.check_layout(shape, path)
+            origin.top(k, path)
+
     name = "lofit"
     submodule = SUBMODULE
     description = "LoFiT (Yin et al. 2024): top-K heads by sparse scaling, then per-head bias tuning"

@@ -349,6 +349,11 @@ class RepE(Method):
     description = "RepE (Zou et al. 2023): reading vector (PCA) or contrast vector added to one layer's residual stream"
     config_class = RepEConfig
 
+    @classmethod
+    def check_before_runs(cls, config: MethodConfig, shape: Any) -> None:
+        if config.layer is not None and config.layer >= shape.n_layers:
+            raise UserError(f"repe.layer={config.layer}: the model has {shape.n_layers} layers (0 to {shape.n_layers - 1})")
+
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
         self.config: RepEConfig

@@ -473,9 +473,9 @@ def test_a_nameless_class_or_a_bad_signature_is_reported():
 
 def test_an_entry_point_name_that_is_taken_is_reported(site, example_source):
     install_fake_distribution(site, "lofit-bench-bitfit", {"bitfit": EXAMPLE_MODULE})
-    install_fake_distribution(
+    install_fake_distribution(  # distributions load in name order: this one comes second
         site,
-        "another-bitfit",
+        "zz-another-bitfit",
         {"bitfit": f"{FAKE_PREFIX}other"},
         {f"{FAKE_PREFIX}other": ""},
     )
