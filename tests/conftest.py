@@ -52,3 +52,15 @@ def builtin_host():
         plugins.reset_host()
         yield plugins.get_host()
         plugins.reset_host()
+
+
+@pytest.fixture
+def builtin_plugins_only(monkeypatch):
+    """The process-wide host, loaded with built-ins only, for one test (installed plugins must
+    not leak in); use with ``pytestmark = pytest.mark.usefixtures("builtin_plugins_only")``."""
+    from lofit_bench import plugins
+
+    monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "")
+    plugins.reset_host()
+    yield
+    plugins.reset_host()

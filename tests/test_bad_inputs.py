@@ -35,12 +35,7 @@ QUICK = ["--model", TINY, "--budget", "smoke", "--budget-set", "eval_examples=2"
 ZERO_SHOT = ["run", "--methods", "zero-shot", "--tasks", "mquake", *QUICK]
 
 
-@pytest.fixture(autouse=True)
-def builtin_plugins_only(monkeypatch):
-    monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "")
-    plugins.reset_host()
-    yield
-    plugins.reset_host()
+pytestmark = pytest.mark.usefixtures("builtin_plugins_only")
 
 
 class ModelLoaded(BaseException):

@@ -9,19 +9,12 @@ import sys
 
 import pytest
 
-from lofit_bench import plugins
 from lofit_bench.cli import main
 
 SUBCOMMANDS = ["run", "report", "list", "plugins", "heads", "export-lm-eval"]
 
 
-@pytest.fixture(autouse=True)
-def builtin_plugins_only(monkeypatch):
-    """The process-wide host, loaded with built-ins only (installed plugins must not leak in)."""
-    monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "")
-    plugins.reset_host()
-    yield
-    plugins.reset_host()
+pytestmark = pytest.mark.usefixtures("builtin_plugins_only")
 
 
 def run_cli(capsys, *arguments: str) -> tuple[int, str, str]:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from plugin_helpers import install_entry_point_plugin
 
 from lofit_bench import plugins
 from lofit_bench.budget import get_budget
@@ -69,17 +70,7 @@ def register_methods(register):
 @pytest.fixture
 def installed_test_plugin(tmp_path, monkeypatch):
     """A plugin discoverable through the `lofit_bench` entry-point group, also by child processes."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "crashing_plugin.py").write_text(PLUGIN_SOURCE)
-    info = site / "crashing_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: crashing-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[lofit_bench]\ncrashing = crashing_plugin\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "crashing")
-    plugins.reset_host()
+    site = install_entry_point_plugin(tmp_path, monkeypatch, "crashing_plugin", PLUGIN_SOURCE, "crashing-plugin")
     yield site
     plugins.reset_host()
 

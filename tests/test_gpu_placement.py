@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from plugin_helpers import install_entry_point_plugin
 from torch import nn
 
 from lofit_bench import plugins
@@ -68,17 +69,7 @@ def register_methods(register):
 @pytest.fixture
 def probe_plugin(tmp_path, monkeypatch):
     """The probe methods, discoverable through the entry-point group by child processes too."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "probe_plugin.py").write_text(PROBE_PLUGIN)
-    info = site / "probe_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: probe-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[lofit_bench]\nprobe = probe_plugin\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "probe")
-    plugins.reset_host()
+    site = install_entry_point_plugin(tmp_path, monkeypatch, "probe_plugin", PROBE_PLUGIN, "probe-plugin")
     yield site
     plugins.reset_host()
 
