@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", type=_split_names, default=None, help="comma-separated method names (`lofit-bench list methods`); required unless --config gives them")
     run.add_argument("--tasks", type=_split_names, default=None, help="comma-separated task names (`lofit-bench list tasks`); required unless --config gives them")
     run.add_argument("--model", type=_split_names, default=None, help="model short name, local Hugging Face folder or hub id; comma-separated for several (default: smollm2-135m, bundled)")
-    run.add_argument("--budget", default=None, help="budget preset: paper (default) or smoke (`lofit-bench list budgets`)")
+    run.add_argument("--budget", default=None, help="budget preset: paper (default), demo or smoke (`lofit-bench list budgets`)")
     run.add_argument("--budget-set", action="append", default=[], metavar="FIELD=VALUE", help="override one budget field for the whole sweep, e.g. eval_examples=50 (repeatable)")
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
