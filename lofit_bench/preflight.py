@@ -102,6 +102,17 @@ def check_budget(budget: Any) -> None:
         )
 
 
+def check_device(device: str) -> None:
+    """A CUDA or MPS device that torch cannot see fails here, not in every run. Asking torch
+    whether CUDA is available does not initialise it (the CLI process never does)."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was asked for, but torch sees no CUDA device here; use --device cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was asked for, but torch sees no MPS device here; use --device cpu or auto")
+
+
 def check_before_runs(
     method_classes: dict[str, type],
     method_options: dict[str, dict[str, Any]],
@@ -114,6 +125,7 @@ def check_before_runs(
     for seed in seeds or list(budget.seeds):
         check_seed(seed)
     check_model_name(model.name)
+    check_device(model.device)
     shape = model_shape(model.name)
     if shape is None:
         return

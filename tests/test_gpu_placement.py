@@ -21,7 +21,7 @@ from lofit_bench.executors import GpuPool, execute, gpus_wanted, visible_gpus
 from lofit_bench.interventions import HeadIntervention
 from lofit_bench.measure import MIB, MemoryMeter
 from lofit_bench.models import check_model, load_model, module_device
-from lofit_bench.runner import ModelSettings, plan_sweep
+from lofit_bench.runner import ModelSettings, RunSpec, plan_sweep
 from lofit_bench.training import never_data_parallel
 
 PROBE_PLUGIN = '''
@@ -102,8 +102,8 @@ def test_a_run_takes_gpus_per_run_only_when_it_may_use_a_gpu() -> None:
     assert gpus_wanted(sharded, 4) == 2
     with pytest.raises(UserError, match="asks for 2 GPUs"):
         gpus_wanted(sharded, 1)
-    for device in ("cpu", "cuda:1"):
-        pinned = plan_sweep(["zero-shot"], ["clutrr"], budget(), ModelSettings("tiny-random-llama", device=device))[0]
+    for device in ("cpu", "cuda:1"):  # (a spec built directly: planning checks that the device exists)
+        pinned = RunSpec("zero-shot", "clutrr", 42, budget(), ModelSettings("tiny-random-llama", device=device))
         assert gpus_wanted(pinned, 4) == 0
 
 
