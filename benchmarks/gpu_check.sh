@@ -23,7 +23,8 @@ if [ "$GPUS" -lt 1 ] || ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.c
     exit 2
 fi
 echo "gpu_check: $GPUS GPU(s); torch $("$PYTHON" -c 'import torch; print(torch.__version__, torch.version.cuda)')"
-rm -rf "$OUT"
+rm -rf "$OUT" "$OUT".*.log
+mkdir -p "$(dirname "$OUT")"
 SMALL=(--tasks clutrr --budget smoke --budget-set train_examples=16 --budget-set eval_examples=24 --dtype bf16 --quiet)
 
 echo "== 1. lofit, lora, full-ft on one GPU each (bf16, smoke budget)"
