@@ -58,19 +58,8 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     payload = finite_json(payload, "", found)
     if found and isinstance(payload, dict):
         payload[NON_FINITE_KEY] = found
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; records are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    write_text_atomic(path, text + "\n")
 
 
 NON_FINITE_KEY = "non_finite"
@@ -103,7 +92,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; records and reports are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
