@@ -323,26 +323,39 @@ def load_model(
     )
 
 
-def _resolve(name: str, revision: str | None) -> tuple[Path | None, nn.Module | None, object, str]:
-    """(folder, model built in code, its tokenizer, source) for a short name, folder or hub id."""
+def model_source_kind(name: str, revision: str | None = None) -> str:
+    """``"short"`` (a name from MODELS), ``"folder"`` (a local Hugging Face folder) or ``"hub"``
+    (a hub id) for a model name, without loading anything; a name that is none of these, a
+    folder without config.json or a revision given for a non-hub model is a UserError."""
     if name in MODELS:
         if revision:
             raise UserError(f"revision={revision!r} applies to hub ids; {name} is built in or bundled")
-        folder, model, tokenizer = MODELS[name].loader(cache_dir())
-        return folder, model, tokenizer, f"{name} ({folder})" if folder else f"{name} (built in code)"
-    if Path(name).expanduser().is_dir():
-        folder = Path(name).expanduser().resolve()
+        return "short"
+    folder = Path(name).expanduser()
+    if folder.is_dir():
         if not (folder / "config.json").exists():
-            raise UserError(f"{folder} has no config.json; --model takes a Hugging Face model folder")
+            raise UserError(f"{folder.resolve()} has no config.json; --model takes a Hugging Face model folder")
         if revision:
-            raise UserError(f"revision={revision!r} applies to hub ids; {folder} is a local folder")
-        return folder, None, None, str(folder)
+            raise UserError(f"revision={revision!r} applies to hub ids; {folder.resolve()} is a local folder")
+        return "folder"
     if _looks_like_hub_id(name):
-        return None, None, None, f"hub:{name}"
+        return "hub"
     raise UserError(
         f"unknown model: {name}.{did_you_mean(name, MODELS)} Known models: {', '.join(MODELS)}; "
         "--model also takes a local Hugging Face folder or a hub id (org/name)."
     )
+
+
+def _resolve(name: str, revision: str | None) -> tuple[Path | None, nn.Module | None, object, str]:
+    """(folder, model built in code, its tokenizer, source) for a short name, folder or hub id."""
+    kind = model_source_kind(name, revision)
+    if kind == "short":
+        folder, model, tokenizer = MODELS[name].loader(cache_dir())
+        return folder, model, tokenizer, f"{name} ({folder})" if folder else f"{name} (built in code)"
+    if kind == "folder":
+        folder = Path(name).expanduser().resolve()
+        return folder, None, None, str(folder)
+    return None, None, None, f"hub:{name}"
 
 
 def check_model(name: str, trust_remote_code: bool = False, revision: str | None = None) -> str:

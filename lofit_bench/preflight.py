@@ -64,19 +64,9 @@ def model_shape(name: str) -> ModelShape | None:
 
 def check_model_name(name: str) -> None:
     """A model name that is no known model, no folder and no hub id fails here, as load_model would."""
-    from lofit_bench.models import MODELS, _looks_like_hub_id
+    from lofit_bench.models import model_source_kind
 
-    if name in MODELS or _looks_like_hub_id(name):
-        return
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").exists():
-            raise UserError(f"{folder.resolve()} has no config.json; --model takes a Hugging Face model folder")
-        return
-    raise UserError(
-        f"unknown model: {name}.{did_you_mean(name, MODELS)} Known models: {', '.join(MODELS)}; "
-        "--model also takes a local Hugging Face folder or a hub id (org/name)."
-    )
+    model_source_kind(name)
 
 
 def check_budget(budget: Any) -> None:

