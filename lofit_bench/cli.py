@@ -10,12 +10,11 @@ import errno
 import json
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lofit_bench.errors import UserError, one_line_warning
+from lofit_bench.errors import UserError, install_warning_format
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -176,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+    install_warning_format()
     try:
         with contextlib.ExitStack() as cleanup:  # what a command holds (the --out lock) ends with it
             arguments.cleanup = cleanup
@@ -197,12 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-_one_line_warning = one_line_warning  # PluginWarning is a LofitBenchWarning
-
-
 # -- commands --------------------------------------------------------------------------------
 def command_run(arguments: argparse.Namespace) -> int:
-    from lofit_bench.console import QUIET_VARIABLE, VERBOSE_VARIABLE, quiet_libraries
+    from lofit_bench.console import VERBOSE_VARIABLE, quiet_libraries
+    from lofit_bench.progress import QUIET_VARIABLE
 
     if arguments.verbose:
         os.environ[VERBOSE_VARIABLE] = "1"

@@ -14,8 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -24,7 +23,6 @@ from lofit_bench.records import write_text_atomic
 STATUS_FOLDER = ".status"
 LOGS_FOLDER = "logs"
 VERBOSE_VARIABLE = "LOFIT_BENCH_VERBOSE"
-QUIET_VARIABLE = "LOFIT_BENCH_QUIET"
 
 #: Environment that keeps libraries' own progress bars and info logs off the console.
 QUIET_LIBRARIES = {
@@ -76,11 +74,6 @@ class RunStatus:
         except OSError:  # the console is a courtesy; a run never fails for it
             self.path = None
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        self.set(name)
-        yield
-
 
 def status_path(out_dir: Path, record_stem: str) -> Path:
     return out_dir / STATUS_FOLDER / f"{record_stem}.json"
@@ -109,7 +102,6 @@ class SweepConsole:
     def __init__(
         self,
         total: int,
-        jobs: int,
         out_dir: Path,
         echo: Callable[[str], None] = print,
         stream: TextIO | None = None,
@@ -118,7 +110,6 @@ class SweepConsole:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
-        self.jobs = max(1, jobs)
         self.out_dir = out_dir
         self.echo = echo
         self.stream = stream or sys.stderr
@@ -143,7 +134,7 @@ class SweepConsole:
         with self._lock:
             self.running[stem] = label
 
-    def finished(self, stem: str, label: str, text: str, seconds: float | None) -> None:
+    def finished(self, stem: str, label: str, text: str) -> None:
         with self._lock:
             self.running.pop(stem, None)
         self.done += 1
@@ -155,7 +146,7 @@ class SweepConsole:
 
     def eta(self) -> float | None:
         """Seconds left at the sweep's pace so far (wall time per finished run, process start-up
-        and ``jobs`` runs at a time included); None before the first run ends."""
+        and parallel runs included); None before the first run ends."""
         if not self.ran:
             return None
         return (self.clock() - self.started) / self.ran * (self.total - self.done)

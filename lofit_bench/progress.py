@@ -6,12 +6,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+QUIET_VARIABLE = "LOFIT_BENCH_QUIET"
+
 
 def progress_enabled(requested: bool = True) -> bool:
     """Bars are on unless asked off, or LOFIT_BENCH_QUIET / CI is set."""
     if not requested:
         return False
-    return not (os.environ.get("LOFIT_BENCH_QUIET") or os.environ.get("CI"))
+    return not (os.environ.get(QUIET_VARIABLE) or os.environ.get("CI"))
 
 
 class _NullBar:

@@ -15,7 +15,7 @@ from lofit_bench.console import RunStatus, SweepConsole, status_path
 def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
     lines: list[str] = []
     now = [0.0]
-    console = SweepConsole(total=4, jobs=2, out_dir=tmp_path, echo=lines.append, stream=io.StringIO(), live=False,
+    console = SweepConsole(total=4, out_dir=tmp_path, echo=lines.append, stream=io.StringIO(), live=False,
                            clock=lambda: now[0])
     console.skipped("zero-shot on clutrr", "already done, skipped")
     console.submitted("a", "lofit on clutrr")
@@ -28,7 +28,7 @@ def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
     assert "lora on clutrr: evaluate" in line and "iti on clutrr" not in line  # c has not started
     assert line.endswith("ETA after the first run")
     now[0] = 60.0
-    console.finished("a", "lofit on clutrr", "exact_match 0.500 (55 s)", 55.0)
+    console.finished("a", "lofit on clutrr", "exact_match 0.500 (55 s)")
     assert lines == ["[1/4] zero-shot on clutrr: already done, skipped",
                      "[2/4] lofit on clutrr: exact_match 0.500 (55 s) | ETA 2 min"]  # 60 s per run ran, 2 left
     assert not status_path(tmp_path, "a").exists()
@@ -38,13 +38,13 @@ def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
 def test_live_line_is_drawn_and_cleared_on_a_terminal(tmp_path):
     stream = io.StringIO()
     lines: list[str] = []
-    with SweepConsole(total=1, jobs=1, out_dir=tmp_path, echo=lines.append, stream=stream, live=True, refresh_s=0.05) as console:
+    with SweepConsole(total=1, out_dir=tmp_path, echo=lines.append, stream=stream, live=True, refresh_s=0.05) as console:
         console.submitted("a", "lofit on clutrr")
         RunStatus(status_path(tmp_path, "a")).set("fit")
         import time
 
         time.sleep(0.3)
-        console.finished("a", "lofit on clutrr", "done", 1.0)
+        console.finished("a", "lofit on clutrr", "done")
     assert "\r\033[K[0/1 done] lofit on clutrr: fit" in stream.getvalue()
     assert stream.getvalue().endswith("\r\033[K")  # the live line is gone at the end
     assert lines == ["[1/1] lofit on clutrr: done"]
