@@ -36,7 +36,17 @@ class Budget:
     warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps spent warming up"})
     seeds: tuple[int, ...] = field(default=(42,), metadata={"help": "seeds run for each method"})
     trials: int = field(
-        default=4, metadata={"help": "hyper-parameter trials a method may spend on the dev split"}
+        default=4, metadata={"help": "hyper-parameter trials the tuner spends on the dev split for every method"}
+    )
+    tune: bool = field(
+        default=True,
+        metadata={"help": "tune each method's declared search space on the dev split with `trials` trials "
+                  "(Optuna, seeded; see README, Tuning); false: the paper's / the method's default values"},
+    )
+    prune_examples: int | None = field(
+        default=50,
+        metadata={"help": "dev examples scored after each training epoch of a trial so that the tuner can stop "
+                  "hopeless trials (median pruning); None: no pruning"},
     )
     gradient_accumulation_steps: int = field(
         default=1,
@@ -52,7 +62,7 @@ class Budget:
     def __post_init__(self) -> None:
         # Values arrive from `--budget-set FIELD=VALUE` as parsed JSON or raw strings, so the
         # type is checked too: a wrong one must be a one-line error, not a traceback later.
-        for name in ("train_examples", "dev_examples", "eval_examples"):
+        for name in ("train_examples", "dev_examples", "eval_examples", "prune_examples"):
             value = getattr(self, name)
             if value is not None and not _is_count(value):
                 raise UserError(
@@ -73,6 +83,8 @@ class Budget:
                 f"budget {self.name!r}: batch_size {self.batch_size} is the effective batch and must split into "
                 f"gradient_accumulation_steps={accumulation} equal micro-batches; choose a divisor of {self.batch_size}"
             )
+        if not isinstance(self.tune, bool):
+            raise UserError(f"budget {self.name!r}: tune must be true or false (on/off), got {self.tune!r}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise UserError(f"budget {self.name!r}: gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         ratio = self.warmup_ratio
@@ -128,6 +140,7 @@ BUDGETS: dict[str, Budget] = {
         eval_batch_size=16,
         max_length=256,
         trials=1,
+        prune_examples=None,
     ),
     # Proves the machinery end to end in a few minutes on 2 cores (tests, CI, plugin authors).
     "smoke": Budget(
@@ -143,6 +156,7 @@ BUDGETS: dict[str, Budget] = {
         # model's ~150-token examples cost nothing more.
         max_length=768,
         trials=1,
+        prune_examples=None,
     ),
 }
 

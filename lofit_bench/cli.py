@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", type=_split_names, default=None, help="model short name, local Hugging Face folder or hub id; comma-separated for several (default: smollm2-135m, bundled)")
     run.add_argument("--budget", default=None, help="budget preset: paper (default), demo or smoke (`lofit-bench list budgets`)")
     run.add_argument("--budget-set", action="append", default=[], metavar="FIELD=VALUE", help="override one budget field for the whole sweep, e.g. eval_examples=50 (repeatable)")
+    run.add_argument("--tune", choices=["on", "off"], default=None, help="tune every method's declared search space on the dev split with the budget's trials (on, the paper budget's default: the same tuning effort for every method) or use the paper's / methods' default values (off); a budget field, so reports flag a mix")
+    run.add_argument("--tune-storage", default=None, metavar="URL", help="Optuna storage URL for the tuning trials, e.g. postgresql://user@host/db when runs spread over a Ray cluster (default: one SQLite file per run under OUT/tuning/)")
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
@@ -223,6 +225,8 @@ def command_run(arguments: argparse.Namespace) -> int:
         raise UserError("name the methods and tasks to run: --methods a,b --tasks c,d (or a --config file)")
     budget = get_budget(arguments.budget or config.budget or "paper")
     overrides = config.budget_overrides | _key_values(arguments.budget_set, "--budget-set")
+    if arguments.tune is not None:
+        overrides["tune"] = arguments.tune == "on"
     if overrides:
         budget = Budget.from_dict(budget.to_dict() | overrides)
     method_options = dict(config.method_options)
@@ -230,7 +234,10 @@ def command_run(arguments: argparse.Namespace) -> int:
         method_options[name] = method_options.get(name, {}) | options
     models = _model_settings(arguments, config)
     seeds = arguments.seeds or config.seeds
-    specs = [spec for model in models for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options)]
+    specs = [
+        spec for model in models
+        for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage)
+    ]
     out_dir = arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_folder(out_dir)
     from lofit_bench.lock import out_folder_lock

@@ -21,12 +21,13 @@ from torch import nn
 
 from lofit_bench.errors import UserError
 from lofit_bench.measure import Stopwatch
+from lofit_bench.search_space import Space, declared_space
 
 if TYPE_CHECKING:
     from lofit_bench.budget import Budget
     from lofit_bench.models import LoadedModel
     from lofit_bench.preflight import ModelShape
-    from lofit_bench.task import EvalResult, Task, TrainingExample
+    from lofit_bench.task import Task, TrainingExample
 
 CONFIG_FILE = "method_config.json"
 
@@ -91,6 +92,26 @@ class FitContext:
     phases: Stopwatch = field(default_factory=Stopwatch)
     #: Told the name of each part as it starts (the sweep's console shows it).
     on_phase: Callable[[str], None] | None = None
+    #: Called by :func:`lofit_bench.training.train` after each epoch with the epoch's number
+    #: (1-based): the tuner scores a dev subset there and may stop a hopeless trial. A method
+    #: passes it to the training whose result it is scored by (LoFiT: stage 2, not stage 1).
+    on_epoch_end: Callable[[int], None] | None = None
+    #: Values computed once and shared by every tuning trial of this fold (see :meth:`reuse`).
+    shared: dict[Any, Any] = field(default_factory=dict)
+    #: Keys of :meth:`reuse` calls this fit answered from ``shared`` (recorded per trial).
+    reused: list[str] = field(default_factory=list)
+
+    def reuse(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per fold: a later tuning trial with the same ``key`` gets the
+        same value back without computing it again (ITI's probes, RepE's layer scan, LoFiT's
+        stage 1 when only stage-2 values differ). The key must name everything the value
+        depends on besides the fold's data, the model and the seed."""
+        if key in self.shared:
+            self.reused.append(str(key[0]))
+            return self.shared[key]
+        value = compute()
+        self.shared[key] = value
+        return value
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -99,14 +120,6 @@ class FitContext:
             self.on_phase(name)
         with self.phases.phase(name):
             yield
-
-    def evaluate_dev(self) -> EvalResult:
-        """Score the model as it is now on the dev split (the budget's share), timed as a phase."""
-        from lofit_bench.scoring import Scorer
-
-        with self.phase("dev_evaluation"):
-            scorer = Scorer(self.lm.model, self.lm.tokenizer, self.budget.eval_batch_size, self.progress)
-            return self.task.evaluate(scorer, self.fold, "dev", limit=self.budget.dev_examples)
 
     def training_examples(self) -> list[TrainingExample]:
         """The task's training split for this fold, cut to the budget's size."""
@@ -126,6 +139,19 @@ class Method(ABC):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     #: False for methods that never look at the training split (zero-shot).
     uses_training_data: ClassVar[bool] = True
+
+    @classmethod
+    def search_space(cls, fixed: set[str]) -> dict[str, Space]:
+        """What the harness's tuner may sample: the fields whose metadata declares ``tune``
+        (:mod:`lofit_bench.search_space`), less those the user fixed (``fixed``: the names set
+        with ``--method-set``). Override when one field makes another moot."""
+        return {name: space for name, space in declared_space(cls.config_class).items() if name not in fixed}
+
+    @classmethod
+    def default_values(cls, task: Task) -> dict[str, Any]:
+        """Values an untuned run uses for config fields left at None on ``task`` (a paper's
+        table, an objective's usual rate); the tuner's first trial starts from them. Default: none."""
+        return {}
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -204,7 +230,8 @@ def resolve_paper_defaults(
     missing = [name for name, value in configured.items() if value is None and name not in paper.get(task, {})]
     if missing:
         raise UserError(
-            f"{method} has paper defaults ({source}) only for {', '.join(sorted(paper))}; for task {task!r} set "
+            f"{method} has no {' or '.join(missing)} for task {task!r} ({source} covers {', '.join(sorted(paper))}); "
+            f"tune it (budget.tune on, the default: `--tune on`) or set "
             f"{', '.join(f'{method}.{name}' for name in missing)} with --method-set {method}.FIELD=VALUE"
         )
     values: dict[str, Any] = {}

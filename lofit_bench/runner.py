@@ -50,6 +50,8 @@ from lofit_bench.records import (
     save_record,
 )
 from lofit_bench.scoring import Scorer
+from lofit_bench.search_space import declared_space
+from lofit_bench.tuning import BEST_STATE, TUNING_FOLDER, Tuner, TuningPlan, sqlite_storage
 
 ARTIFACTS_FOLDER = "artifacts"
 
@@ -145,6 +147,9 @@ class RunSpec:
     method_options: dict[str, Any] = field(default_factory=dict)
     #: What the key hashes (:func:`run_identity`); filled by :func:`plan_sweep`, else on first use.
     identity: dict[str, Any] | None = None
+    #: Where tuning trials are stored (an Optuna RDB URL); None: a SQLite file in the run's folder.
+    #: Not part of the identity: where trials are kept does not change them.
+    tune_storage: str | None = None
 
     @property
     def key(self) -> str:
@@ -171,8 +176,10 @@ def plan_sweep(
     model: ModelSettings,
     seeds: list[int] | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
+    tune_storage: str | None = None,
 ) -> list[RunSpec]:
-    """Validate every name up front (one clear error for all unknown ones), then expand."""
+    """Validate every name up front (one clear error for all unknown ones), then expand.
+    ``tune_storage``: an Optuna storage URL for every run's trials (None: SQLite per run)."""
     host = get_host()
     method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
     for task_name, task_class in zip(tasks, host.tasks.resolve(tasks), strict=True):
@@ -191,7 +198,7 @@ def plan_sweep(
     check_before_runs(method_classes, method_options, budget, model, seeds)
     model_fingerprint = model_source_fingerprint(model)
     specs = [
-        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})))
+        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})), tune_storage=tune_storage)
         for method in dict.fromkeys(methods)
         for task in dict.fromkeys(tasks)
         for seed in dict.fromkeys(seeds or list(budget.seeds))
@@ -447,8 +454,6 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
         memory = memory or MemoryMeter(lm.device, devices=lm.devices)
         set_seed(spec.seed)
-        method: Method = method_class.from_options(spec.method_options)
-        record["method"]["config"] = method.config.to_dict()
         fold_record: dict[str, Any] = {"split_sizes": task.data_summary()[fold]}
         folds[fold] = fold_record
         with tempfile.TemporaryDirectory(prefix="lofit-bench-") as work:
@@ -458,8 +463,8 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
             )
             report("fit")
             with memory.phase("fit"), watch.phase("fit"):
-                method.prepare(lm)
-                fold_record["fit"] = method.fit(context)
+                method, fold_record["fit"], fold_record["tuning"] = fit_method(spec, method_class, task, fold, lm, context, out_dir)
+            record["method"]["config"] = method.config.to_dict()
             for name, seconds in context.phases.seconds.items():
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds
             fold_record["train_ids"] = [example.id for example in context.training_examples()] if method.uses_training_data else []
@@ -490,15 +495,46 @@ def _execute(spec: RunSpec, out_dir: Path, record: dict[str, Any], progress: boo
         "fit_phases": fit_phase_table(fit_phases, watch.seconds.get("fit", 0.0)),
     }
     eval_tokens = sum(fold["eval_tokens"] for fold in folds.values())
-    train_tokens = sum(fold["fit"].get("training", {}).get("tokens", 0) for fold in folds.values())
+    # Tokens and seconds of the trainings that made the final model (the chosen trial's when tuned).
+    trainings = [fold["fit"].get("training") or {} for fold in folds.values()]
+    train_tokens = sum(training.get("tokens", 0) for training in trainings)
+    train_seconds = sum(training.get("seconds", 0.0) for training in trainings)
     record["throughput"] = {
         "train_tokens": train_tokens,
-        "train_tokens_per_s": round(train_tokens / watch.seconds["fit"], 1) if train_tokens else None,
+        "train_tokens_per_s": round(train_tokens / train_seconds, 1) if train_tokens and train_seconds else None,
         "eval_tokens": eval_tokens,
         "eval_tokens_per_s": round(eval_tokens / watch.seconds["evaluate"], 1) if watch.seconds.get("evaluate") else None,
     }
     record["memory"] = memory.to_dict() if memory else None
     record["artifacts"] = str(artifacts.relative_to(out_dir))
+
+
+def fit_method(
+    spec: RunSpec, method_class: type[Method], task: Any, fold: str, lm: Any, context: FitContext, out_dir: Path
+) -> tuple[Method, dict[str, Any], dict[str, Any]]:
+    """The fitted method of one fold, with its fit record and tuning record: tuned on the dev
+    split when the budget says so and the method declares something the user left free
+    (:mod:`lofit_bench.tuning`), else one fit with the method's own values."""
+    plan = TuningPlan.for_run(method_class, spec.method_options, task) if spec.budget.tune else None
+    if plan is None or not plan.space:
+        method = method_class.from_options(spec.method_options)
+        method.prepare(lm)
+        if plan is None:
+            note = {"mode": "off", "note": "budget.tune is false: the method's default (paper) values"}
+        else:
+            fixed = ", ".join(sorted(declared_space(method_class.config_class))) or "no field"
+            note = {"mode": "on", "trials_run": 0, "note": f"nothing to tune (declares {fixed}; set by the user or none)"}
+        return method, method.fit(context), note
+    stem = spec.record_path(out_dir).stem
+    tuner = Tuner(
+        method_class, plan, task, fold,
+        storage=spec.tune_storage or sqlite_storage(out_dir, stem),
+        study_name=f"{stem}-{fold}",
+        state_dir=inside(out_dir, out_dir / TUNING_FOLDER / stem / fold / BEST_STATE),
+        seed=spec.seed,
+    )
+    tuned = tuner.tune(lm, context)
+    return tuned.method, tuned.fit, tuned.record
 
 
 def _average_over_folds(folds: dict[str, Any]) -> dict[str, float]:

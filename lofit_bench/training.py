@@ -104,12 +104,15 @@ def train(
     extra_loss: ExtraLoss | None = None,
     peft_config: Any = None,
     progress: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``examples`` with the task's objective.
 
     SFT puts the loss on completion tokens only (trl's completion-only loss); DPO uses
     beta 0.5 with reference log-probs precomputed from the model as it is when training
     starts (the LoFiT code's setting; with ``peft_config`` the adapter-disabled model).
+    ``on_epoch_end(epoch)`` runs after each epoch (1-based), the model in eval mode; an
+    exception it raises (the tuner's "prune this trial") ends the training.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -135,6 +138,8 @@ def train(
         trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; losses go to the record
         trainer.args.logging_nan_inf_filter = False  # a NaN loss must be seen, not averaged away
         trainer.add_callback(non_finite_stop(optimizer.learning_rate))
+        if on_epoch_end is not None:
+            trainer.add_callback(_epoch_end_callback(model, on_epoch_end))
         started = time.perf_counter()
         try:
             trainer.train()
@@ -194,6 +199,21 @@ def _model_left_as_found(model: nn.Module) -> Iterator[None]:
         model.train(attributes[0]["training"])
         if config is not None and use_cache is not None:
             config.use_cache = use_cache
+
+
+def _epoch_end_callback(model: nn.Module, hook: Callable[[int], None]) -> Any:
+    """A Trainer callback that calls ``hook(epoch)`` at each epoch's end, then puts the model
+    back in train mode (the hook scores it in eval mode)."""
+    from transformers import TrainerCallback
+
+    class EpochEnd(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            try:
+                hook(round(state.epoch or 0))
+            finally:
+                model.train()
+
+    return EpochEnd()
 
 
 def sequence_length(tokenizer: Any, example: SFTExample | PreferenceExample) -> int:

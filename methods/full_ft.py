@@ -8,9 +8,8 @@ every other method. Trained values: all of the model's parameters (tied embeddin
 
 Learning rate: 1e-5 for SFT (the common full fine-tuning rate for 0.1B-7B decoder models
 with AdamW) and 1e-6 for DPO (trl's DPO default; preference training of all weights is run
-well below the SFT rate). Optionally tuned: with ``tune_learning_rates`` each listed rate (at
-most ``budget.trials``) trains from the original weights and is scored on the dev split; the
-best weights are kept and every trial's training is recorded (never the test split).
+well below the SFT rate). Tuned by the harness (:mod:`lofit_bench.tuning`): log-uniform in
+[1e-6, 1e-4], that default first; every trial trains from the original weights.
 
 Precision: trained in fp32. On a bf16 / fp16 model the parameters are cast to fp32 for
 training (an AdamW update of ~1e-5 is below bf16's resolution for most weights and would be
@@ -20,8 +19,8 @@ every other method's. Optimizer state: two fp32 values per parameter, plus the g
 Restoring the model: ``remove()`` must leave the model as it was, so ``prepare`` keeps a copy
 of every weight in CPU memory (tied weights once). It is allocated inside the runner's
 measured fit phase: on CPU it counts in the peak RSS, on CUDA it is host memory and does not
-count in the GPU peak. With tuning, the best trial's weights are kept in a second CPU copy.
-The record states both sizes. Saved state: a safetensors file of the whole state dict
+count in the GPU peak.
+The record states its size. Saved state: a safetensors file of the whole state dict
 (safetensors' ``save_model``, which stores tied weights once).
 """
 
@@ -38,6 +37,7 @@ from lofit_bench import hookimpl
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext, Method, MethodConfig
 from lofit_bench.models import LoadedModel
+from lofit_bench.search_space import LogUniform
 from lofit_bench.training import OptimizerSettings, TrainResult, train
 
 STATE_FILE = "model.safetensors"
@@ -49,25 +49,17 @@ MIB = 1024 * 1024
 @dataclass
 class FullFTConfig(MethodConfig):
     learning_rate: float | None = field(
-        default=None, metadata={"help": "AdamW learning rate; None: 1e-5 for SFT tasks, 1e-6 for DPO (our choice)"}
+        default=None,
+        metadata={"help": "AdamW learning rate; None: 1e-5 for SFT tasks, 1e-6 for DPO (our choice)",
+                  "tune": LogUniform(1e-6, 1e-4)},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    tune_learning_rates: list[float] = field(
-        default_factory=list,
-        metadata={"help": "optional: learning rates to try (at most the budget's trials), each trained from the "
-                  "original weights and scored on the dev split; the best is kept. Empty: no tuning"},
-    )
 
     def __post_init__(self) -> None:
         if self.learning_rate is not None and not _positive(self.learning_rate):
             raise UserError(f"full-ft.learning_rate must be a positive number, got {self.learning_rate!r}")
         if not (_number(self.weight_decay) and self.weight_decay >= 0):
             raise UserError(f"full-ft.weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.tune_learning_rates, list) or not all(_positive(value) for value in self.tune_learning_rates):
-            raise UserError(
-                "full-ft.tune_learning_rates must be a JSON list of positive numbers, e.g. [1e-5,3e-5], "
-                f"got {self.tune_learning_rates!r}"
-            )
 
 
 def _number(value: object) -> bool:
@@ -123,34 +115,25 @@ class FullFineTuning(Method):
         self.lm = lm
         self.original = WeightSnapshot(lm.model)  # for remove(); inside the measured fit phase
 
+    @classmethod
+    def default_values(cls, task: Any) -> dict[str, Any]:
+        return {"learning_rate": DEFAULT_LEARNING_RATES[task.objective]} if task.objective in DEFAULT_LEARNING_RATES else {}
+
     def fit(self, context: FitContext) -> dict[str, Any]:
         self.require_prepared()
         objective = context.task.objective
-        candidates = list(self.config.tune_learning_rates)
-        if len(candidates) > context.budget.trials:
-            raise UserError(
-                f"full-ft.tune_learning_rates has {len(candidates)} values, more than the budget's "
-                f"{context.budget.trials} trials"
-            )
         if self.config.learning_rate is not None:
             learning_rate, source = self.config.learning_rate, "config"
         else:
             learning_rate, source = DEFAULT_LEARNING_RATES[objective], f"our default for {objective} (no paper value)"
-        if not candidates:
-            result = self._train(context, learning_rate, "full_ft")
-            tuning: dict[str, Any] = {}
-            total = result
-        else:
-            _, tuning, total = self._tune(context, candidates)
-            learning_rate, source = tuning["chosen_learning_rate"], f"tuned on dev ({tuning['metric']})"
+        result = self._train(context, learning_rate, "full_ft")
         self.trained = True
         assert self.original is not None
         return {
-            "training": total.to_dict(),
+            "training": result.to_dict(),
             "hyperparameters": {"learning_rate": learning_rate, "weight_decay": self.config.weight_decay,
                                 "sources": {"learning_rate": source}, "master_dtype": "fp32"},
             "restore_copy_mib": round(self.original.nbytes / MIB, 1),
-            **({"tuning": tuning} if tuning else {}),
         }
 
     def trainable_parameters(self) -> int:
@@ -179,7 +162,7 @@ class FullFineTuning(Method):
                 return train(
                     lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
                     OptimizerSettings(learning_rate, weight_decay=self.config.weight_decay), context.seed,
-                    context.work_dir / tag, progress=context.progress,
+                    context.work_dir / tag, progress=context.progress, on_epoch_end=context.on_epoch_end,
                 )
         finally:
             with torch.no_grad():
@@ -189,35 +172,6 @@ class FullFineTuning(Method):
                         parameter.data = parameter.data.to(original.dtype)
                     parameter.requires_grad_(self.original.requires_grad[name])
                     parameter.grad = None
-
-    def _tune(self, context: FitContext, candidates: list[float]) -> tuple[TrainResult, dict[str, Any], TrainResult]:
-        """Each candidate from the original weights, scored on dev; the best weights are kept."""
-        lm = self.require_prepared()
-        metric = context.task.primary_metric
-        trials: list[dict[str, Any]] = []
-        results: list[TrainResult] = []
-        best: tuple[float, int, WeightSnapshot] | None = None
-        for index, learning_rate in enumerate(candidates):
-            result = self._train(context, learning_rate, f"full_ft_{index}")
-            dev = context.evaluate_dev()
-            score = dev.metrics[metric]
-            trials.append({"learning_rate": learning_rate, f"dev_{metric}": score, "final_loss": result.final_loss,
-                           "dev_examples": dev.size})
-            results.append(result)
-            if best is None or score > best[0]:
-                best = None  # free the previous best copy before taking the new one
-                best = (score, index, WeightSnapshot(lm.model))
-        assert best is not None
-        _, index, weights = best
-        weights.restore(lm.model)
-        total = TrainResult(
-            objective=results[index].objective, examples=results[index].examples, epochs=results[index].epochs,
-            steps=sum(r.steps for r in results), seconds=sum(r.seconds for r in results),
-            tokens=sum(r.tokens for r in results), losses=results[index].losses, over_length=results[index].over_length,
-        )
-        tuning = {"split": "dev", "metric": metric, "trials": trials, "chosen_learning_rate": candidates[index],
-                  "best_copy_mib": round(weights.nbytes / MIB, 1)}
-        return results[index], tuning, total
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

@@ -30,10 +30,10 @@ attention output projection split into heads (the same site as LoFiT). Nothing i
 
        z^(l,i) <- z^(l,i) + alpha * sigma^(l,i) * theta^(l,i)
 
-   alpha (and K, when ``head_grid`` is given) is chosen on the dev split: each candidate is
-   scored with the task's own dev evaluation, at most ``budget.trials`` candidates, the best
-   kept (:func:`choose_trial`: primary metric, then the task's other metrics; on a full tie
-   the weakest intervention). With a single trial the first alpha is used unscored.
+   alpha and K are tuned by the harness on the dev split (:mod:`lofit_bench.tuning`,
+   ``budget.trials`` trials, ITI's alpha = 15 at K = 3 % first): alpha log-uniform in
+   [1, 40], K one of 1 %, 3 %, 5 %, 10 % of the heads. Steps 1, 2 and 4 do not depend on
+   them, so they run once per fold and every trial reuses them.
 
 Deviations from honest_llama, recorded here and in the README:
 - the shift is added at *every* position (the issue's rule, same as LoFiT's bias), while
@@ -79,6 +79,7 @@ from lofit_bench.interventions import (
 )
 from lofit_bench.method import FitContext, MethodConfig
 from lofit_bench.models import LoadedModel
+from lofit_bench.search_space import Choice, LogUniform
 from lofit_bench.task import TrainingExample
 
 SHIFTS_FILE = "iti_shifts.safetensors"
@@ -93,17 +94,12 @@ class ITIConfig(MethodConfig):
     heads: int | float = field(
         default=0.03,
         metadata={"help": "K heads shifted: a count (int) or a fraction of all heads (float; 0.03 as in "
-                  "LoFiT's comparison = 8 of SmolLM2's 270; ITI's own default is 48 of LLaMA-7B's 1024)"},
+                  "LoFiT's comparison = 8 of SmolLM2's 270; ITI's own default is 48 of LLaMA-7B's 1024)",
+                  "tune": Choice(0.01, 0.03, 0.05, 0.1)},
     )
-    alphas: list[float] = field(
-        default_factory=lambda: [15.0, 5.0, 10.0, 20.0],
-        metadata={"help": "intervention strengths tried on dev, in order, at most budget.trials of them; "
-                  "the first (ITI's default 15) is used unscored when only one trial is allowed"},
-    )
-    head_grid: list[int | float] = field(
-        default_factory=list,
-        metadata={"help": "optional K values (counts or fractions) to try with the alphas; empty: only `heads`. "
-                  "Trials run alpha-major: (K1, a1), (K2, a1), (K1, a2)..."},
+    alpha: float = field(
+        default=15.0,
+        metadata={"help": "intervention strength (ITI's default 15)", "tune": LogUniform(1.0, 40.0)},
     )
     direction: str = field(
         default="mass_mean",
@@ -120,12 +116,8 @@ class ITIConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         _check_head_count(self.heads, "iti.heads")  # against the model: ITI.check_before_runs
-        if not isinstance(self.alphas, list) or not self.alphas or not all(_number(value) for value in self.alphas):
-            raise UserError(f"iti.alphas must be a non-empty JSON list of numbers, e.g. [15, 5], got {self.alphas!r}")
-        if not isinstance(self.head_grid, list):
-            raise UserError(f"iti.head_grid must be a JSON list of counts or fractions, got {self.head_grid!r}")
-        for value in self.head_grid:
-            _check_head_count(value, "iti.head_grid entry")
+        if not _number(self.alpha):
+            raise UserError(f"iti.alpha must be a number, got {self.alpha!r}")
         if self.direction not in DIRECTIONS:
             raise UserError(f"iti.direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
         if self.probe_validation not in PROBE_VALIDATION:
@@ -209,24 +201,6 @@ def split_pairs(pairs: Sequence[ContrastPair], fraction: float, seed: int) -> tu
     return [p for i, p in enumerate(pairs) if i not in held_out], [p for i, p in enumerate(pairs) if i in held_out]
 
 
-def choose_trial(trials: list[dict[str, Any]], metrics: Sequence[str], primary: str) -> int:
-    """Index of the best dev trial: the primary metric, then the task's other metrics; on a
-    full tie the weakest intervention (smallest |alpha|, then fewest heads), then the earliest.
-
-    A weak model often scores the same on every candidate (0 exact match for SmolLM2 on
-    CLUTRR); the tie rule then keeps the model closest to the unsteered one.
-    """
-    if len(trials) == 1 or trials[0]["dev"] is None:
-        return 0
-    order = [primary, *(name for name in metrics if name != primary)]
-
-    def key(index: int) -> tuple:
-        trial = trials[index]
-        return (*(trial["dev"].get(name, 0.0) for name in order), -abs(trial["alpha"]), -trial.get("heads", 0), -index)
-
-    return max(range(len(trials)), key=key)
-
-
 @dataclass
 class ProbeReading:
     """Everything ITI learns from the labelled activations, for every head."""
@@ -305,8 +279,6 @@ class ITI(HeadInterventionMethod):
 
     @classmethod
     def check_before_runs(cls, config: MethodConfig, shape: Any) -> None:
-        for value in config.head_grid or [config.heads]:
-            resolve_head_count(value, shape.total_heads)
         resolve_head_count(config.heads, shape.total_heads)
 
     def __init__(self, config: MethodConfig | None = None) -> None:
@@ -321,27 +293,15 @@ class ITI(HeadInterventionMethod):
         self._detach()
         config = self.config
         validation = context.dev_examples() if config.probe_validation == "dev" else None
+        key = ("iti probes", config.direction, config.probe_validation, config.validation_fraction)
         with context.phase("probes"):
-            reading = read_probes(
+            reading = context.reuse(key, lambda: read_probes(
                 lm, context.training_examples(), validation, context.seed, config.direction,
                 config.validation_fraction, context.budget.eval_batch_size, context.budget.max_length,
-            )
+            ))
         self.reading = reading
         ranking = reading.ranking()
-        counts = [resolve_head_count(value, lm.layout.total_heads) for value in (config.head_grid or [config.heads])]
-        candidates = [(k, float(alpha)) for alpha in config.alphas for k in dict.fromkeys(counts)]
-        candidates = candidates[: context.budget.trials]
-        metric = context.task.primary_metric
-        trials: list[dict[str, Any]] = []
-        if len(candidates) == 1:  # nothing to choose between: no dev evaluation
-            trials.append({"heads": candidates[0][0], "alpha": candidates[0][1], "dev": None})
-        else:
-            for k, alpha in candidates:
-                self._attach([(layer, head) for layer, head, _ in ranking[:k]], alpha)
-                dev = context.evaluate_dev()
-                trials.append({"heads": k, "alpha": alpha, "dev": dev.metrics, "dev_examples": dev.size})
-        best = choose_trial(trials, context.task.metrics, metric)
-        k, alpha = candidates[best]
+        k, alpha = resolve_head_count(config.heads, lm.layout.total_heads), float(config.alpha)
         chosen = [(layer, head) for layer, head, _ in ranking[:k]]
         self._attach(chosen, alpha)
         self.selection = HeadSelection.for_layout(
@@ -359,8 +319,6 @@ class ITI(HeadInterventionMethod):
                 "mean_accuracy_all_heads": float(reading.accuracy.mean()),
             },
             "hyperparameters": {"heads": k, "alpha": alpha, "heads_option": config.heads, "direction": config.direction},
-            "tuning": {"split": "dev", "metric": metric, "trials": trials, "chosen": {"heads": k, "alpha": alpha},
-                       "scored": len(candidates) > 1},
             "heads": {"k": k, "chosen": [list(head) for head in chosen],
                       "sigma": [float(reading.sigma[layer, head]) for layer, head in chosen]},
         }

@@ -43,6 +43,7 @@ from lofit_bench import hookimpl
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext, Method, MethodConfig, resolve_paper_defaults
 from lofit_bench.models import LoadedModel
+from lofit_bench.search_space import LogUniform
 from lofit_bench.training import OptimizerSettings, train
 
 ADAPTER_FOLDER = "adapter"  # peft's own format: adapter_config.json + adapter_model.safetensors
@@ -68,7 +69,8 @@ class LoRAConfig(MethodConfig):
         metadata={"help": "module names that get an adapter, in every layer (paper: q_proj and v_proj)"},
     )
     learning_rate: float | None = field(
-        default=None, metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task"}
+        default=None,
+        metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task", "tune": LogUniform(1e-5, 1e-2)},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
 
@@ -139,6 +141,10 @@ class LoRA(Method):
         except ValueError as error:
             raise UserError(f"peft rejected the LoRA settings: {error}") from None
 
+    @classmethod
+    def default_values(cls, task: Any) -> dict[str, Any]:
+        return dict(PAPER_TABLE_7.get(task.name, {}))
+
     def fit(self, context: FitContext) -> dict[str, Any]:
         lm = self.require_prepared()
         model = self._require_wrapped()
@@ -150,7 +156,7 @@ class LoRA(Method):
             result = train(
                 model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
                 OptimizerSettings(values["learning_rate"], weight_decay=self.config.weight_decay),
-                context.seed, context.work_dir / "lora", progress=context.progress,
+                context.seed, context.work_dir / "lora", progress=context.progress, on_epoch_end=context.on_epoch_end,
             )
         return {
             "training": result.to_dict(),

@@ -75,6 +75,7 @@ from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext, Method, MethodConfig, resolve_paper_defaults
 from lofit_bench.models import LoadedModel
 from lofit_bench.prompt_positions import PromptListener, PromptSpans
+from lofit_bench.search_space import LogUniform
 from lofit_bench.training import OptimizerSettings, train
 
 STATE_FILE = "loreft_interventions.safetensors"
@@ -87,6 +88,8 @@ PAPER_TABLE_8 = {
     "mquake": {"rank": 8, "first_positions": 3, "last_positions": 3, "learning_rate": 9e-4},
     "clutrr": {"rank": 8, "first_positions": 3, "last_positions": 3, "learning_rate": 9e-4},
 }
+#: Rank and positions for a task Table 8 has no row for (its generation tasks' setting).
+UNLISTED_TASK_SETTINGS = {"rank": 8, "first_positions": 3, "last_positions": 3}
 PAPER_BATCH_SIZE = {"truthfulqa": 16, "mquake": 16, "clutrr": 16}
 
 
@@ -100,7 +103,8 @@ class LoReFTConfig(MethodConfig):
         default=None, metadata={"help": "s, last prompt tokens edited (the l in f3+l3); None: paper Table 8"}
     )
     learning_rate: float | None = field(
-        default=None, metadata={"help": "AdamW learning rate; None: paper Table 8 (Llama-2-7B) for the task"}
+        default=None,
+        metadata={"help": "AdamW learning rate; None: paper Table 8 (Llama-2-7B) for the task", "tune": LogUniform(1e-4, 1e-2)},
     )
     layers: list[int] | None = field(
         default=None, metadata={"help": "decoder layers edited (0-based JSON list); None: every layer (paper)"}
@@ -363,11 +367,27 @@ class LoReFT(Method):
             raise RuntimeError(f"the model already carries {SUBMODULE!r}: another LoReFT is attached")
         self.lm = lm  # the interventions are built in fit, once the task's Table 8 settings are known
 
+    @classmethod
+    def default_values(cls, task: Any) -> dict[str, Any]:
+        return {"learning_rate": PAPER_TABLE_8[task.name]["learning_rate"]} if task.name in PAPER_TABLE_8 else {}
+
     def resolve(self, task: str) -> tuple[dict[str, Any], dict[str, str]]:
-        """rank, positions and learning rate: the config's where set, else Table 8 for ``task``."""
+        """rank, positions and learning rate: the config's where set, else Table 8 for ``task``;
+        a task without a Table 8 row takes rank 8 and f3+l3 (Table 8's generation setting),
+        its learning rate from the config (the tuner sets it)."""
         configured = {name: getattr(self.config, name) for name in ("rank", "first_positions", "last_positions",
                                                                      "learning_rate")}
-        return resolve_paper_defaults(self.name, task, configured, PAPER_TABLE_8, "paper Table 8 (Llama-2-7B)")
+        if task in PAPER_TABLE_8:
+            return resolve_paper_defaults(self.name, task, configured, PAPER_TABLE_8, "paper Table 8 (Llama-2-7B)")
+        values, sources = resolve_paper_defaults(
+            self.name, task, {"learning_rate": configured.pop("learning_rate")}, PAPER_TABLE_8, "paper Table 8 (Llama-2-7B)"
+        )
+        for name, value in configured.items():
+            if value is None:
+                values[name], sources[name] = UNLISTED_TASK_SETTINGS[name], "Table 8's MQuAKE/CLUTRR setting (no row for this task)"
+            else:
+                values[name], sources[name] = value, "config"
+        return values, sources
 
     def fit(self, context: FitContext) -> dict[str, Any]:
         lm = self.require_prepared()
@@ -384,7 +404,7 @@ class LoReFT(Method):
             result = train(
                 lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
                 OptimizerSettings(values["learning_rate"], weight_decay=WEIGHT_DECAY),
-                context.seed, context.work_dir / "loreft", progress=context.progress,
+                context.seed, context.work_dir / "loreft", progress=context.progress, on_epoch_end=context.on_epoch_end,
             )
         paper_batch = PAPER_BATCH_SIZE.get(context.task.name)
         return {

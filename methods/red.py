@@ -37,6 +37,7 @@ from lofit_bench.interventions import (
 )
 from lofit_bench.method import FitContext, MethodConfig, resolve_paper_defaults
 from lofit_bench.models import LoadedModel
+from lofit_bench.search_space import LogUniform
 from lofit_bench.training import OptimizerSettings, train
 
 STATE_FILE = "red_vectors.safetensors"
@@ -53,7 +54,8 @@ PAPER_TABLE_7 = {
 @dataclass
 class REDConfig(MethodConfig):
     learning_rate: float | None = field(
-        default=None, metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task"}
+        default=None,
+        metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task", "tune": LogUniform(1e-4, 1e-1)},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
 
@@ -90,6 +92,10 @@ class RED(HeadInterventionMethod):
         # Zero vectors: scale 1 + 0 and bias 0, RED's identity initialisation.
         self.attachment = HeadIntervention(lm.layout, scale=True, shift=True).attach(lm.model, lm.layout, SUBMODULE)
 
+    @classmethod
+    def default_values(cls, task: Any) -> dict[str, Any]:
+        return dict(PAPER_TABLE_7.get(task.name, {}))
+
     def fit(self, context: FitContext) -> dict[str, Any]:
         lm = self.require_prepared()
         values, sources = resolve_paper_defaults(
@@ -100,7 +106,7 @@ class RED(HeadInterventionMethod):
             result = train(
                 lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
                 OptimizerSettings(values["learning_rate"], weight_decay=self.config.weight_decay),
-                context.seed, context.work_dir / "red", progress=context.progress,
+                context.seed, context.work_dir / "red", progress=context.progress, on_epoch_end=context.on_epoch_end,
             )
         return {
             "training": result.to_dict(),

@@ -38,11 +38,11 @@ multiple-choice task use the reading vector.
 
 Layer and alpha. Layers are ranked by RepE's reading scan: how often the reading vector of
 each layer puts the positive member of a held-out (dev) pair above the negative one (ties:
-the larger standardised margin). The top ``layer_candidates`` layers (1 = the paper's top-1
-layer) are crossed with ``alphas`` and at most ``budget.trials`` of these (layer, alpha)
-candidates are scored by the task's own dev evaluation; the best is kept (ties: the task's
-other metrics, then the smallest alpha, as ITI's ``choose_trial``).
-With one trial the first candidate is used unscored.
+the larger standardised margin). ``layer_rank`` picks the controlled layer from that ranking
+(0 = the paper's top-1 layer). The harness tunes ``layer_rank`` (0 to 2) and ``alpha``
+(log-uniform in [1, 40]) on the dev split (:mod:`lofit_bench.tuning`, the paper's top-1
+layer with alpha = 5 first); the scan does not depend on them, so it runs once per fold and
+every trial reuses it. ``layer`` fixes the layer instead (then only alpha is tuned).
 
 Recorded: trainable parameters 0; stored values hidden_size for the reading vector, 0 for the
 contrast vector (recomputed for every input).
@@ -70,17 +70,17 @@ from lofit_bench.activations import (
 )
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext, Method, MethodConfig
-from lofit_bench.methods.iti import choose_trial
 from lofit_bench.models import LoadedModel
+from lofit_bench.search_space import IntRange, LogUniform
 from lofit_bench.task import TrainingExample
 
 VECTOR_FILE = "repe_vector.safetensors"
 STATE_FILE = "repe_state.json"
 VECTORS = ("auto", "reading", "contrast")
-# 5 first: the LoFiT paper's best for both (Yin et al. 2024, Sec. 4.3). Larger values follow because a
-# small model's residual stream is large next to a unit vector (SmolLM2: |h| ~ 100-200 mid-depth)
-# and the instructed copies differ little at the last token (|h_pos - h_neg| ~ 3-8 there).
-DEFAULT_ALPHAS = {"reading": [5.0, 10.0, 20.0, 40.0], "contrast": [5.0, 2.5, 10.0, 20.0]}
+# 5: the LoFiT paper's best for both vectors (Yin et al. 2024, Sec. 4.3). The tuned range reaches 40
+# because a small model's residual stream is large next to a unit vector (SmolLM2: |h| ~ 100-200
+# mid-depth) and the instructed copies differ little at the last token (|h_pos - h_neg| ~ 3-8 there).
+DEFAULT_ALPHA = 5.0
 
 
 @dataclass
@@ -91,13 +91,14 @@ class RepEConfig(MethodConfig):
                   "tasks only) or auto: reading on multiple-choice tasks, contrast on generation tasks "
                   "(the LoFiT paper's choice: reading for TruthfulQA, contrast for MQuAKE and CLUTRR)"},
     )
-    alphas: list[float] = field(
-        default_factory=list,
-        metadata={"help": "coefficients tried on dev, in order (at most budget.trials candidates). Empty: "
-                  "reading [5, 10, 20, 40], contrast [5, 2.5, 10, 20] (5: the LoFiT paper's best)"},
+    alpha: float | None = field(
+        default=None,
+        metadata={"help": "control coefficient; None: 5, the LoFiT paper's best", "tune": LogUniform(1.0, 40.0)},
     )
-    layer_candidates: int = field(
-        default=1, metadata={"help": "best layers of the reading scan that the dev trials may choose from (1: top-1)"}
+    layer_rank: int = field(
+        default=0,
+        metadata={"help": "controlled layer: this rank in the reading scan's ranking (0 = the best layer, the "
+                  "paper's top-1)", "tune": IntRange(0, 2)},
     )
     layer: int | None = field(default=None, metadata={"help": "control this layer (0-based) instead of scanning"})
     positive_instruction: str = field(
@@ -110,11 +111,10 @@ class RepEConfig(MethodConfig):
     def __post_init__(self) -> None:
         if self.vector not in VECTORS:
             raise UserError(f"repe.vector must be one of {', '.join(VECTORS)}, got {self.vector!r}")
-        if not isinstance(self.alphas, list) or not all(_number(value) for value in self.alphas):
-            raise UserError(f"repe.alphas must be a JSON list of numbers, e.g. [5, 10], got {self.alphas!r}")
-        if not (isinstance(self.layer_candidates, int) and not isinstance(self.layer_candidates, bool)
-                and self.layer_candidates >= 1):
-            raise UserError(f"repe.layer_candidates must be a whole number >= 1, got {self.layer_candidates!r}")
+        if self.alpha is not None and not _number(self.alpha):
+            raise UserError(f"repe.alpha must be a number, got {self.alpha!r}")
+        if isinstance(self.layer_rank, bool) or not isinstance(self.layer_rank, int) or self.layer_rank < 0:
+            raise UserError(f"repe.layer_rank must be a whole number >= 0, got {self.layer_rank!r}")
         if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0):
             raise UserError(f"repe.layer must be a layer index >= 0, got {self.layer!r}")
         for name in ("positive_instruction", "negative_instruction"):
@@ -353,6 +353,19 @@ class RepE(Method):
     def check_before_runs(cls, config: MethodConfig, shape: Any) -> None:
         if config.layer is not None and config.layer >= shape.n_layers:
             raise UserError(f"repe.layer={config.layer}: the model has {shape.n_layers} layers (0 to {shape.n_layers - 1})")
+        if config.layer_rank >= shape.n_layers:
+            raise UserError(f"repe.layer_rank={config.layer_rank}: the model has only {shape.n_layers} layers to rank")
+
+    @classmethod
+    def search_space(cls, fixed: set[str]) -> dict[str, Any]:
+        space = super().search_space(fixed)
+        if "layer" in fixed:  # a fixed layer makes its rank in the scan moot
+            space.pop("layer_rank", None)
+        return space
+
+    @classmethod
+    def default_values(cls, task: Any) -> dict[str, Any]:
+        return {"alpha": DEFAULT_ALPHA}
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
@@ -377,29 +390,18 @@ class RepE(Method):
         config = self.config
         vector = self.resolve_vector(context.task.evaluation)
         with context.phase("layer_scan"):
-            scan = scan_layers(
+            scan = context.reuse(("repe layer scan",), lambda: scan_layers(
                 lm, context.training_examples(), context.dev_examples(), context.seed,
                 context.budget.eval_batch_size, context.budget.max_length,
-            )
+            ))
         if config.layer is not None:
             if config.layer >= lm.layout.n_layers:
                 raise UserError(f"repe.layer={config.layer}: the model has layers 0 to {lm.layout.n_layers - 1}")
-            layers = [config.layer]
+            layer = config.layer
         else:
-            layers = scan.ranked_layers()[: config.layer_candidates]
-        alphas = [float(alpha) for alpha in (config.alphas or DEFAULT_ALPHAS[vector])]
-        candidates = [(layer, alpha) for alpha in alphas for layer in layers][: context.budget.trials]
-        metric = context.task.primary_metric
-        trials: list[dict[str, Any]] = []
-        if len(candidates) == 1:
-            trials.append({"layer": candidates[0][0], "alpha": candidates[0][1], "dev": None})
-        else:
-            for layer, alpha in candidates:
-                self._attach(vector, layer, alpha, scan.directions[layer])
-                dev = context.evaluate_dev()
-                trials.append({"layer": layer, "alpha": alpha, "dev": dev.metrics, "dev_examples": dev.size})
-        best = choose_trial(trials, context.task.metrics, metric)
-        layer, alpha = candidates[best]
+            ranked = scan.ranked_layers()
+            layer = ranked[min(config.layer_rank, len(ranked) - 1)]
+        alpha = float(config.alpha if config.alpha is not None else DEFAULT_ALPHA)
         self.direction = scan.directions[layer].clone()
         self.state = {
             "vector": vector, "layer": layer, "alpha": alpha,
@@ -416,8 +418,6 @@ class RepE(Method):
             "hyperparameters": {"layer": layer, "alpha": alpha, "vector": vector},
             "layer_scan": {"train_pairs": scan.train_pairs, "validation_pairs": scan.validation_pairs,
                            "validation": "dev", **self.state["layer_scan"]},
-            "tuning": {"split": "dev", "metric": metric, "trials": trials, "chosen": {"layer": layer, "alpha": alpha},
-                       "scored": len(candidates) > 1},
         }
 
     def trainable_parameters(self) -> int:

@@ -42,6 +42,7 @@ from lofit_bench.architectures import Architecture
 from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.method import FitContext, Method, MethodConfig
 from lofit_bench.models import LoadedModel
+from lofit_bench.search_space import LogUniform
 from lofit_bench.training import OptimizerSettings, train
 
 STATE_FILE = "bitfit_biases.safetensors"
@@ -58,7 +59,9 @@ ADDED_BIAS_SITES: dict[str, Callable[[Architecture], str]] = {
 @dataclass
 class BitFitConfig(MethodConfig):
     learning_rate: float = field(
-        default=1e-3, metadata={"help": "AdamW learning rate for the bias terms"}
+        default=1e-3,
+        # The harness's tuner samples this field on the dev split (1e-3 first); --method-set fixes it.
+        metadata={"help": "AdamW learning rate for the bias terms", "tune": LogUniform(1e-4, 1e-1)},
     )
     weight_decay: float = field(
         default=0.0,
@@ -180,6 +183,7 @@ class BitFit(Method):
             context.seed,
             context.work_dir,
             progress=context.progress,
+            on_epoch_end=context.on_epoch_end,  # lets the tuner score epochs and stop hopeless trials
         )
         return {"training": result.to_dict(), "trained_tensors": len(self._trained)}
 
