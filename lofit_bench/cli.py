@@ -339,7 +339,8 @@ def command_list(arguments: argparse.Namespace) -> int:
             print(f"{name:<16} {cls.description}  [{host.methods.owner(name)}]")
             if arguments.verbose:
                 for field in cls.config_class.describe_fields():
-                    print(f"    {field['name']} = {field['default']!r}: {field['help']}")
+                    tuned = f" [tuned: {field['tune']}]" if field.get("tune") else ""
+                    print(f"    {field['name']} = {field['default']!r}: {field['help']}{tuned}")
         return 0
     rows = []
     for name in host.tasks:

@@ -241,6 +241,15 @@ def select_top_heads(scores: torch.Tensor, k: int) -> list[Head]:
     return [(layer, head) for layer, head, _ in rank_heads(scores)[:k]]
 
 
+def check_head_option(heads: object, name: str) -> None:
+    """The head-count rule of every head-level method's ``heads`` option, before a model is
+    known: a count of at least 1 (int) or a fraction in (0, 1] (float)."""
+    if isinstance(heads, bool) or not isinstance(heads, int | float):
+        raise UserError(f"{name} must be a count (e.g. 8) or a fraction of all heads (e.g. 0.03), got {heads!r}")
+    if (isinstance(heads, int) and heads < 1) or (isinstance(heads, float) and not 0 < heads <= 1):
+        raise UserError(f"{name}={heads}: use a count of at least 1 (int) or a fraction in (0, 1] (float)")
+
+
 def resolve_head_count(heads: int | float, total_heads: int) -> int:
     """K from a count (int) or a fraction of all heads (float); a fraction rounds, at least 1."""
     if isinstance(heads, bool) or not isinstance(heads, int | float):

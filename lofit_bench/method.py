@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
+from lofit_bench.config_fields import check_fields
 from lofit_bench.errors import UserError
 from lofit_bench.measure import Stopwatch
-from lofit_bench.search_space import Space, declared_space
+from lofit_bench.search_space import TUNE_KEY, Space, declared_space
 
 if TYPE_CHECKING:
     from lofit_bench.budget import Budget
@@ -34,7 +35,18 @@ CONFIG_FILE = "method_config.json"
 
 @dataclass
 class MethodConfig:
-    """Base of method configs. Subclasses add fields with ``metadata={"help": ...}``."""
+    """Base of method configs. Subclasses add fields with ``metadata={"help": ...}``, bounds in
+    the metadata (``minimum``, ``exclusive_minimum``, ``maximum``, ``exclusive_maximum``,
+    ``choices``, ``min_items``, ``min_length``; :mod:`lofit_bench.config_fields`) and a search
+    space under ``tune`` (:mod:`lofit_bench.search_space`). Every field is checked against its
+    type annotation and bounds when the config is built; a subclass's ``__post_init__`` calls
+    ``super().__post_init__()`` first and adds only the rules between fields."""
+
+    #: The option prefix in error messages (``lofit`` in ``lofit.heads``); set from the method's name.
+    option_prefix: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.option_prefix)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -55,14 +67,16 @@ class MethodConfig:
 
     @classmethod
     def describe_fields(cls) -> list[dict[str, Any]]:
-        """Name, type, default and help of each field (for `lofit-bench list methods -v`)."""
+        """Name, type, default, help and tuned space of each field (for `lofit-bench list methods -v`)."""
         rows = []
         for item in dataclasses.fields(cls):
             default = item.default if item.default is not dataclasses.MISSING else (
                 item.default_factory() if item.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
             )
+            space = item.metadata.get(TUNE_KEY)
             rows.append(
-                {"name": item.name, "type": str(item.type), "default": default, "help": item.metadata.get("help", "")}
+                {"name": item.name, "type": str(item.type), "default": default, "help": item.metadata.get("help", ""),
+                 "tune": space.describe() if space is not None else None}
             )
         return rows
 
@@ -152,6 +166,11 @@ class Method(ABC):
         """Values an untuned run uses for config fields left at None on ``task`` (a paper's
         table, an objective's usual rate); the tuner's first trial starts from them. Default: none."""
         return {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__ and "name" in cls.__dict__ and "option_prefix" not in cls.config_class.__dict__:
+            cls.config_class.option_prefix = cls.name  # errors name the option as users type it
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()

@@ -51,23 +51,10 @@ class FullFTConfig(MethodConfig):
     learning_rate: float | None = field(
         default=None,
         metadata={"help": "AdamW learning rate; None: 1e-5 for SFT tasks, 1e-6 for DPO (our choice)",
-                  "tune": LogUniform(1e-6, 1e-4)},
+                  "exclusive_minimum": 0, "tune": LogUniform(1e-6, 1e-4)},
     )
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "minimum": 0})
 
-    def __post_init__(self) -> None:
-        if self.learning_rate is not None and not _positive(self.learning_rate):
-            raise UserError(f"full-ft.learning_rate must be a positive number, got {self.learning_rate!r}")
-        if not (_number(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"full-ft.weight_decay must be a number >= 0, got {self.weight_decay!r}")
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive(value: object) -> bool:
-    return _number(value) and value > 0  # type: ignore[operator]
 
 
 class WeightSnapshot:

@@ -72,6 +72,7 @@ from lofit_bench.interventions import (
     Head,
     HeadIntervention,
     HeadInterventionMethod,
+    check_head_option,
     load_intervention,
     rank_heads,
     resolve_head_count,
@@ -103,38 +104,24 @@ class ITIConfig(MethodConfig):
     )
     direction: str = field(
         default="mass_mean",
-        metadata={"help": "mass_mean (ITI's best: true mean - false mean) or probe (the probe's weight vector)"},
+        metadata={"help": "mass_mean (ITI's best: true mean - false mean) or probe (the probe's weight vector)",
+                  "choices": DIRECTIONS},
     )
     probe_validation: str = field(
         default="dev",
         metadata={"help": "where probe accuracy is measured: dev (the dev split's pairs, as honest_llama) "
-                  "or train (a seeded 20% of the training pairs, held out from probe training)"},
+                  "or train (a seeded 20% of the training pairs, held out from probe training)",
+                  "choices": PROBE_VALIDATION},
     )
     validation_fraction: float = field(
-        default=0.2, metadata={"help": "share of training pairs held out when probe_validation=train"}
+        default=0.2,
+        metadata={"help": "share of training pairs held out when probe_validation=train", "exclusive_minimum": 0,
+                  "exclusive_maximum": 1},
     )
 
     def __post_init__(self) -> None:
-        _check_head_count(self.heads, "iti.heads")  # against the model: ITI.check_before_runs
-        if not _number(self.alpha):
-            raise UserError(f"iti.alpha must be a number, got {self.alpha!r}")
-        if self.direction not in DIRECTIONS:
-            raise UserError(f"iti.direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
-        if self.probe_validation not in PROBE_VALIDATION:
-            raise UserError(
-                f"iti.probe_validation must be one of {', '.join(PROBE_VALIDATION)}, got {self.probe_validation!r}"
-            )
-        if not (_number(self.validation_fraction) and 0 < self.validation_fraction < 1):
-            raise UserError(f"iti.validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_head_count(value: object, name: str) -> None:
-    if not _number(value) or (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1):
-        raise UserError(f"{name} must be a count of at least 1 (int) or a fraction in (0, 1] (float), got {value!r}")
+        super().__post_init__()  # types and bounds from the fields
+        check_head_option(self.heads, "iti.heads")  # against the model: ITI.check_before_runs
 
 
 # -- probes, ranking and directions (plain functions: LoFiT's "ITI heads" and tests call them) --

@@ -67,6 +67,7 @@ from lofit_bench.interventions import (
     HeadIntervention,
     HeadInterventionMethod,
     all_heads,
+    check_head_option,
     load_intervention,
     rank_heads,
     resolve_head_count,
@@ -112,18 +113,21 @@ class LoFiTConfig(MethodConfig):
                   "(float; 0.03 as in Table 1 = 8 of SmolLM2's 270, 0.1 as in Table 3)"},
     )
     stage1_learning_rate: float | None = field(
-        default=None, metadata={"help": "head-selection (A) learning rate; None: paper Table 6 for the task"}
+        default=None, metadata={"help": "head-selection (A) learning rate; None: paper Table 6 for the task", "exclusive_minimum": 0}
     )
     l1_lambda: float | None = field(
-        default=None, metadata={"help": "weight of the L1 penalty on A in stage 1; None: paper Table 6 for the task"}
+        default=None, metadata={"help": "weight of the L1 penalty on A in stage 1; None: paper Table 6 for the task", "minimum": 0}
     )
     stage2_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "bias-tuning (v) learning rate; None: paper Table 6 for the task", "tune": LogUniform(1e-3, 1.0)},
+        metadata={"help": "bias-tuning (v) learning rate; None: paper Table 6 for the task", "exclusive_minimum": 0,
+                  "tune": LogUniform(1e-3, 1.0)},
     )
-    init_std: float = field(default=1e-3, metadata={"help": "std of the N(0, std) init of A (stage 1) and v (stage 2)"})
+    init_std: float = field(
+        default=1e-3, metadata={"help": "std of the N(0, std) init of A (stage 1) and v (stage 2)", "exclusive_minimum": 0}
+    )
     weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay: the paper's 0.01 (the lo-fit code uses 0.0)"}
+        default=0.01, metadata={"help": "AdamW weight decay: the paper's 0.01 (the lo-fit code uses 0.0)", "minimum": 0}
     )
     head_source: str = field(
         default="lofit",
@@ -133,21 +137,8 @@ class LoFiTConfig(MethodConfig):
     head_seed: int | None = field(default=None, metadata={"help": "seed of head_source=random; None: the run's seed"})
 
     def __post_init__(self) -> None:
-        heads = self.heads
-        if isinstance(heads, bool) or not isinstance(heads, int | float):
-            raise UserError(f"lofit.heads must be a count (e.g. 8) or a fraction (e.g. 0.03), got {heads!r}")
-        if (isinstance(heads, int) and heads < 1) or (isinstance(heads, float) and not 0 < heads <= 1):
-            raise UserError(f"lofit.heads={heads}: use a count of at least 1 or a fraction in (0, 1]")
-        for name in ("stage1_learning_rate", "stage2_learning_rate"):
-            value = getattr(self, name)
-            if value is not None and not _positive(value):
-                raise UserError(f"lofit.{name} must be a positive number, got {value!r}")
-        if self.l1_lambda is not None and not (_number(self.l1_lambda) and self.l1_lambda >= 0):
-            raise UserError(f"lofit.l1_lambda must be a number >= 0, got {self.l1_lambda!r}")
-        if not _positive(self.init_std):
-            raise UserError(f"lofit.init_std must be a positive number, got {self.init_std!r}")
-        if not (_number(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"lofit.weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        super().__post_init__()  # types and bounds from the fields
+        check_head_option(self.heads, "lofit.heads")
         kind = self.head_source_kind
         if kind not in HEAD_SOURCES:
             raise UserError(
@@ -156,32 +147,33 @@ class LoFiTConfig(MethodConfig):
             )
         if kind == "file" and not self.head_source.partition(":")[2]:
             raise UserError("lofit.head_source=file:PATH needs a path, e.g. file:runs/clutrr-lofit")
-        if self.head_seed is not None and (isinstance(self.head_seed, bool) or not isinstance(self.head_seed, int)):
-            raise UserError(f"lofit.head_seed must be a whole number, got {self.head_seed!r}")
 
     @property
     def head_source_kind(self) -> str:
         return self.head_source.partition(":")[0] if isinstance(self.head_source, str) else repr(self.head_source)
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive(value: object) -> bool:
-    return _number(value) and value > 0  # type: ignore[operator]
+#: Stage 1 on a task Table 6 has no row for (a plugin task): Table 6's MQuAKE values, the
+#: paper's setting for a generation task trained with SFT. Stage 2's learning rate is tuned.
+UNLISTED_TASK_STAGE1 = {"stage1_learning_rate": 5e-3, "l1_lambda": 1e-3}
 
 
 def resolve_hyperparameters(config: LoFiTConfig, task: str, needs_stage1: bool) -> dict[str, Any]:
-    """The values this run uses: the config's where set, else the paper's Table 6 for the task."""
-    names = ["stage2_learning_rate"] + (["stage1_learning_rate", "l1_lambda"] if needs_stage1 else [])
+    """The values this run uses: the config's where set, else the paper's Table 6 for the task
+    (stage 1 of a task without a row: :data:`UNLISTED_TASK_STAGE1`)."""
     paper = {name: asdict(settings) for name, settings in PAPER_TABLE_6.items()}
-    values, sources = resolve_paper_defaults(
-        "lofit", task, {name: getattr(config, name) for name in names}, paper, "paper Table 6 (Llama-2-7B, 3% heads)"
-    )
+    source = "paper Table 6 (Llama-2-7B, 3% heads)"
+    values, sources = resolve_paper_defaults("lofit", task, {"stage2_learning_rate": config.stage2_learning_rate}, paper, source)
     for name in ("stage1_learning_rate", "l1_lambda"):
-        if name not in names:
+        value = getattr(config, name)
+        if not needs_stage1:
             values[name], sources[name] = None, "unused (no stage 1 with this head_source)"
+        elif value is not None:
+            values[name], sources[name] = value, "config"
+        elif task in paper:
+            values[name], sources[name] = paper[task][name], source
+        else:
+            values[name], sources[name] = UNLISTED_TASK_STAGE1[name], "Table 6's MQuAKE value (no row for this task)"
     values.update(init_std=config.init_std, weight_decay=config.weight_decay, sources=sources)
     return values
 

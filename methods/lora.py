@@ -59,47 +59,27 @@ PAPER_TABLE_7 = {
 
 @dataclass
 class LoRAConfig(MethodConfig):
-    rank: int = field(default=8, metadata={"help": "r, the rank of each update B A (paper: 8)"})
-    alpha: float = field(default=8, metadata={"help": "lora_alpha; the update is scaled by alpha / r (paper: 8)"})
+    rank: int = field(default=8, metadata={"help": "r, the rank of each update B A (paper: 8)", "minimum": 1})
+    alpha: float = field(
+        default=8, metadata={"help": "lora_alpha; the update is scaled by alpha / r (paper: 8)", "exclusive_minimum": 0}
+    )
     dropout: float = field(
-        default=0.1, metadata={"help": "dropout on the adapter's input (paper: 0.1; trl's DPO turns it off)"}
+        default=0.1,
+        metadata={"help": "dropout on the adapter's input (paper: 0.1; trl's DPO turns it off)", "minimum": 0,
+                  "exclusive_maximum": 1},
     )
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "module names that get an adapter, in every layer (paper: q_proj and v_proj)"},
+        metadata={"help": "module names that get an adapter, in every layer (paper: q_proj and v_proj)",
+                  "min_items": 1, "min_length": 1},
     )
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task", "tune": LogUniform(1e-5, 1e-2)},
+        metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task", "exclusive_minimum": 0,
+                  "tune": LogUniform(1e-5, 1e-2)},
     )
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "minimum": 0})
 
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise UserError(f"lora.rank must be a whole number of at least 1, got {self.rank!r}")
-        if not _positive(self.alpha):
-            raise UserError(f"lora.alpha must be a positive number, got {self.alpha!r}")
-        if not (_number(self.dropout) and 0 <= self.dropout < 1):
-            raise UserError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
-        if (
-            not isinstance(self.target_modules, list)
-            or not self.target_modules
-            or not all(isinstance(name, str) and name for name in self.target_modules)
-        ):
-            raise UserError(f'lora.target_modules must be a JSON list of module names, e.g. ["q_proj","v_proj"], '
-                            f"got {self.target_modules!r}")
-        if self.learning_rate is not None and not _positive(self.learning_rate):
-            raise UserError(f"lora.learning_rate must be a positive number, got {self.learning_rate!r}")
-        if not (_number(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"lora.weight_decay must be a number >= 0, got {self.weight_decay!r}")
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive(value: object) -> bool:
-    return _number(value) and value > 0  # type: ignore[operator]
 
 
 class LoRA(Method):

@@ -95,55 +95,37 @@ PAPER_BATCH_SIZE = {"truthfulqa": 16, "mquake": 16, "clutrr": 16}
 
 @dataclass
 class LoReFTConfig(MethodConfig):
-    rank: int | None = field(default=None, metadata={"help": "r, rank of the edited subspace; None: paper Table 8"})
+    rank: int | None = field(
+        default=None, metadata={"help": "r, rank of the edited subspace; None: paper Table 8", "minimum": 1}
+    )
     first_positions: int | None = field(
-        default=None, metadata={"help": "p, first prompt tokens edited (the f in f3+l3); None: paper Table 8"}
+        default=None, metadata={"help": "p, first prompt tokens edited (the f in f3+l3); None: paper Table 8", "minimum": 0}
     )
     last_positions: int | None = field(
-        default=None, metadata={"help": "s, last prompt tokens edited (the l in f3+l3); None: paper Table 8"}
+        default=None, metadata={"help": "s, last prompt tokens edited (the l in f3+l3); None: paper Table 8", "minimum": 0}
     )
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": "AdamW learning rate; None: paper Table 8 (Llama-2-7B) for the task", "tune": LogUniform(1e-4, 1e-2)},
+        metadata={"help": "AdamW learning rate; None: paper Table 8 (Llama-2-7B) for the task", "exclusive_minimum": 0,
+                  "tune": LogUniform(1e-4, 1e-2)},
     )
     layers: list[int] | None = field(
-        default=None, metadata={"help": "decoder layers edited (0-based JSON list); None: every layer (paper)"}
+        default=None,
+        metadata={"help": "decoder layers edited (0-based JSON list); None: every layer (paper)", "min_items": 1, "minimum": 0},
     )
     tied: bool = field(
         default=False, metadata={"help": "share one intervention between prefix and suffix positions (pyreft "
                                  "share_weights); default untied, as the paper"}
     )
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the edited representation (pyreft default 0)"})
+    dropout: float = field(
+        default=0.0,
+        metadata={"help": "dropout on the edited representation (pyreft default 0)", "minimum": 0, "exclusive_maximum": 1},
+    )
 
     def __post_init__(self) -> None:
-        for name in ("rank", "first_positions", "last_positions"):
-            value = getattr(self, name)
-            lowest = 1 if name == "rank" else 0
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lowest):
-                raise UserError(f"loreft.{name} must be a whole number of at least {lowest}, got {value!r}")
+        super().__post_init__()  # types and bounds from the fields
         if self.first_positions == 0 and self.last_positions == 0:
             raise UserError("loreft.first_positions and loreft.last_positions cannot both be 0: nothing would be edited")
-        if self.learning_rate is not None and not _positive(self.learning_rate):
-            raise UserError(f"loreft.learning_rate must be a positive number, got {self.learning_rate!r}")
-        if self.layers is not None and (
-            not isinstance(self.layers, list)
-            or not self.layers
-            or not all(isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0 for layer in self.layers)
-        ):
-            raise UserError(f"loreft.layers must be a JSON list of layer indices, e.g. [0,5,10], got {self.layers!r}")
-        if not isinstance(self.tied, bool):
-            raise UserError(f"loreft.tied must be true or false, got {self.tied!r}")
-        if not (_number(self.dropout) and 0 <= self.dropout < 1):
-            raise UserError(f"loreft.dropout must be in [0, 1), got {self.dropout!r}")
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive(value: object) -> bool:
-    return _number(value) and value > 0  # type: ignore[operator]
-
 
 # -- the intervention ----------------------------------------------------------------------------
 class LowRankRotation(nn.Module):

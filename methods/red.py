@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench import hookimpl
-from lofit_bench.errors import UserError
 from lofit_bench.interventions import (
     HeadIntervention,
     HeadInterventionMethod,
@@ -55,23 +54,11 @@ PAPER_TABLE_7 = {
 class REDConfig(MethodConfig):
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task", "tune": LogUniform(1e-4, 1e-1)},
+        metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task", "exclusive_minimum": 0,
+                  "tune": LogUniform(1e-4, 1e-1)},
     )
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "minimum": 0})
 
-    def __post_init__(self) -> None:
-        if self.learning_rate is not None and not _positive(self.learning_rate):
-            raise UserError(f"red.learning_rate must be a positive number, got {self.learning_rate!r}")
-        if not (_number(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"red.weight_decay must be a number >= 0, got {self.weight_decay!r}")
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive(value: object) -> bool:
-    return _number(value) and value > 0  # type: ignore[operator]
 
 
 class RED(HeadInterventionMethod):

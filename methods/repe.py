@@ -89,7 +89,7 @@ class RepEConfig(MethodConfig):
         default="auto",
         metadata={"help": "reading (PCA reading vector), contrast (per-input contrast vector; generation "
                   "tasks only) or auto: reading on multiple-choice tasks, contrast on generation tasks "
-                  "(the LoFiT paper's choice: reading for TruthfulQA, contrast for MQuAKE and CLUTRR)"},
+                  "(the LoFiT paper's choice: reading for TruthfulQA, contrast for MQuAKE and CLUTRR)", "choices": VECTORS},
     )
     alpha: float | None = field(
         default=None,
@@ -98,32 +98,18 @@ class RepEConfig(MethodConfig):
     layer_rank: int = field(
         default=0,
         metadata={"help": "controlled layer: this rank in the reading scan's ranking (0 = the best layer, the "
-                  "paper's top-1)", "tune": IntRange(0, 2)},
+                  "paper's top-1)", "minimum": 0, "tune": IntRange(0, 2)},
     )
-    layer: int | None = field(default=None, metadata={"help": "control this layer (0-based) instead of scanning"})
+    layer: int | None = field(
+        default=None, metadata={"help": "control this layer (0-based) instead of scanning", "minimum": 0}
+    )
     positive_instruction: str = field(
-        default="Give a correct answer.\n", metadata={"help": "contrast vector: prefix of the positive copy"}
+        default="Give a correct answer.\n", metadata={"help": "contrast vector: prefix of the positive copy", "min_length": 1}
     )
     negative_instruction: str = field(
-        default="Give an incorrect answer.\n", metadata={"help": "contrast vector: prefix of the negative copy"}
+        default="Give an incorrect answer.\n", metadata={"help": "contrast vector: prefix of the negative copy", "min_length": 1}
     )
 
-    def __post_init__(self) -> None:
-        if self.vector not in VECTORS:
-            raise UserError(f"repe.vector must be one of {', '.join(VECTORS)}, got {self.vector!r}")
-        if self.alpha is not None and not _number(self.alpha):
-            raise UserError(f"repe.alpha must be a number, got {self.alpha!r}")
-        if isinstance(self.layer_rank, bool) or not isinstance(self.layer_rank, int) or self.layer_rank < 0:
-            raise UserError(f"repe.layer_rank must be a whole number >= 0, got {self.layer_rank!r}")
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0):
-            raise UserError(f"repe.layer must be a layer index >= 0, got {self.layer!r}")
-        for name in ("positive_instruction", "negative_instruction"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise UserError(f"repe.{name} must be a non-empty string")
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # -- reading vectors (plain functions: tests call them on planted data) ------------------------

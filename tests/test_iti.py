@@ -91,10 +91,10 @@ def test_contrast_pairs_follow_the_documented_construction():
 
 def test_zero_alpha_is_an_exact_identity_and_remove_restores(tiny_lm, tmp_path):
     before = logits(tiny_lm)
-    method = fitted(tiny_lm, tmp_path, alphas=[0.0])
+    method = fitted(tiny_lm, tmp_path, alpha=0.0)
     assert torch.equal(logits(tiny_lm), before)
     method.remove()
-    method = fitted(tiny_lm, tmp_path, alphas=[15.0])
+    method = fitted(tiny_lm, tmp_path, alpha=15.0)
     assert not torch.equal(logits(tiny_lm), before)
     assert method.trainable_parameters() == 0
     assert method.stored_values() == 1 * tiny_lm.layout.head_dim  # 3 % of 8 heads rounds up to 1
@@ -106,7 +106,7 @@ def test_zero_alpha_is_an_exact_identity_and_remove_restores(tiny_lm, tmp_path):
 
 def test_save_and_load_reproduce_the_logits(tiny_lm, tmp_path):
     before = logits(tiny_lm)
-    method = fitted(tiny_lm, tmp_path, heads=2, alphas=[20.0])
+    method = fitted(tiny_lm, tmp_path, heads=2, alpha=20.0)
     steered = logits(tiny_lm)
     method.save(tmp_path / "saved")
     method.remove()
@@ -117,15 +117,15 @@ def test_save_and_load_reproduce_the_logits(tiny_lm, tmp_path):
     restored = ITI()
     restored.prepare(tiny_lm)
     restored.load(tmp_path / "saved")
-    assert restored.config.alphas == [20.0]
+    assert restored.config.alpha == 20.0
     assert torch.equal(logits(tiny_lm), steered)
     restored.remove()
     assert torch.equal(logits(tiny_lm), before)
 
 
 def test_config_errors_are_user_errors():
-    with pytest.raises(UserError, match="alphas"):
-        ITIConfig(alphas=[])
+    with pytest.raises(UserError, match="alpha"):
+        ITIConfig(alpha="strong")
     with pytest.raises(UserError, match="direction"):
         ITIConfig(direction="median")
     with pytest.raises(UserError, match="heads"):
@@ -141,7 +141,10 @@ def test_a_sweep_records_the_fit_on_clutrr_and_truthfulqa(builtin_host, tmp_path
         assert record["trainable_parameters"]["count"] == 0
         assert record["trainable_parameters"]["stored_values"] == 16
         for fold, values in record["folds"].items():
-            tuning = values["fit"]["tuning"]
-            assert len(tuning["trials"]) == 2 and tuning["scored"]
-            assert tuning["chosen"]["alpha"] in (15.0, 5.0)
+            tuning = values["tuning"]  # the harness's tuner: ITI's default first, probes read once
+            assert [trial["state"] for trial in tuning["trials"]] == ["complete", "complete"]
+            assert tuning["trials"][0]["values"] == {"heads": 0.03, "alpha": 15.0}
+            assert tuning["trials"][1]["reused"] == ["iti probes"]
+            assert tuning["chosen"] in [trial["values"] for trial in tuning["trials"]]
+            assert values["fit"]["hyperparameters"]["alpha"] == tuning["chosen"]["alpha"]
             assert (tmp_path / record["artifacts"] / fold / HEADS_FILE).exists()

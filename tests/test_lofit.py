@@ -177,42 +177,24 @@ def test_heads_from_another_run_transfer_across_tasks(clutrr_run, tiny_lm, tmp_p
     method.remove()
 
 
-def test_tuning_scores_trials_on_the_dev_split_only(builtin_host, tiny_lm, tmp_path, monkeypatch):
-    run = context(tiny_lm, "mquake", tmp_path, small_budget(trials=2, dev_examples=2))
-    splits = []
-    real_evaluate = run.task.evaluate
-    monkeypatch.setattr(run.task, "evaluate", lambda scorer, fold, split, limit=None: (
-        splits.append((split, limit)) or real_evaluate(scorer, fold, split, limit)))
-    method = LoFiT(LoFiTConfig(heads=2, head_source="random", tune_stage2_learning_rates=[1e-2, 1e-1]))
-    method.prepare(tiny_lm)
-    fit = method.fit(run)
-    assert splits == [("dev", 2), ("dev", 2)]
-    tuning = fit["tuning"]
-    assert tuning["split"] == "dev" and [trial["stage2_learning_rate"] for trial in tuning["trials"]] == [1e-2, 1e-1]
-    assert fit["hyperparameters"]["stage2_learning_rate"] == tuning["chosen_stage2_learning_rate"]
-    assert fit["training"]["steps"] == 2 * fit["stages"]["bias_tuning"]["steps"]  # both trials are paid for
-    method.remove()
-    with pytest.raises(UserError, match="more than the budget's 1 trials"):
-        method.prepare(tiny_lm)
-        method.fit(context(tiny_lm, "mquake", tmp_path, small_budget(trials=1)))
-
-
 def test_bad_options_fail_before_anything_runs(builtin_host):
     for options, message in (
         ({"head_source": "lofitt"}, "Did you mean 'lofit'"),
         ({"head_source": "file:"}, "needs a path"),
         ({"heads": 0}, "at least 1"),
         ({"heads": 1.5}, r"\(0, 1\]"),
-        ({"stage2_learning_rate": -1}, "positive"),
-        ({"tune_stage2_learning_rates": 0.1}, "JSON list"),
+        ({"stage2_learning_rate": -1}, "must be > 0"),
     ):
         with pytest.raises(UserError, match=message):
             plan_sweep(["lofit"], ["clutrr"], small_budget(), TINY, method_options={"lofit": options})
 
 
-def test_a_task_without_paper_defaults_asks_for_explicit_values():
-    with pytest.raises(UserError, match="lofit.stage2_learning_rate, lofit.stage1_learning_rate, lofit.l1_lambda"):
+def test_a_task_without_paper_defaults_asks_for_a_stage2_rate_and_takes_mquakes_stage1():
+    with pytest.raises(UserError, match="tune it .* or set lofit.stage2_learning_rate with"):
         resolve_hyperparameters(LoFiTConfig(), "boolq", needs_stage1=True)
+    values = resolve_hyperparameters(LoFiTConfig(stage2_learning_rate=0.02), "boolq", needs_stage1=True)
+    assert (values["stage1_learning_rate"], values["l1_lambda"]) == (5e-3, 1e-3)  # Table 6's MQuAKE row
+    assert values["sources"]["l1_lambda"] == "Table 6's MQuAKE value (no row for this task)"
     values = resolve_hyperparameters(LoFiTConfig(stage2_learning_rate=0.02), "boolq", needs_stage1=False)
     assert values["stage2_learning_rate"] == 0.02 and values["sources"]["stage2_learning_rate"] == "config"
 

@@ -188,8 +188,8 @@ def test_dpo_declares_the_reference_pass_and_a_clutrr_sweep_is_recorded(builtin_
 def test_bad_options_fail_before_anything_runs(builtin_host):
     for options, message in (
         ({"first_positions": 0, "last_positions": 0}, "cannot both be 0"),
-        ({"layers": [-1]}, "layer indices"),
-        ({"rank": 0}, "at least 1"),
+        ({"layers": [-1]}, r"layers \(each item\) must be >= 0"),
+        ({"rank": 0}, "rank must be >= 1"),
         ({"weight_decay": 0.01}, "unknown option"),  # fixed at 0: decay would zero R
     ):
         with pytest.raises(UserError, match=message):

@@ -91,7 +91,7 @@ def test_a_clutrr_run_is_recorded_with_table_7_settings(builtin_host, tmp_path):
 
 
 def test_a_task_without_paper_values_asks_for_them():
-    with pytest.raises(UserError, match=r"for task 'boolq' set red\.learning_rate"):
+    with pytest.raises(UserError, match=r"no learning_rate for task 'boolq' .* set red\.learning_rate"):
         resolve_paper_defaults("red", "boolq", {"learning_rate": None}, PAPER_TABLE_7, "paper Table 7")
     values, sources = resolve_paper_defaults("red", "boolq", {"learning_rate": 0.1}, PAPER_TABLE_7, "paper Table 7")
     assert values == {"learning_rate": 0.1} and sources == {"learning_rate": "config"}

@@ -110,10 +110,10 @@ def small_budget(**changes):
 def test_save_and_load_reproduce_the_steered_model(tiny_lm, tmp_path, task_name, vector):
     before = logits(tiny_lm)
     task = plugins.get_host().tasks.get(task_name)()
-    method = RepE(RepEConfig(alphas=[8.0]))
+    method = RepE(RepEConfig(alpha=8.0))
     method.prepare(tiny_lm)
     record = method.fit(FitContext(tiny_lm, task, task.folds[0], small_budget(train_examples=6, dev_examples=3, trials=1), 0, tmp_path))
-    assert record["vector"] == vector and record["tuning"]["chosen"]["alpha"] == 8.0
+    assert record["vector"] == vector and record["hyperparameters"]["alpha"] == 8.0
     assert method.trainable_parameters() == 0
     assert method.stored_values() == (tiny_lm.layout.hidden_size if vector == "reading" else 0)
     steered = logits(tiny_lm)
@@ -146,5 +146,7 @@ def test_a_sweep_records_the_fit_on_clutrr_and_truthfulqa(builtin_host, tmp_path
         for values in record["folds"].values():
             fit = values["fit"]
             assert fit["vector"] == vector
-            assert len(fit["tuning"]["trials"]) == 2 and fit["tuning"]["scored"]
+            tuning = values["tuning"]  # the harness's tuner: top-1 layer with alpha 5 first, one scan
+            assert tuning["trials"][0]["values"] == {"alpha": 5.0, "layer_rank": 0}
+            assert [trial["reused"] for trial in tuning["trials"]] == [[], ["repe layer scan"]]
             assert len(fit["layer_scan"]["accuracy"]) == 2
