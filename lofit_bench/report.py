@@ -46,6 +46,11 @@ COLUMN_HELP = {
     "eval s": "wall time of evaluation on the test split, summed over folds (mean over seeds)",
     "peak memory": "peak memory during fit/evaluation, labelled by kind; CPU: process RSS above the RSS with the "
     "model loaded; GPU: torch peak allocated, reset per phase",
+    "tuning": "how the hyper-parameters were chosen: 'N trials (P pruned, F failed)' on the dev split by the harness's "
+    "tuner (per fold, summed over folds, mean over seeds), 'off' (budget tune=false: the paper's / method's defaults), "
+    "'nothing to tune' (no declared field left free), 'untuned (old record)' for records written before tuning existed",
+    "chosen values": "the tuned values the test split was evaluated with (per fold and seed when they differ); "
+    "every trial is in results.json ('trials') and in the record (folds.FOLD.tuning)",
 }
 
 
@@ -69,6 +74,8 @@ class SummaryRow:
     eval_seconds: float
     budget: str
     test_examples: int
+    tuning: str = "-"
+    chosen: str = "-"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -222,6 +229,8 @@ def summarize(records: list[dict[str, Any]], reference: str | None = None) -> li
                 eval_seconds=statistics.fmean(record["timings"].get("evaluate", 0.0) for record in items),
                 budget=budget_name(first["budget"]),
                 test_examples=sum(fold["eval_size"] for fold in first["folds"].values()),
+                tuning=tuning_label(items),
+                chosen=chosen_label(items),
             )
         )
     return summary
@@ -289,6 +298,7 @@ def build_report(runs_dir: Path, write: bool = True, html: bool = True, referenc
                 "warnings": [line.text for line in header if line.warning],
                 "summary": [asdict(row) for row in summary],
                 "runs": csv_rows,
+                "trials": trial_rows(finished),
             },
         )
         if html:
@@ -328,7 +338,7 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
     reference = next((row.reference for row in rows if row.reference), None)
     headers = [
         "method", "seeds", *[f"{name} (%)" for name in metric_names], f"p vs {reference or '-'}",
-        "params", "% params", "train s", "eval s", memory_header,
+        "params", "% params", "train s", "eval s", memory_header, "tuning", "chosen values",
     ]
     table = [
         [
@@ -341,6 +351,8 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
             f"{row.train_seconds:.1f}",
             f"{row.eval_seconds:.1f}",
             "-" if row.peak_memory_mib is None else f"{row.peak_memory_mib:.0f}",
+            row.tuning,
+            row.chosen,
         ]
         for row in rows
     ]
@@ -396,6 +408,7 @@ def budget_label(budget: dict[str, Any]) -> str:
     for name in ("train_examples", "dev_examples", "eval_examples"):
         parts.append(f"{name.split('_')[0]} {budget.get(name) or 'all'}")
     parts += [f"max_length {budget.get('max_length')}", f"trials {budget.get('trials')}"]
+    parts.append({True: "tuned on dev", False: "untuned (tune off)"}.get(budget.get("tune"), "untuned (recorded before tuning)"))
     overrides = budget_overrides(budget)
     changed = f" (overridden: {', '.join(sorted(overrides))})" if overrides else ""
     return f"{budget['name']}{changed}: {', '.join(parts)}"
@@ -462,6 +475,66 @@ def _short_commit(commit: str | None) -> str | None:
     return commit.removesuffix("-dirty")[:12] + ("-dirty" if dirty else "")
 
 
+# -- tuning ----------------------------------------------------------------------------------------
+def fold_tunings(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Fold -> the fold's tuning record (``{}`` for a record written before tuning existed)."""
+    return {fold: values.get("tuning") or {} for fold, values in (record.get("folds") or {}).items()}
+
+
+def tuning_label(records: list[dict[str, Any]]) -> str:
+    """How one row's values were chosen (see COLUMN_HELP["tuning"])."""
+    tunings = [tuning for record in records for tuning in fold_tunings(record).values()]
+    if not tunings or not all(tunings):
+        return "untuned (old record)"
+    modes = {tuning.get("mode") for tuning in tunings}
+    if modes == {"off"}:
+        return "off"
+    if modes != {"on"}:
+        return "mixed: " + ", ".join(sorted(str(mode) for mode in modes))
+    if all(not tuning.get("trials_run") for tuning in tunings):
+        return "nothing to tune"
+    run, pruned, failed = (  # summed over folds, mean over seeds
+        sum(tuning.get(key) or 0 for tuning in tunings) / len(records) for key in ("trials_run", "trials_pruned", "trials_failed")
+    )
+    extras = [f"{pruned:g} pruned"] + ([f"{failed:g} failed"] if failed else [])
+    return f"{run:g} trials ({', '.join(extras)})"
+
+
+def chosen_label(records: list[dict[str, Any]]) -> str:
+    """The tuned values of one row, once when every fold and seed chose the same."""
+    chosen = []
+    for record in records:
+        for fold, tuning in fold_tunings(record).items():
+            if tuning.get("chosen"):
+                values = ", ".join(f"{name}={_short_value(value)}" for name, value in sorted(tuning["chosen"].items()))
+                where = f"{fold}, " if len(record["folds"]) > 1 else ""
+                chosen.append((f"{where}seed {record['seed']}", values))
+    distinct = sorted({values for _, values in chosen})
+    if not distinct:
+        return "-"
+    if len(distinct) == 1:
+        return distinct[0]
+    return "; ".join(f"{label}: {values}" for label, values in chosen)
+
+
+def _short_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else json.dumps(value)
+
+
+def trial_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every tuning trial of the folder, one entry per (run, fold), for results.json."""
+    rows = []
+    for record in records:
+        for fold, tuning in fold_tunings(record).items():
+            if tuning.get("trials"):
+                rows.append({
+                    "record": Path(record["_path"]).name, "method": record["method"]["name"], "task": record["task"]["name"],
+                    "seed": record["seed"], "fold": fold, "metric": tuning.get("metric"), "chosen_trial": tuning.get("chosen_trial"),
+                    "chosen": tuning.get("chosen"), "sources": tuning.get("sources"), "trials": tuning["trials"],
+                })
+    return rows
+
+
 # -- CSV -------------------------------------------------------------------------------------------
 def csv_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     params = record.get("trainable_parameters") or {}
@@ -490,6 +563,8 @@ def csv_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
         "total_s": timings.get("total_s"),
         "train_tokens_per_s": throughput.get("train_tokens_per_s"),
         "eval_tokens_per_s": throughput.get("eval_tokens_per_s"),
+        "tuning": tuning_label([record]) if record.get("status") == "ok" else None,
+        "chosen_values": chosen_label([record]) if record.get("status") == "ok" else None,
         "error": (record.get("error") or {}).get("message"),
         "record": Path(record["_path"]).name,
     }

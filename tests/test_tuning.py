@@ -252,3 +252,22 @@ def test_every_trained_method_runs_tuned_on_a_task_without_paper_values(example_
             assert 1e-4 <= record["trials"][1]["values"]["learning_rate"] <= 1e-1
     [untuned] = sweep(["lora"], ["local-qa"], tmp_path / "untuned", budget(tune=False))  # nothing says which rate
     assert untuned.status == "failed" and "tune it" in json.loads(untuned.path.read_text())["error"]["message"]
+
+
+# -- the report -----------------------------------------------------------------------------------
+def test_the_report_shows_tuning_per_row_carries_the_trials_and_flags_a_mix(tmp_path):
+    from lofit_bench.report import build_report
+
+    sweep(["lora", "zero-shot"], ["mquake"], tmp_path)
+    sweep(["iti"], ["mquake"], tmp_path, budget(tune=False))
+    report = build_report(tmp_path)
+    rows = {row.method: row for row in report.summary}
+    assert rows["lora"].tuning == "3 trials (0 pruned)" and rows["lora"].chosen.startswith("learning_rate=")
+    assert rows["iti"].tuning == "off" and rows["iti"].chosen == "-"
+    assert rows["zero-shot"].tuning == "nothing to tune"
+    assert any("tune = " in line.text for line in report.header if line.warning)  # a folder mixing both is flagged
+    results = json.loads((tmp_path / "results.json").read_text())
+    [lora_trials] = [entry for entry in results["trials"] if entry["method"] == "lora"]
+    assert len(lora_trials["trials"]) == 3
+    assert rows["lora"].chosen == f"learning_rate={lora_trials['chosen']['learning_rate']:.3g}"
+    assert "| tuning " in report.markdown and "chosen values" in report.markdown
