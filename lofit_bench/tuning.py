@@ -210,9 +210,8 @@ class Tuner:
                 return None
             attributes.update(_trial_facts(fit, intermediate, started, context), dev=dev.metrics, dev_examples=dev.size)
             _set_attributes(trial, attributes)
-            best_before = _best_value_key(study, self.task)
             study.tell(trial, dev.metrics[metric])
-            if best_before is None or _key(dev.metrics, self.task, trial.number) > best_before:
+            if choose(study.get_trials(deepcopy=False), self.task.metrics, metric).number == trial.number:
                 self._save_best(method, trial.number, fit)
                 keep = last
             return (trial.number, method, fit) if keep else None
@@ -246,9 +245,10 @@ class Tuner:
         method = self.method_class.from_options({**self.plan.fixed, **values})
         method.prepare(lm)
         saved = self.state_dir / TRIAL_FILE
-        if saved.exists() and json.loads(saved.read_text()).get("number") == best.number:
+        state = json.loads(saved.read_text()) if saved.exists() else {}
+        if state.get("number") == best.number:
             method.load(self.state_dir)
-            return method, json.loads(saved.read_text())["fit"]
+            return method, state["fit"]
         set_seed(template.seed)
         context = dataclasses.replace(template, reused=[], work_dir=template.work_dir / f"refit-{best.number}")
         return method, method.fit(context) | {"refitted": "the chosen trial's saved state was missing; fitted again"}
@@ -326,18 +326,6 @@ def _counted(trials: list) -> list:
         trial for trial in trials
         if trial.state in (states.COMPLETE, states.PRUNED) or (trial.state == states.FAIL and "error" in trial.user_attrs)
     ]
-
-
-def _key(metrics: dict[str, float], task: Task, number: int) -> tuple:
-    order = [task.primary_metric, *(name for name in task.metrics if name != task.primary_metric)]
-    return (*(float(metrics.get(name, 0.0)) for name in order), -number)
-
-
-def _best_value_key(study: optuna.Study, task: Task) -> tuple | None:
-    import optuna
-
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return max((_key(trial.user_attrs["dev"], task, trial.number) for trial in complete), default=None)
 
 
 def choose(trials: list, metrics: tuple[str, ...] | list[str], primary: str) -> Any:
