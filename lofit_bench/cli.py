@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun runs whose record already exists")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     run.add_argument("--verbose", action="store_true", help="show the runs' own output (library progress bars, logs) instead of writing it to OUT/logs/")
-    run.add_argument("--reference", default=None, metavar="METHOD", help="method the report's p-values compare against (default: lofit when it ran)")
+    run.add_argument("--reference", default=None, metavar="METHOD", help="method the report's p-values compare against, e.g. lofit (default: none, no p-values)")
     run.add_argument("--lm-eval-include", action="append", default=[], type=Path, metavar="PATH", help="a folder of lm-eval task YAMLs for lm_eval:NAME tasks (repeatable)")
 
     report = commands.add_parser(
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report.md, report.html, results.csv and results.json into RUNS_DIR.",
     )
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
-    report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against (default: lofit when the folder has it)")
+    report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against, e.g. lofit (default: none, no p-values)")
 
     listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
@@ -212,7 +212,8 @@ def command_run(arguments: argparse.Namespace) -> int:
 
     from lofit_bench.budget import Budget, get_budget
     from lofit_bench.models import check_model
-    from lofit_bench.report import budget_name, build_report
+    from lofit_bench.report import build_report, render_markdown
+    from lofit_bench.report_model import budget_name
     from lofit_bench.runner import check_output_folder, plan_sweep, run_sweep
     from lofit_bench.sweep_config import SweepConfig, load_sweep_config
 
@@ -261,7 +262,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     if any(outcome.status in ("ok", "skipped") for outcome in saved):
         report = build_report(out_dir, reference=arguments.reference)
         say()
-        say(report.markdown)
+        say(render_markdown(report))
         say(f"records: {out_dir / 'records'}; also report.md, results.csv, results.json")
         say(f"open the report: {out_dir / 'report.html'}")
     unsaved = [outcome for outcome in outcomes if outcome.path != outcome.spec.record_path(out_dir)]
@@ -305,10 +306,10 @@ def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
 
 
 def command_report(arguments: argparse.Namespace) -> int:
-    from lofit_bench.report import build_report
+    from lofit_bench.report import build_report, render_markdown
 
     report = build_report(arguments.runs_dir, reference=arguments.reference)
-    print(report.markdown)
+    print(render_markdown(report))
     print(f"\nwrote report.md, report.html, results.csv and results.json in {arguments.runs_dir}")
     return 0
 

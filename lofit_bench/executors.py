@@ -32,23 +32,29 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lofit_bench.errors import UserError
+from lofit_bench.run_record import Placement, RunError, RunRecord
+
+if TYPE_CHECKING:
+    from lofit_bench.run_spec import RunSpec
 
 EXECUTORS = ("process", "inline", "ray")
 
-Record = dict[str, Any]
+Record = RunRecord
 
 
-def _run_spec(spec: Any, out_dir: str, progress: bool) -> Record:
-    """Executed in the worker: one run, returning its record (never raising for run errors)."""
-    from lofit_bench.runner import execute_run
+def _run_spec(spec: RunSpec, out_dir: str, progress: bool) -> Record:
+    """Executed in the worker: one run, returning its record (never raising for run errors).
+    Imported here, not at the top: a child process must set its visible GPUs before the
+    modules that bring torch are loaded."""
+    from lofit_bench.run_one import execute_run
 
     return execute_run(spec, Path(out_dir), progress=progress)
 
 
-def _run_spec_in_child(spec: Any, out_dir: str, progress: bool, threads: int | None) -> Record:
+def _run_spec_in_child(spec: RunSpec, out_dir: str, progress: bool, threads: int | None) -> Record:
     """The process executor's worker: :func:`_run_spec` with a thread share and a parent watch."""
     _exit_with_parent(os.getppid())
     if threads is not None:
@@ -57,7 +63,7 @@ def _run_spec_in_child(spec: Any, out_dir: str, progress: bool, threads: int | N
         torch.set_num_threads(threads)
     record = _run_spec(spec, out_dir, progress)
     # What this process was shown, read here rather than told by the parent: the proof that it saw its GPUs only.
-    record["placement"] = {"cuda_visible_devices": os.environ.get(VISIBLE_DEVICES)}
+    record.placement = Placement(cuda_visible_devices=os.environ.get(VISIBLE_DEVICES))
     return record
 
 
@@ -89,13 +95,13 @@ def threads_per_job(jobs: int, cpu_count: int | None = None, environ: dict[str, 
     return max(1, (cpu_count or os.cpu_count() or 1) // jobs)
 
 
-def crashed_record(spec: Any, message: str) -> Record:
+def crashed_record(spec: RunSpec, message: str) -> Record:
     """The record of a run whose process died before it could report (killed, segfault, OOM)."""
-    from lofit_bench.runner import empty_record
+    from lofit_bench.run_one import empty_record
 
     record = empty_record(spec)
-    record["status"] = "failed"
-    record["error"] = {"type": "WorkerCrashed", "message": message, "traceback": ""}
+    record.status = "failed"
+    record.error = RunError(type="WorkerCrashed", message=message)
     return record
 
 
@@ -144,7 +150,7 @@ class GpuPool:
         self.free = [device for device in self.devices if device in self.free or device in devices]
 
 
-def gpus_wanted(spec: Any, gpus: int) -> int:
+def gpus_wanted(spec: RunSpec, gpus: int) -> int:
     """GPUs a run takes from the pool: ``gpus_per_run`` when its device is ``auto`` or ``cuda``
     and the machine has GPUs, else none (a CPU run, or a run pinned with ``cuda:N``)."""
     if gpus == 0 or spec.model.device not in ("auto", "cuda"):
@@ -158,7 +164,7 @@ def gpus_wanted(spec: Any, gpus: int) -> int:
     return wanted
 
 
-def _visible_for(spec: Any, devices: list[str]) -> tuple[Any, str | None]:
+def _visible_for(spec: RunSpec, devices: list[str]) -> tuple[RunSpec, str | None]:
     """The spec as its child must see it, and that child's ``CUDA_VISIBLE_DEVICES`` (None: as is)."""
     if devices:
         return spec, ",".join(devices)
@@ -171,14 +177,14 @@ def _visible_for(spec: Any, devices: list[str]) -> tuple[Any, str | None]:
 
 
 def execute(
-    specs: list[Any],
+    specs: list[RunSpec],
     out_dir: Path,
     executor: str = "process",
     jobs: int = 1,
     progress: bool = True,
     ray_address: str | None = None,
     gpus: Sequence[str] | None = None,
-) -> Iterator[tuple[Any, Record]]:
+) -> Iterator[tuple[RunSpec, Record]]:
     """Yield (spec, record) as runs finish, in completion order.
 
     ``gpus`` (the process executor's ``CUDA_VISIBLE_DEVICES`` entries to hand out) defaults to
@@ -196,14 +202,14 @@ def execute(
 
 
 def _execute_in_processes(
-    specs: list[Any], out_dir: Path, jobs: int, progress: bool, gpus: Sequence[str] | None = None
-) -> Iterator[tuple[Any, Record]]:
+    specs: list[RunSpec], out_dir: Path, jobs: int, progress: bool, gpus: Sequence[str] | None = None
+) -> Iterator[tuple[RunSpec, Record]]:
     pool = GpuPool(visible_gpus() if gpus is None else gpus)
     wanted = {id(spec): gpus_wanted(spec, len(pool.devices)) for spec in specs}  # too many asked: fail now
     threads = threads_per_job(jobs) if not pool.devices else None
     context = multiprocessing.get_context("spawn")
     pending = list(specs)
-    running: dict[Future, tuple[Any, list[str], str | None]] = {}
+    running: dict[Future, tuple[RunSpec, list[str], str | None]] = {}
     # One pool per run (max_tasks_per_child=1 would do too, but a crash breaks a whole pool):
     # a killed child then fails only its own run.
     pools: dict[Future, ProcessPoolExecutor] = {}
@@ -233,10 +239,10 @@ def _execute_in_processes(
                     record = future.result()
                 except BrokenProcessPool:
                     record = crashed_record(spec, "the run's process died without reporting (killed, out of memory or a crash in native code)")
-                    record["placement"] = {"cuda_visible_devices": visible}
+                    record.placement = Placement(cuda_visible_devices=visible)
                 except Exception as error:  # noqa: BLE001 - e.g. an unpicklable result
                     record = crashed_record(spec, f"{type(error).__name__}: {error}")
-                    record["placement"] = {"cuda_visible_devices": visible}
+                    record.placement = Placement(cuda_visible_devices=visible)
                 process_pool.shutdown(wait=True)
                 pool.release(devices)  # after the process is gone: its CUDA memory is freed
                 yield spec, record
@@ -246,8 +252,8 @@ def _execute_in_processes(
 
 
 def _execute_on_ray(
-    specs: list[Any], out_dir: Path, jobs: int, progress: bool, address: str | None
-) -> Iterator[tuple[Any, Record]]:
+    specs: list[RunSpec], out_dir: Path, jobs: int, progress: bool, address: str | None
+) -> Iterator[tuple[RunSpec, Record]]:
     try:
         import ray
     except ImportError:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.errors import Diverged, warn
+from lofit_bench.run_record import ArtifactsError
 
 
 def check_finite_metrics(metrics: dict[str, Any], fold: str) -> None:
@@ -63,11 +64,13 @@ def non_finite_stop(learning_rate: float):
     return NonFiniteStop()
 
 
-def save_artifacts(method: Any, directory: Path, record: dict[str, Any]) -> None:
-    """``method.save(directory)``; when writing fails, remove the partial folder, note it in the
-    record (``artifacts_error``) and warn on one line: the run's result is kept either way."""
+def save_artifacts(method: Any, directory: Path) -> ArtifactsError | None:
+    """``method.save(directory)``; when writing fails, remove the partial folder, warn on one
+    line and return what went wrong (the record's ``artifacts_error``): the run's result is
+    kept either way."""
     try:
         method.save(directory)
+        return None
     except Exception as error:  # noqa: BLE001 - safetensors reports I/O errors as its own type
         if not isinstance(error, OSError) and not _is_io_error(error):
             raise
@@ -75,8 +78,8 @@ def save_artifacts(method: Any, directory: Path, record: dict[str, Any]) -> None
         disk_full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _says_disk_full(error)
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
         message = f"could not save the method's state to {directory}: {reason}"
-        record["artifacts_error"] = {"message": message, "disk_full": disk_full}
         warn(f"{message}; the run's result is kept in its record, without artefacts")
+        return ArtifactsError(message=message, disk_full=disk_full)
 
 
 def _is_io_error(error: BaseException) -> bool:

@@ -131,7 +131,7 @@ def find_heads_file(path: Path) -> Path:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise UserError(f"no {HEADS_FILE} under {path}; pass the --out folder of a run with a LoFiT record")
+        raise UserError(f"no {HEADS_FILE} under {path}; pass the --out folder of a run that saved a head selection (e.g. LoFiT)")
     listing = "; ".join(str(item) for item in found[:12]) + ("; ..." if len(found) > 12 else "")
     raise UserError(f"{len(found)} {HEADS_FILE} files under {path}; name one of them (file:PATH): {listing}")
 
@@ -140,26 +140,24 @@ def find_heads_file(path: Path) -> Path:
 def selections_in(path: Path) -> list[tuple[str, Path]]:
     """(label, heads.json) for every saved selection in a run folder, record by record."""
     from lofit_bench.records import load_records
-    from lofit_bench.report import method_label
+    from lofit_bench.report_model import method_label
 
     path = path.expanduser()
     if path.is_file():
         return [(path.parent.name, path)]
     found: list[tuple[str, Path]] = []
     records = load_records(path)
-    finished = [record for record in records if record.get("status") == "ok"]
-    for record in records:
-        artifacts = record.get("artifacts")
-        if record.get("status") != "ok" or not artifacts:
+    finished = [record for record in records if record.ok]
+    for record in finished:
+        if not record.artifacts:
             continue
-        for fold in record.get("folds", {}):
-            heads_file = path / artifacts / fold / HEADS_FILE
+        for fold in record.folds:
+            heads_file = path / record.artifacts / fold / HEADS_FILE
             if heads_file.exists():
-                model = (record.get("model") or {}).get("name", "?")
-                label = f"{method_label(record, finished)} on {record['task']['name']} ({model}, seed {record['seed']}, fold {fold})"
+                label = f"{method_label(record, finished)} on {record.task.name} ({record.model_name}, seed {record.seed}, fold {fold})"
                 found.append((label, heads_file))
     if not found:
-        raise UserError(f"no finished run under {path} saved a head selection ({HEADS_FILE}); run LoFiT first")
+        raise UserError(f"no finished run under {path} saved a head selection ({HEADS_FILE}); run a method that selects heads (e.g. lofit) first")
     return found
 
 

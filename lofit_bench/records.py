@@ -1,8 +1,9 @@
-"""Run records: one JSON file per (method, task, seed), written atomically.
+"""Run records on disk: one JSON file per (method, task, seed), written atomically.
 
 A record is the only thing reports read, so it carries everything needed to interpret a
 number: configs, budget, model, split sizes and ids, metrics, parameters, memory, times and
-library versions.
+library versions. Its fields are typed in :mod:`lofit_bench.run_record`; this module writes
+records (validated first) and reads them back (validated and migrated, or reported).
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from lofit_bench.errors import DiskFull, UserError, warn
 from lofit_bench.names import file_part, inside
+from lofit_bench.run_record import RECORD_SCHEMA, RecordError, RunRecord, check_record, parse_record
 
-RECORD_SCHEMA = 1
+__all__ = ["RECORD_SCHEMA", "RECORDS_FOLDER", "RunRecord", "load_records", "read_record", "save_record"]
+
 RECORDS_FOLDER = "records"
 #: Distributions whose versions every record keeps (None when not installed).
 ENVIRONMENT_PACKAGES = (
@@ -109,65 +113,84 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def load_records(runs_dir: Path) -> list[dict[str, Any]]:
+@dataclass
+class RecordFolder:
+    """The records of a folder, and the files in it that are not records this version reads."""
+
+    records: list[RunRecord]
+    #: (file, why it was left out), in file order.
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def read_record_folder(runs_dir: Path) -> RecordFolder:
     """Every record under ``runs_dir`` (its ``records/`` folder or the folder itself).
 
     Reading never fails as a whole: a file that is not a record lofit-bench can read
-    (unreadable, not UTF-8, not JSON, not an object, another schema) is named in one warning
-    and skipped.
+    (unreadable, not UTF-8, not JSON, not a valid record, another schema) is named in one
+    warning and listed in ``skipped``, so a report can say what it left out.
     """
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir} is not a folder; pass the --out folder of a `lofit-bench run`")
-    records = []
+    folder = RecordFolder([])
     for path in iter_record_files(runs_dir):
         record, problem = read_record(path)
         if record is None:
             warn(f"skipped {path}: {problem}")
+            folder.skipped.append((path, problem))
             continue
-        record["_path"] = str(path)
-        records.append(record)
-    return records
+        folder.records.append(record)
+    return folder
 
 
-def read_record(path: Path) -> tuple[dict[str, Any] | None, str]:
+def load_records(runs_dir: Path) -> list[RunRecord]:
+    """The readable records of ``runs_dir`` (see :func:`read_record_folder`)."""
+    return read_record_folder(runs_dir).records
+
+
+def read_record(path: Path) -> tuple[RunRecord | None, str]:
     """(record, "") or (None, why it is not a readable record of this schema)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         return None, f"cannot be read ({error.strerror or error})"
     except UnicodeDecodeError:
         return None, "not UTF-8 text, so not a run record"
     except json.JSONDecodeError as error:
         return None, f"not valid JSON ({error}); delete it and rerun that run"
-    if not isinstance(record, dict):
-        return None, f"not a run record (a JSON {type(record).__name__}, not an object)"
-    if record.get("schema") != RECORD_SCHEMA:
-        return None, (
-            f"a record of schema {record.get('schema')!r}; this lofit-bench reads schema {RECORD_SCHEMA} "
-            "(use the lofit-bench version that wrote it)"
-        )
+    try:
+        record = parse_record(payload)
+    except RecordError as error:
+        return None, str(error)
+    record.source = path
     return record, ""
 
 
-def save_record(path: Path, record: dict[str, Any]) -> Path | None:
-    """Write ``record`` to ``path``; when that fails, keep the result: say so on one line of
-    stderr (even with --quiet) and write it to a fallback folder (or print it). Returns where
-    it went (None: printed only).
+def save_record(path: Path, record: RunRecord) -> Path | None:
+    """Write ``record`` to ``path``, validated first; when writing fails, keep the result: say
+    so on one line of stderr (even with --quiet) and write it to a fallback folder (or print
+    it). Returns where it went (None: printed only). A record that does not validate (a bug:
+    the runner fills typed fields) is still written, so no result is lost, with a warning
+    that names the problem; readers will then skip it and say why.
     Raises :class:`~lofit_bench.errors.DiskFull` after saving what it could when the disk is full."""
     try:
-        write_json_atomic(path, record)
+        check_record(record)
+    except RecordError as error:
+        warn(f"the record {path.name} does not match the record schema ({error}); it is written anyway")
+    payload = record.to_json()
+    try:
+        write_json_atomic(path, payload)
         return path
     except OSError as error:
         failure = error
     fallback = Path(tempfile.gettempdir()) / "lofit-bench-unsaved" / path.name
     try:
-        write_json_atomic(fallback, record)
+        write_json_atomic(fallback, payload)
         where: Path | None = fallback
         kept = f"saved it to {fallback} instead; move it into {path.parent} to keep it"
     except OSError:
         where = None
         found: dict[str, str] = {}
-        text = json.dumps(finite_json(record, "", found), default=_json_default, allow_nan=False)
+        text = json.dumps(finite_json(payload, "", found), default=_json_default, allow_nan=False)
         print(f"lofit-bench: unsaved record {path.name}: {text}", file=sys.stderr)
         kept = "printed it on stderr (one line starting 'lofit-bench: unsaved record')"
     reason = failure.strerror or str(failure)

@@ -9,12 +9,11 @@ import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from lofit_bench.records import write_text_atomic
-from lofit_bench.report import (
+from lofit_bench.report_model import (
     COLUMN_HELP,
-    Report,
+    ReportModel,
     SummaryRow,
     failure_line,
     table_groups,
@@ -144,15 +143,15 @@ def heatmaps(runs_dir: Path) -> list[tuple[str, str]]:
     return images
 
 
-def write_html_report(runs_dir: Path, report: Report, records: list[dict[str, Any]]) -> Path:
+def write_html_report(runs_dir: Path, report: ReportModel) -> Path:
     from tabulate import tabulate
 
     summary = report.summary
-    parts = [f"<h1>lofit-bench report: {html.escape(str(runs_dir))}</h1>"]
+    parts = [f"<h1>{html.escape(report.title)}</h1>"]
     for line in report.header:
         css = ' class="warning"' if line.warning else ""
         parts.append(f"<p{css}>{'warning: ' if line.warning else ''}{html.escape(line.text)}</p>")
-    for model, task, rows in table_groups(summary):
+    for model, task, rows in report.tables():
         headers, table = task_table(rows)
         parts.append(
             f"<h2>{html.escape(task)} on {html.escape(model)} "
@@ -161,7 +160,7 @@ def write_html_report(runs_dir: Path, report: Report, records: list[dict[str, An
         parts.append(tabulate(table, headers=headers, tablefmt="html"))
     if report.failed:
         parts.append("<h2>Failed runs</h2><ul>")
-        parts += [f"<li>{html.escape(failure_line(record, records))}</li>" for record in report.failed]
+        parts += [f"<li>{html.escape(failure_line(record, report.records))}</li>" for record in report.failed]
         parts.append("</ul>")
     if summary:
         figures = [

@@ -1,23 +1,24 @@
-"""Paired significance tests over test examples (method vs a reference method, e.g. LoFiT)."""
+"""Paired significance tests over test examples (a method vs the report's reference method)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
+
+from lofit_bench.run_record import RunRecord
 
 BOOTSTRAP_SAMPLES = 10_000
 
 
-def per_example_values(records: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, str], float]:
+def per_example_values(records: Iterable[RunRecord], metric: str) -> dict[tuple[str, str], float]:
     """Example (fold, id) -> the metric's value, averaged over the records' seeds."""
     sums: dict[tuple[str, str], float] = defaultdict(float)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for record in records:
-        for fold, fold_record in record.get("folds", {}).items():
-            for entry in fold_record.get("per_example", []):
+        for fold, fold_record in record.folds.items():
+            for entry in fold_record.per_example:
                 if metric in entry and "id" in entry:
                     key = (fold, str(entry["id"]))
                     sums[key] += float(entry[metric])

@@ -261,7 +261,11 @@ BAD_RECORD_FILES = [
     ("json-list", b"[1, 2, 3]", "not an object"),
     ("json-string", b'"a record"', "not an object"),
     ("unknown-schema", b'{"schema": 99, "status": "ok"}', "schema 99"),
-    ("no-schema", b'{"status": "ok"}', "schema None"),
+    ("no-schema", b'{"status": "ok"}', "no whole-number 'schema' field; got None"),
+    ("misspelt-field", b'{"schema": 1, "key": "k", "status": "ok", "method": {"name": "x"}, "task": {"name": "y"}, '
+     b'"seed": 1, "budget": {}, "metrcs": {}}', "metrcs: Unexpected keyword argument"),
+    ("wrong-type", b'{"schema": 1, "key": "k", "status": "ok", "method": {"name": "x"}, "task": {"name": "y"}, '
+     b'"seed": "one", "budget": {}}', "seed: Input should be a valid integer"),
     ("empty-file", b"", "not valid JSON"),
 ]
 

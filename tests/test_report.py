@@ -10,7 +10,7 @@ import pytest
 from lofit_bench.budget import get_budget
 from lofit_bench.errors import LofitBenchWarning, UserError
 from lofit_bench.records import RECORD_SCHEMA, write_json_atomic
-from lofit_bench.report import build_report
+from lofit_bench.report import build_report, render_markdown
 
 
 def fake_record(method: str, seed: int, accuracy: float, budget=None, status: str = "ok") -> dict:
@@ -28,8 +28,8 @@ def fake_record(method: str, seed: int, accuracy: float, budget=None, status: st
         record |= {
             "metrics": {"exact_match": accuracy},
             "folds": {"main": {"eval_size": 12}},
-            "trainable_parameters": {"count": 4096, "percent_of_base": 0.003},
-            "memory": {"kind": "cpu_peak_rss_delta", "peak_mib": 120.0},
+            "trainable_parameters": {"count": 4096, "percent_of_base": 0.003, "stored_values": 4096, "base_parameters": 136_000_000},
+            "memory": {"kind": "cpu_peak_rss_delta", "device": "cpu", "peak_mib": 120.0},
             "timings": {"fit": 10.0, "evaluate": 2.0, "total_s": 12.5},
         }
     else:
@@ -45,11 +45,11 @@ def write(tmp_path, records):
 def test_seeds_are_aggregated_as_mean_and_std(tmp_path):
     write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("lofit", 2, 0.7), fake_record("zero-shot", 1, 0.1)])
     report = build_report(tmp_path)
-    assert "| lofit" in report.markdown and "60.0 ± 14.1" in report.markdown
-    assert "| zero-shot" in report.markdown and "10.0" in report.markdown
-    assert "4.10K" in report.markdown
-    assert "peak RSS over model (CPU, MiB)" in report.markdown
-    assert (tmp_path / "report.md").read_text().strip() == report.markdown.strip()
+    assert "| lofit" in render_markdown(report) and "60.0 ± 14.1" in render_markdown(report)
+    assert "| zero-shot" in render_markdown(report) and "10.0" in render_markdown(report)
+    assert "4.10K" in render_markdown(report)
+    assert "peak RSS over model (CPU, MiB)" in render_markdown(report)
+    assert (tmp_path / "report.md").read_text().strip() == render_markdown(report).strip()
     with open(tmp_path / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3
@@ -67,8 +67,8 @@ def test_failed_runs_are_listed_and_mixed_budgets_flagged(tmp_path):
         ],
     )
     report = build_report(tmp_path)
-    assert "## Failed runs" in report.markdown and "RuntimeError: boom" in report.markdown
-    assert "different budgets" in report.markdown
+    assert "## Failed runs" in render_markdown(report) and "RuntimeError: boom" in render_markdown(report)
+    assert "different budgets" in render_markdown(report)
 
 
 def test_empty_or_broken_folders_are_user_errors(tmp_path):
@@ -103,7 +103,8 @@ def test_p_value_against_lofit_on_paired_examples(tmp_path):
             with_examples(fake_record("iti", 1, 0.2), worse),
         ],
     )
-    summary = {row.method: row for row in build_report(tmp_path).summary}
+    assert all(row.p_value is None for row in build_report(tmp_path).summary)  # no reference chosen: no p-values
+    summary = {row.method: row for row in build_report(tmp_path, reference="lofit").summary}
     assert summary["lofit"].p_value is None
     assert summary["zero-shot"].p_value == 1.0
     assert summary["iti"].p_value < 0.001
@@ -141,7 +142,7 @@ def test_two_configs_of_one_method_are_not_averaged_as_seeds(tmp_path):
 
 def test_a_budget_differing_in_one_field_is_flagged_by_name(tmp_path):
     write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("iti", 1, 0.1, budget=get_budget("smoke").replace(dev_examples=50))])
-    markdown = build_report(tmp_path).markdown
+    markdown = render_markdown(build_report(tmp_path))
     assert "different budgets: dev_examples = 50 for iti/clutrr/seed 1; 8 for lofit/clutrr/seed 1" in markdown
 
 
@@ -150,7 +151,7 @@ def test_time_table_splits_each_run_into_its_fit_parts(tmp_path):
     timed["timings"] = {"load_model": 1.5, "fit": 100.0, "evaluate": 20.0, "total_s": 121.5,
                         "fit_phases": {"head_selection": 60.0, "bias_tuning": 38.0, "other": 2.0}}
     write(tmp_path, [timed, fake_record("zero-shot", 1, 0.1), fake_record("iti", 1, 0.2, status="failed")])
-    markdown = build_report(tmp_path).markdown
+    markdown = render_markdown(build_report(tmp_path))
     section = markdown.split("## Where the time went")[1].split("##")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "method" not in line]
     assert len(rows) == 2  # finished runs only
@@ -164,14 +165,14 @@ def test_records_of_two_models_are_never_averaged_or_paired(tmp_path):
     other["model"] = {"name": "smollm2-135m"}
     write(tmp_path, [with_examples(fake_record("lofit", 1, 0.1), [0.0] * 20),
                      with_examples(fake_record("zero-shot", 1, 0.0), [0.0] * 20), other])
-    report = build_report(tmp_path)
+    report = build_report(tmp_path, reference="lofit")
     rows = {(row.model, row.method): row for row in report.summary}
     assert set(rows) == {("tiny-random-llama", "lofit"), ("tiny-random-llama", "zero-shot"), ("smollm2-135m", "lofit")}
     assert all(len(row.seeds) == 1 for row in rows.values())
     assert rows[("smollm2-135m", "lofit")].metrics["exact_match"] == (0.9, None)
     assert rows[("tiny-random-llama", "zero-shot")].p_value == 1.0  # paired with its own model's LoFiT
-    assert "## clutrr on smollm2-135m" in report.markdown and "## clutrr on tiny-random-llama" in report.markdown
-    assert "runs of different models are never averaged" in report.markdown
+    assert "## clutrr on smollm2-135m" in render_markdown(report) and "## clutrr on tiny-random-llama" in render_markdown(report)
+    assert "runs of different models are never averaged" in render_markdown(report)
 
 
 def test_one_model_name_with_two_fingerprints_is_two_models(tmp_path):
@@ -186,11 +187,12 @@ def test_reference_method_is_an_option_and_unknown_ones_are_refused(tmp_path):
     write(tmp_path, [with_examples(fake_record("iti", 1, 0.8), [1.0] * 40),
                      with_examples(fake_record("zero-shot", 1, 0.0), [0.0] * 40)])
     report = build_report(tmp_path)
-    assert report.reference is None and "p vs -" in report.markdown  # no lofit here: no p-values
+    assert report.reference is None and "p vs -" in render_markdown(report)  # none chosen: no p-values
+    assert "--reference METHOD" in render_markdown(report)
     report = build_report(tmp_path, reference="iti")
     rows = {row.method: row for row in report.summary}
     assert rows["iti"].p_value is None and rows["zero-shot"].p_value < 0.001
-    assert "p vs iti" in report.markdown and "p-values against: iti" in report.markdown
+    assert "p vs iti" in render_markdown(report) and "p-values against: iti" in render_markdown(report)
     with pytest.raises(UserError, match="Methods here: iti, zero-shot"):
         build_report(tmp_path, reference="lofti")
 
@@ -201,13 +203,13 @@ def test_reference_with_options_still_gives_p_values(tmp_path):
     other = with_examples(fake_record("lofit", 1, 0.5), [1.0] * 20 + [0.0] * 20)
     other["method"]["options"] = {"stage2_learning_rate": 0.01}
     write(tmp_path, [tuned, other, with_examples(fake_record("zero-shot", 1, 0.0), [0.0] * 40)])
-    report = build_report(tmp_path)
+    report = build_report(tmp_path, reference="lofit")
     rows = {row.method: row for row in report.summary}
     assert rows["zero-shot"].reference == "lofit [stage2_learning_rate=0.01]"
     assert rows["zero-shot"].p_value is not None and rows["zero-shot"].p_value < 0.001
-    assert "p vs lofit [stage2_learning_rate=0.01]" in report.markdown
+    assert "p vs lofit [stage2_learning_rate=0.01]" in render_markdown(report)
     assert "method options set for these runs (the rest are the methods' defaults): lofit stage2_learning_rate=0.01; " \
-           "lofit stage2_learning_rate=0.3" in report.markdown
+           "lofit stage2_learning_rate=0.3" in render_markdown(report)
 
 
 def test_bootstrap_p_value_is_never_zero():
@@ -221,7 +223,7 @@ def test_bootstrap_p_value_is_never_zero():
 def test_budget_overrides_are_stated_in_every_format(tmp_path):
     write(tmp_path, [fake_record("lofit", 1, 0.5, budget=get_budget("smoke").replace(max_length=1024))])
     report = build_report(tmp_path)
-    assert "smoke (overridden: max_length)" in report.markdown and "max_length 1024" in report.markdown
+    assert "smoke (overridden: max_length)" in render_markdown(report) and "max_length 1024" in render_markdown(report)
     with open(tmp_path / "results.csv") as handle:
         assert next(csv.DictReader(handle))["budget"] == "smoke (max_length=1024)"
     data = json.loads((tmp_path / "results.json").read_text())
@@ -287,3 +289,15 @@ def test_report_files_are_replaced_atomically(tmp_path, monkeypatch):
         build_report(tmp_path)
     assert (tmp_path / "report.html").read_text() == before  # the old page, not half a new one
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+
+
+def test_a_record_of_a_newer_schema_or_invalid_shape_is_reported_in_the_report(tmp_path):
+    newer = fake_record("iti", 1, 0.5) | {"schema": RECORD_SCHEMA + 1}
+    misspelt = fake_record("iti", 2, 0.5) | {"metrcs": {}}
+    write(tmp_path, [fake_record("lofit", 1, 0.5), newer, misspelt])
+    with pytest.warns(LofitBenchWarning):
+        report = build_report(tmp_path)
+    assert [row.method for row in report.summary] == ["lofit"]
+    markdown = render_markdown(report)
+    assert "left out 1.json: a record of schema 2, newer than this lofit-bench reads (1); upgrade lofit-bench" in markdown
+    assert "left out 2.json: not a valid run record: metrcs: Unexpected keyword argument" in markdown

@@ -123,15 +123,32 @@ def test_limit_takes_the_first_questions(tmp_path: Path) -> None:
         task.evaluate(FakeScorer(), "fold_0", "test", limit=0)
 
 
-def test_evaluate_runs_on_the_tiny_model() -> None:
-    task = TruthfulQA()
-    result = task.evaluate(tiny_scorer(), "fold_0", "test", limit=3)
-    assert set(result.metrics) == {"mc1", "mc2"}
-    assert all(0.0 <= value <= 1.0 for value in result.metrics.values())
+def test_evaluate_on_the_tiny_model_gives_the_scores_of_a_plain_forward_pass() -> None:
+    """Every answer's recorded log-prob equals one unbatched, uncached forward pass over
+    context + answer, and MC1/MC2 follow from those scores by the metric definitions."""
+    import torch
+
+    from lofit_bench.metrics import truthfulqa_mc1, truthfulqa_mc2
+
+    task, scorer = TruthfulQA(), tiny_scorer()
+    result = task.evaluate(scorer, "fold_0", "test", limit=3)
     assert result.example_ids == task.split_ids("fold_0", "test")[:3]
-    assert all(
-        math.isfinite(score) for entry in result.per_example for score in entry["false_scores"]
-    )
+    for question, entry in zip(task.questions("fold_0", "test")[:3], result.per_example, strict=True):
+        def plain(answer: str, question=question) -> float:
+            context, continuation = scorer.encode_pair(scoring_context(question.question), " " + answer)
+            ids = torch.tensor([context + continuation])
+            with torch.no_grad():
+                logprobs = scorer.model(ids).logits[0].float().log_softmax(-1)
+            return sum(float(logprobs[len(context) + i - 1, token]) for i, token in enumerate(continuation))
+
+        true_scores = [plain(answer) for answer in question.true_answers]
+        false_scores = [plain(answer) for answer in question.false_answers]
+        assert entry["true_scores"] == pytest.approx(true_scores, abs=1e-3)
+        assert entry["false_scores"] == pytest.approx(false_scores, abs=1e-3)
+        assert entry["mc1"] == truthfulqa_mc1(entry["best_score"], entry["false_scores"])
+        assert entry["mc2"] == pytest.approx(truthfulqa_mc2(entry["true_scores"], entry["false_scores"]))
+    for metric in ("mc1", "mc2"):
+        assert result.metrics[metric] == pytest.approx(sum(entry[metric] for entry in result.per_example) / 3)
 
 
 def test_missing_or_malformed_files_raise_user_errors(tmp_path: Path) -> None:

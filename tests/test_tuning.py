@@ -256,7 +256,7 @@ def test_every_trained_method_runs_tuned_on_a_task_without_paper_values(example_
 
 # -- the report -----------------------------------------------------------------------------------
 def test_the_report_shows_tuning_per_row_carries_the_trials_and_flags_a_mix(tmp_path):
-    from lofit_bench.report import build_report
+    from lofit_bench.report import build_report, render_markdown
 
     sweep(["lora", "zero-shot"], ["mquake"], tmp_path)
     sweep(["iti"], ["mquake"], tmp_path, budget(tune=False))
@@ -270,4 +270,4 @@ def test_the_report_shows_tuning_per_row_carries_the_trials_and_flags_a_mix(tmp_
     [lora_trials] = [entry for entry in results["trials"] if entry["method"] == "lora"]
     assert len(lora_trials["trials"]) == 3
     assert rows["lora"].chosen == f"learning_rate={lora_trials['chosen']['learning_rate']:.3g}"
-    assert "| tuning " in report.markdown and "chosen values" in report.markdown
+    assert "| tuning " in render_markdown(report) and "chosen values" in render_markdown(report)
