@@ -17,7 +17,7 @@ from lofit_bench.methods.loreft import LoReFT, LoReFTConfig, LoReFTEdits, edited
 from lofit_bench.models import load_model
 from lofit_bench.prompt_positions import PromptSpans, declare_prompt
 from lofit_bench.runner import plan_sweep, run_sweep
-from lofit_bench.scoring import Scorer, _cache_argument
+from lofit_bench.scoring import Scorer, cache_argument
 
 PROMPT = "Alice is Bob's sister. Who is Alice to Bob?"
 
@@ -133,7 +133,7 @@ def test_scoring_and_cached_generation_edit_the_prompt_only(tiny_lm):
         with declare_prompt(model, PromptSpans.right_padded([len(context_ids)])):
             first = model(input_ids=torch.tensor([context_ids]), use_cache=True)
         rest = model(input_ids=torch.tensor([continuation_ids]), use_cache=True,
-                     **{_cache_argument(model): first.past_key_values})
+                     **{cache_argument(model): first.past_key_values})
     log_probs = torch.log_softmax(torch.cat([first.logits[:, -1:], rest.logits[:, :-1]], dim=1).float(), dim=-1)
     assert score == pytest.approx(float(log_probs[0, torch.arange(len(continuation_ids)), continuation_ids].sum()), abs=1e-4)
 
