@@ -12,7 +12,7 @@ from method_helpers import TINY, small_budget
 
 from lofit_bench import plugins
 from lofit_bench.errors import UserError
-from lofit_bench.method import FitContext
+from lofit_bench.method import Capabilities, FitContext
 from lofit_bench.methods.loreft import LoReFT, LoReFTConfig, LoReFTEdits, edited_positions
 from lofit_bench.models import load_model
 from lofit_bench.prompt_positions import PromptSpans, declare_prompt
@@ -194,3 +194,17 @@ def test_bad_options_fail_before_anything_runs(builtin_host):
     ):
         with pytest.raises(UserError, match=message):
             plan_sweep(["loreft"], ["clutrr"], small_budget(), TINY, method_options={"loreft": options})
+
+
+def test_loreft_declares_prompt_positions_and_an_undeclared_scorer_fails_loudly(tiny_lm):
+    method = attached(tiny_lm)
+    assert method.capabilities == Capabilities(needs_prompt_positions=True)
+    try:
+        with pytest.raises(RuntimeError, match="do not declare needs_prompt_positions"):
+            Scorer(tiny_lm.model, tiny_lm.tokenizer, capabilities=Capabilities()).loglikelihoods([("Q:", " A")])
+        declared = Scorer(tiny_lm.model, tiny_lm.tokenizer, capabilities=method.capabilities)
+        assert declared.loglikelihoods([("Q: who?", " A")]) == Scorer(tiny_lm.model, tiny_lm.tokenizer).loglikelihoods(
+            [("Q: who?", " A")]
+        )
+    finally:
+        method.remove()

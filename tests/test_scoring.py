@@ -291,3 +291,10 @@ def test_the_tuner_scores_with_the_methods_declaration(tiny_lm, monkeypatch) -> 
     finally:
         method.remove()
     assert seen == [Capabilities(watches_whole_forward=True)]
+
+
+def test_built_in_methods_declare_only_what_their_edits_need(builtin_host) -> None:
+    declared = {name: builtin_host.methods.get(name)().capabilities for name in builtin_host.methods.names()}
+    assert declared.pop("loreft") == Capabilities(needs_prompt_positions=True)
+    assert declared.pop("repe") == Capabilities()  # until its contrast vector is attached (tests/test_repe.py)
+    assert declared and all(capabilities == Capabilities() for capabilities in declared.values())
