@@ -267,6 +267,13 @@ class ContrastControl:
         """Cached call: append the same new tokens to both copies."""
         if not self.streams:
             raise RuntimeError("RepE contrast control: a cached call arrived before any prompt")
+        started = next(iter(self.streams.values())).mask.shape[0]
+        if new_ids.shape[0] != started:
+            raise RuntimeError(
+                f"RepE contrast control: a cached call of {new_ids.shape[0]} rows continues copies started for "
+                f"{started}; its cache holds a prefix the contrast vector did not see as a prompt. Score with "
+                "Scorer(..., capabilities=method.capabilities), which then encodes every prompt whole"
+            )
         contrast = {}
         for kind, stream in self.streams.items():
             stream.mask = torch.cat([stream.mask, torch.ones_like(new_ids)], dim=1)

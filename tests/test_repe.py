@@ -164,3 +164,21 @@ def test_only_the_attached_contrast_vector_declares_it_watches_whole_forward(tin
     assert method.capabilities == Capabilities(watches_whole_forward=True)
     method.remove()
     assert method.capabilities == Capabilities()
+
+
+def test_an_undeclared_shared_opening_fails_loudly_for_the_contrast_vector(tiny_lm):
+    """Scored without the method's declaration, the Scorer would encode the shared opening once:
+    the contrast vector refuses a cache it did not start, and with the declaration all is well."""
+    from lofit_bench.scoring import Scorer
+
+    prompts = ['Read the story. "Ann met Bob." Who met Bob?', 'Read the story. "Eve left." Who left?']
+    method = RepE()
+    method.prepare(tiny_lm)
+    method._attach("contrast", 0, 2.0, torch.ones(tiny_lm.layout.hidden_size))
+    try:
+        with pytest.raises(RuntimeError, match="did not see as a prompt"):
+            Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=2).generate(prompts, max_new_tokens=2)
+        declared = Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=2, capabilities=method.capabilities)
+        assert len(declared.generate(prompts, max_new_tokens=2)) == 2
+    finally:
+        method.remove()
