@@ -7,9 +7,10 @@ The budget fixes epochs, batch size, sequence length and schedule; the method ch
 its learning rate, weight decay and an optional extra loss term (LoFiT's L1 penalty), and
 says what its edits need (:class:`~lofit_bench.method.Capabilities`: LoReFT's prompt positions).
 
-trl is extended only where it documents it: one subclass per trl trainer, built by
-:func:`harness_trainer`, overrides ``compute_loss`` (and DPO's reference pass,
-``compute_ref_log_probs``); the rest is callbacks. What trl and accelerate leave on the model
+trl is extended in one place: :func:`harness_trainer` builds one subclass per trl trainer
+that overrides the Trainer's ``compute_loss`` (and, for DPO, trl's public
+``compute_ref_log_probs``, the precomputed reference pass, which only a listener needs to
+know is the reference); the rest is callbacks. What trl and accelerate leave on the model
 object is undone by :func:`model_left_as_found`.
 """
 
@@ -185,8 +186,8 @@ def train(
 def model_left_as_found(model: nn.Module) -> Iterator[None]:
     """Undo what trl, accelerate and the Trainer leave on the model instance after training.
 
-    With trl 1.16 and accelerate they patch ``forward`` on the instance (accelerate's wrapper),
-    add instance attributes (``_is_accelerate_prepared``, ``model_tags``), turn
+    With trl 1.16 they patch ``forward`` on the instance (trl's fused LM head, accelerate's
+    wrapper), add instance attributes (``_is_accelerate_prepared``, ``model_tags``), turn
     ``config.use_cache`` off and leave the model in train mode (tests/test_training.py shows it);
     evaluation and a method's ``remove()`` must see the model as it was, trained values aside.
     For a peft model the same holds for the wrapped base model (trl patches that one), and

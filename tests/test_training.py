@@ -271,6 +271,7 @@ def test_a_declaration_the_model_contradicts_fails_before_training(tiny_lm, bias
               capabilities=NEEDS_PROMPTS)
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 def test_one_trainer_subclass_per_trl_trainer(biased_lm, tmp_path) -> None:
     from trl import DPOTrainer, SFTTrainer
 
