@@ -22,6 +22,7 @@ from torch import nn
 from lofit_bench.config_fields import check_fields
 from lofit_bench.errors import UserError
 from lofit_bench.measure import Stopwatch
+from lofit_bench.prompt_positions import find_prompt_listeners
 from lofit_bench.search_space import TUNE_KEY, Space, declared_space
 
 if TYPE_CHECKING:
@@ -91,6 +92,41 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method's attached edits need from the harness's forward calls.
+
+    A forward call cannot say what a method's hooks depend on, so the method says it here
+    (:attr:`Method.capabilities`) and the runner and the tuner pass it on to the
+    :class:`~lofit_bench.scoring.Scorer` and :func:`~lofit_bench.training.train`. The defaults
+    suit edits that act the same on every position of every call from inside the model
+    (LoFiT, ITI, RED, LoRA, full fine-tuning, RepE's reading vector): the Scorer may then
+    encode a shared context or opening once and continue from its KV cache.
+    """
+
+    #: A hook on the whole model's forward reads each call's inputs as a sequence that starts
+    #: at its first token (RepE's contrast vector rebuilds its instructed copies from them); a
+    #: cached shared prefix would hide that start, so the Scorer takes no cached-prefix shortcut.
+    watches_whole_forward: bool = False
+    #: The edits hang on the model as a :class:`~lofit_bench.prompt_positions.PromptListener`
+    #: (LoReFT) and must be told where each call's prompt is: the trainer and the Scorer
+    #: declare it around every call, and the Scorer then scores each request in one call
+    #: (no cached-prefix shortcut, whose cache would have to know the prompt's end in advance).
+    needs_prompt_positions: bool = False
+
+    @property
+    def allows_cached_prefix(self) -> bool:
+        """Whether the Scorer may reuse a KV cache of a shared context or opening."""
+        return not (self.watches_whole_forward or self.needs_prompt_positions)
+
+    @classmethod
+    def of_model(cls, model: nn.Module) -> Capabilities:
+        """The default for a caller that declares nothing (a plain model, an lm-eval adapter):
+        prompt positions when the model carries a PromptListener, nothing else. A hook on the
+        whole forward cannot be read off a model; a method that has one declares it."""
+        return cls(needs_prompt_positions=bool(find_prompt_listeners(model)))
+
+
 @dataclass
 class FitContext:
     """What a method may use while it trains or fits: data, budget and where to write."""
@@ -153,6 +189,10 @@ class Method(ABC):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     #: False for methods that never look at the training split (zero-shot).
     uses_training_data: ClassVar[bool] = True
+    #: What the attached edits need from scoring and training (:class:`Capabilities`). Read
+    #: from the instance once ``fit`` (or ``load``) has attached them; a method whose needs
+    #: depend on its config or fitted state overrides it with a property (RepE).
+    capabilities: Capabilities = Capabilities()
 
     @classmethod
     def search_space(cls, fixed: set[str]) -> dict[str, Space]:

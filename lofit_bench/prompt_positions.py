@@ -10,9 +10,11 @@ from answer: the harness can. It knows, for each forward call it makes,
 - in generation, that the tokens given to ``generate()`` are the prompt (left-padded).
 
 A module that needs this subclasses :class:`PromptListener` and hangs on the model as a
-submodule; the trainer (:mod:`lofit_bench.training`) and the :class:`~lofit_bench.scoring.Scorer`
-find it with :func:`find_prompt_listeners` and wrap each call in :func:`declare_prompt`.
-Nothing here is specific to one method, and models without a listener take the usual paths.
+submodule, and its method declares ``Capabilities(needs_prompt_positions=True)``
+(:class:`lofit_bench.method.Capabilities`); the trainer (:mod:`lofit_bench.training`) and the
+:class:`~lofit_bench.scoring.Scorer` find the listeners with :func:`listeners_to_tell` and wrap
+each call in :func:`declare_prompt`. A declaration the model contradicts fails loudly. Nothing
+here is specific to one method, and models without a listener take the usual paths.
 
 A declaration describes the forward calls that *start* a sequence (no KV cache, or an empty
 one); a call that extends a cache (a generated token, a continuation scored on a cached
@@ -91,6 +93,28 @@ class PromptListener(nn.Module):
 
 def find_prompt_listeners(model: nn.Module) -> list[PromptListener]:
     return [module for module in model.modules() if isinstance(module, PromptListener)]
+
+
+def listeners_to_tell(model: nn.Module, needs_prompt_positions: bool) -> list[PromptListener]:
+    """The listeners on ``model`` that the harness must tell where prompts are.
+
+    ``needs_prompt_positions`` is the method's declaration; a model that carries no listener
+    though one was declared, or a listener that was not declared, is a mistake in the method,
+    and raises rather than scoring or training with prompts nobody is told about.
+    """
+    found = find_prompt_listeners(model)
+    if needs_prompt_positions and not found:
+        raise RuntimeError(
+            "the method declares needs_prompt_positions, but its model carries no PromptListener "
+            "submodule to tell where prompts are; attach the listener before scoring or training"
+        )
+    if found and not needs_prompt_positions:
+        raise RuntimeError(
+            f"the model carries a PromptListener ({type(found[0]).__name__}) but the capabilities passed "
+            "do not declare needs_prompt_positions; set capabilities = Capabilities(needs_prompt_positions=True) "
+            "on the method (lofit_bench.method.Capabilities)"
+        )
+    return found
 
 
 @contextmanager

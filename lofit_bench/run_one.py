@@ -169,7 +169,10 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
             for name, seconds in context.phases.seconds.items():
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds
             fold_record.train_ids = [example.id for example in context.training_examples()] if method.uses_training_data else []
-        scorer = Scorer(method.evaluation_model(), lm.tokenizer, spec.budget.eval_batch_size, progress)
+        scorer = Scorer(
+            method.evaluation_model(), lm.tokenizer, spec.budget.eval_batch_size, progress,
+            capabilities=method.capabilities,
+        )
         report("evaluate")
         with memory.phase("evaluate"), watch.phase("evaluate"):
             result = task.evaluate(scorer, fold, "test", limit=spec.budget.eval_examples)

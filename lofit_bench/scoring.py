@@ -5,10 +5,15 @@ Tokenisation follows lm-eval's convention, so scores are comparable with it: the
 encoding has beyond the context's. Requests that share a context (the choices of one
 multiple-choice question) reuse the context's KV cache.
 
-A model carrying a :class:`~lofit_bench.prompt_positions.PromptListener` (a method that edits
-prompt positions only, e.g. LoReFT) is told where each call's prompt is: the context when
-scoring (each request then takes one forward pass over context + continuation, since a cached
-context would have to know its prompt's end in advance), the prompt when generating.
+What the method's edits need comes from its :class:`~lofit_bench.method.Capabilities`, which
+the caller passes (the runner and the tuner pass ``method.capabilities``; without it, a
+model's :meth:`~lofit_bench.method.Capabilities.of_model`). A method that declares
+``needs_prompt_positions`` (edits prompt positions only, e.g. LoReFT) has its
+:class:`~lofit_bench.prompt_positions.PromptListener` told where each call's prompt is: the
+context when scoring, the prompt when generating. That method, and one that declares
+``watches_whole_forward`` (RepE's contrast vector), get no cached-prefix shortcut: each
+request takes one forward pass over context + continuation, each generation batch starts
+from its prompts' first tokens.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lofit_bench.method import Capabilities
 from lofit_bench.progress import progress_bar
 from lofit_bench.prompt_positions import (
     PromptListener,
     PromptSpans,
     declare_prompt,
-    find_prompt_listeners,
+    listeners_to_tell,
 )
 
 MIN_SHARED_PREFIX = 16  # tokens; below this, copying a cache costs more than recomputing
@@ -36,8 +42,12 @@ MIN_SHARED_PREFIX = 16  # tokens; below this, copying a cache costs more than re
 MIN_SHARED_GENERATION_PREFIX = 4
 
 
-def _cache_argument(model: nn.Module) -> str:
-    """transformers 5.24 renamed ``past_key_values`` to ``cache``; accept both."""
+def cache_argument(model: nn.Module) -> str:
+    """The keyword ``model``'s forward takes a KV cache under (a peft model's: its base model's).
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache``; this accepts both. Hooks that
+    read the cache from a call's kwargs, or pass one to their own calls, use it too.
+    """
     forward = getattr(model, "get_base_model", lambda: model)().forward
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
@@ -45,13 +55,6 @@ def _cache_argument(model: nn.Module) -> str:
 def _output_cache(output) -> object:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-def _watches_whole_calls(model: nn.Module, listeners: Sequence[PromptListener]) -> bool:
-    """True when a prompt listener (LoReFT) or a hook on the model itself (RepE's contrast
-    vector) depends on each forward call holding a prompt from its first token: a cached
-    shared prefix would change what those calls see, so none is used."""
-    return bool(listeners or model._forward_pre_hooks or model._forward_hooks)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,11 @@ class Generation:
 
 
 class Scorer:
-    """Scores a causal LM (with whatever hooks are attached to it) on text requests."""
+    """Scores a causal LM (with whatever hooks are attached to it) on text requests.
+
+    ``capabilities`` is what the method behind ``model`` declared it needs; None (a plain
+    model, an external caller) reads :meth:`Capabilities.of_model` at each call.
+    """
 
     def __init__(
         self,
@@ -74,13 +81,21 @@ class Scorer:
         batch_size: int = 16,
         progress: bool = False,
         reuse_context_cache: bool = True,
+        capabilities: Capabilities | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
         self.reuse_context_cache = reuse_context_cache
+        self.capabilities = capabilities
         self.tokens_processed = 0
+
+    def _needs(self) -> tuple[list[PromptListener], bool]:
+        """The prompt listeners to tell, and whether a cached shared prefix may be reused."""
+        capabilities = self.capabilities if self.capabilities is not None else Capabilities.of_model(self.model)
+        listeners = listeners_to_tell(self.model, capabilities.needs_prompt_positions)
+        return listeners, self.reuse_context_cache and capabilities.allows_cached_prefix
 
     @property
     def device(self) -> torch.device:
@@ -118,8 +133,7 @@ class Scorer:
             groups.setdefault(tuple(context_ids), []).append((index, continuation_ids))
         scores = [0.0] * len(requests)
         self.model.eval()
-        listeners = find_prompt_listeners(self.model)
-        reuse_cache = self.reuse_context_cache and not _watches_whole_calls(self.model, listeners)
+        listeners, reuse_cache = self._needs()
         prefix = self._shared_prefix([list(context) for context in groups]) if reuse_cache else None
         with progress_bar(total=len(requests), description=description, enabled=self.progress) as bar:
             for context_ids, members in groups.items():
@@ -176,7 +190,7 @@ class Scorer:
         start, cache = (prefix[0], copy.deepcopy(prefix[1])) if prefix else (0, None)
         context_tensor = torch.tensor([context[start:]], device=device)
         position_ids = torch.arange(start, len(context), device=device).unsqueeze(0)
-        extra = {_cache_argument(self.model): cache} if cache is not None else {}
+        extra = {cache_argument(self.model): cache} if cache is not None else {}
         context_out = self.model(input_ids=context_tensor, position_ids=position_ids, use_cache=True, **extra)
         cache = _output_cache(context_out)
         last_log_probs = torch.log_softmax(context_out.logits[0, -1].float(), dim=-1)
@@ -192,7 +206,7 @@ class Scorer:
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
-            **{_cache_argument(self.model): cache},
+            **{cache_argument(self.model): cache},
         ).logits.float()
         log_probs = torch.log_softmax(logits, dim=-1)
         self.tokens_processed += len(context) - start + int(continuation_mask.sum())
@@ -232,12 +246,8 @@ class Scorer:
         token_lists = [self.encode(prompt) for prompt in prompts]
         order = sorted(range(len(prompts)), key=lambda index: -len(token_lists[index]))
         self.model.eval()
-        listeners = find_prompt_listeners(self.model)
-        prefix = (
-            self._shared_prefix(token_lists, MIN_SHARED_GENERATION_PREFIX)
-            if self.reuse_context_cache and not _watches_whole_calls(self.model, listeners)
-            else None
-        )
+        listeners, reuse_cache = self._needs()
+        prefix = self._shared_prefix(token_lists, MIN_SHARED_GENERATION_PREFIX) if reuse_cache else None
         shared = prefix[0] if prefix else 0
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         results: list[Generation | None] = [None] * len(prompts)
@@ -257,7 +267,7 @@ class Scorer:
                 if prefix:
                     cache = copy.deepcopy(prefix[1])
                     cache.batch_repeat_interleave(len(rows))
-                    extra[_cache_argument(self.model)] = cache
+                    extra[cache_argument(self.model)] = cache
                 with declare_prompt(listeners, PromptSpans.left_padded(attention_mask)):
                     output = self.model.generate(
                         input_ids=input_ids,

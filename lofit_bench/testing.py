@@ -23,7 +23,11 @@ The class runs one method life on lofit-bench's tiny random Llama under :data:`C
    changed (see :func:`changed_parameters`), plus ``stored_values()`` where the method keeps
    its stored values as parameters;
 5. the fit never reads the test split: every method of the task that takes a ``split``
-   refuses ``"test"`` during the fit (see :func:`guard_test_split`); dev may be read.
+   refuses ``"test"`` during the fit (see :func:`guard_test_split`); dev may be read;
+6. ``capabilities`` (:class:`~lofit_bench.method.Capabilities`) agrees with what the fit
+   attached: ``needs_prompt_positions`` exactly when the model carries a PromptListener, and
+   no cached-prefix shortcut allowed when a hook sits on the whole model's forward (the
+   harness reads the declaration, never the hooks, so an undeclared one would be missed).
 
 :class:`TaskContract` does the same for tasks: splits disjoint by id, ids stable across two
 instances, training examples and ids agree, and ``evaluate`` on planted scorers gives the
@@ -50,9 +54,9 @@ import torch
 from torch import nn
 
 from lofit_bench.budget import Budget, get_budget
-from lofit_bench.method import FitContext, Method
+from lofit_bench.method import Capabilities, FitContext, Method
 from lofit_bench.models import load_model
-from lofit_bench.prompt_positions import PromptSpans, declare_prompt
+from lofit_bench.prompt_positions import PromptSpans, declare_prompt, find_prompt_listeners
 from lofit_bench.scoring import Generation
 from lofit_bench.task import SPLITS, PreferenceExample, SFTExample, Task
 
@@ -226,6 +230,11 @@ class MethodLife:
     stored: int = 0
     state_dir: Path | None = None
     fit_result: dict[str, Any] = field(default_factory=dict)
+    #: After the fit: the method's declaration, the PromptListeners on the model, and the
+    #: hooks the fit added on the whole model's forward (the model's and evaluation_model()'s own).
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    listeners: list[str] = field(default_factory=list)
+    whole_forward_hooks: int = 0
 
     def require_fit(self) -> None:
         if self.test_split_reads:
@@ -264,6 +273,9 @@ def live_method(contract: type[MethodContract], work_dir: Path) -> MethodLife:
     fitted_logits = probe_logits(method.evaluation_model(), lm.tokenizer)
     changed = changed_parameters(prepared_values, method.evaluation_model())
     trainable, stored = method.trainable_parameters(), method.stored_values()
+    capabilities = method.capabilities
+    listeners = [type(listener).__name__ for listener in find_prompt_listeners(method.evaluation_model())]
+    hooks = whole_forward_hooks(lm.model, method.evaluation_model()) - whole_forward_hooks(base_structure)
 
     state_dir = work_dir / "state"
     method.save(state_dir)
@@ -274,10 +286,38 @@ def live_method(contract: type[MethodContract], work_dir: Path) -> MethodLife:
         removed_logits=removed_logits, base_structure=base_structure,
         removed_structure=ModelStructure.capture(lm.model), changed=changed, trainable=trainable, stored=stored,
         state_dir=state_dir, test_split_reads=list(task.test_split_reads), fit_result=fit_result,
+        capabilities=capabilities, listeners=listeners, whole_forward_hooks=hooks,
     )
 
 
+def whole_forward_hooks(*models: nn.Module | ModelStructure) -> int:
+    """Forward (pre-)hooks on the models themselves, not their submodules (each model once)."""
+    total = 0
+    for model in {id(model): model for model in models}.values():
+        if isinstance(model, ModelStructure):
+            tables = model.hooks.get("", {})
+            total += tables.get("_forward_pre_hooks", 0) + tables.get("_forward_hooks", 0)
+        else:
+            total += len(model._forward_pre_hooks) + len(model._forward_hooks)
+    return total
+
+
 # -- the checks (plain functions: the contract classes call them, and tests can too) -----------
+def check_capabilities(life: MethodLife) -> None:
+    life.require_fit()
+    declared = life.capabilities
+    assert declared.needs_prompt_positions == bool(life.listeners), (
+        f"the fitted model carries PromptListener(s) {life.listeners} but capabilities does not declare "
+        "needs_prompt_positions" if life.listeners else
+        "capabilities declares needs_prompt_positions, but the fitted model carries no PromptListener"
+    )
+    assert not (life.whole_forward_hooks and declared.allows_cached_prefix), (
+        f"the fit left {life.whole_forward_hooks} hook(s) on the whole model's forward, and capabilities allows "
+        "the scorer's cached-prefix shortcut; declare Capabilities(watches_whole_forward=True) if the hook "
+        "depends on each call starting at the sequence's first token"
+    )
+
+
 def check_identity_at_start(life: MethodLife, tolerance: float = 0.0) -> None:
     if tolerance == 0.0:
         assert torch.equal(life.prepared_logits, life.base_logits), (
@@ -373,6 +413,9 @@ class MethodContract:
 
     def test_fit_never_reads_the_test_split(self, life: MethodLife) -> None:
         check_test_split_untouched(life)
+
+    def test_capabilities_match_what_the_fit_attached(self, life: MethodLife) -> None:
+        check_capabilities(life)
 
 
 # -- tasks -------------------------------------------------------------------------------------

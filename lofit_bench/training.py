@@ -4,7 +4,14 @@ Every trained method (LoFiT, LoRA, RED, a plugin's BitFit...) calls :func:`train
 trainable parameters already registered on the model (hook parameters must live in a
 submodule of the model: the Trainer builds its optimizer from ``model.named_parameters()``).
 The budget fixes epochs, batch size, sequence length and schedule; the method chooses only
-its learning rate, weight decay and an optional extra loss term (LoFiT's L1 penalty).
+its learning rate, weight decay and an optional extra loss term (LoFiT's L1 penalty), and
+says what its edits need (:class:`~lofit_bench.method.Capabilities`: LoReFT's prompt positions).
+
+trl is extended in one place: :func:`harness_trainer` builds one subclass per trl trainer
+that overrides the Trainer's ``compute_loss`` (and, for DPO, trl's public
+``compute_ref_log_probs``, the precomputed reference pass, which only a listener needs to
+know is the reference); the rest is callbacks. What trl and accelerate leave on the model
+object is undone by :func:`model_left_as_found`.
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from torch import nn
 from lofit_bench.budget import Budget
 from lofit_bench.errors import Diverged, UserError, warn
 from lofit_bench.faults import divergence_hint, first_non_finite, non_finite_stop
+from lofit_bench.method import Capabilities
 from lofit_bench.progress import progress_enabled
 from lofit_bench.prompt_positions import (
     PromptListener,
     PromptSpans,
     declare_prompt,
-    find_prompt_listeners,
+    listeners_to_tell,
 )
 from lofit_bench.task import Objective, PreferenceExample, SFTExample
 
@@ -105,6 +113,7 @@ def train(
     peft_config: Any = None,
     progress: bool = False,
     on_epoch_end: Callable[[int], None] | None = None,
+    capabilities: Capabilities | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``examples`` with the task's objective.
 
@@ -112,7 +121,10 @@ def train(
     beta 0.5 with reference log-probs precomputed from the model as it is when training
     starts (the LoFiT code's setting; with ``peft_config`` the adapter-disabled model).
     ``on_epoch_end(epoch)`` runs after each epoch (1-based), the model in eval mode; an
-    exception it raises (the tuner's "prune this trial") ends the training.
+    exception it raises (the tuner's "prune this trial") ends the training. ``capabilities``
+    is the method's declaration (``method.capabilities``); with ``needs_prompt_positions`` each
+    batch's prompts are declared to the model's prompt listeners. None: what
+    :meth:`Capabilities.of_model` reads off the model.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -128,12 +140,15 @@ def train(
             f"{over_length} of {len(examples)} training examples are longer than the budget's max_length "
             f"({budget.max_length} tokens) and are truncated; raise it with --budget-set max_length=N"
         )
+    needs = capabilities if capabilities is not None else Capabilities.of_model(model)
+    listeners = listeners_to_tell(model, needs.needs_prompt_positions)
     _quiet_libraries(progress)
     from transformers.trainer_callback import PrinterCallback
 
-    with _model_left_as_found(model):
+    with model_left_as_found(model):
         trainer = _build_trainer(
-            model, tokenizer, examples, objective, budget, optimizer, seed, work_dir, extra_loss, peft_config, progress
+            model, tokenizer, examples, objective, budget, optimizer, seed, work_dir, extra_loss, peft_config, progress,
+            listeners,
         )
         trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; losses go to the record
         trainer.args.logging_nan_inf_filter = False  # a NaN loss must be seen, not averaged away
@@ -168,11 +183,12 @@ def train(
 
 
 @contextmanager
-def _model_left_as_found(model: nn.Module) -> Iterator[None]:
+def model_left_as_found(model: nn.Module) -> Iterator[None]:
     """Undo what trl, accelerate and the Trainer leave on the model instance after training.
 
-    They patch ``forward`` on the instance (trl's fused LM head, accelerate's wrapper), add
-    instance attributes, turn ``config.use_cache`` off and leave the model in train mode;
+    With trl 1.16 they patch ``forward`` on the instance (trl's fused LM head, accelerate's
+    wrapper), add instance attributes (``_is_accelerate_prepared``, ``model_tags``), turn
+    ``config.use_cache`` off and leave the model in train mode (tests/test_training.py shows it);
     evaluation and a method's ``remove()`` must see the model as it was, trained values aside.
     For a peft model the same holds for the wrapped base model (trl patches that one), and
     adapters trl added (DPO's frozen ``"ref"`` copy of the adapter) are deleted.
@@ -277,7 +293,9 @@ def _build_trainer(
     extra_loss: ExtraLoss | None,
     peft_config: Any,
     progress: bool,
+    listeners: Sequence[PromptListener] = (),
 ):
+    """trl's SFT or DPO trainer for ``examples``, as :func:`harness_trainer` extends it."""
     from datasets import Dataset
 
     arguments = _common_arguments(budget, optimizer, seed, work_dir, model, progress)
@@ -288,7 +306,7 @@ def _build_trainer(
             raise TypeError("SFT training needs SFTExample items")
         dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
         config = SFTConfig(completion_only_loss=True, packing=False, **arguments)
-        trainer_class: type = _with_extra_loss(_loss_positions_only(SFTTrainer), extra_loss)
+        trainer_class = harness_trainer(SFTTrainer, TrainerNeeds(extra_loss, tuple(listeners), loss_positions_only=True))
     elif objective == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -303,11 +321,10 @@ def _build_trainer(
             precompute_ref_batch_size=budget.micro_batch_size,
             **arguments,
         )
-        trainer_class = _with_extra_loss(DPOTrainer, extra_loss)
+        trainer_class = harness_trainer(DPOTrainer, TrainerNeeds(extra_loss, tuple(listeners)))
     else:
         raise ValueError(f"unknown objective {objective!r}; expected 'sft' or 'dpo'")
     never_data_parallel(config)
-    trainer_class = _declaring_prompts(trainer_class, find_prompt_listeners(model))
     kwargs: dict[str, Any] = dict(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     if peft_config is not None:
         kwargs["peft_config"] = peft_config
@@ -345,85 +362,98 @@ def _undo_activation_checkpointing(model: nn.Module) -> None:
             instance.activation_checkpointing_disable()
 
 
-def _loss_positions_only(trainer_class: type) -> type:
-    """An SFT trainer that runs the LM head only on positions that predict a labelled token.
+@dataclass(frozen=True)
+class TrainerNeeds:
+    """What the harness adds to a trl trainer's loss: the method's needs and the objective's."""
+
+    #: Added to each step's loss (LoFiT's L1 term); a function of no arguments.
+    extra_loss: ExtraLoss | None = None
+    #: Told where each batch's prompts are (the method declared ``needs_prompt_positions``).
+    listeners: tuple[PromptListener, ...] = ()
+    #: SFT: run the LM head only on positions that predict a labelled token (:func:`labelled_positions_loss`).
+    loss_positions_only: bool = False
+
+
+def harness_trainer(trainer_class: type, needs: TrainerNeeds) -> type:
+    """``trainer_class`` (trl's SFTTrainer or DPOTrainer) with the harness's ``compute_loss``.
+
+    Each loss is computed with the batch's prompts declared to ``needs.listeners``, is trl's
+    own loss (or, with ``loss_positions_only``, the same cross entropy on labelled positions
+    only), plus ``needs.extra_loss()``. DPO's precomputed reference pass is declared as such.
+    """
+
+    class HarnessTrainer(trainer_class):  # type: ignore[valid-type, misc]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with _prompts_declared(needs.listeners, inputs):
+                if needs.loss_positions_only and not return_outputs:
+                    result = labelled_positions_loss(model, inputs, num_items_in_batch)
+                else:
+                    result = super().compute_loss(
+                        model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                    )
+                return _plus_extra_loss(result, needs.extra_loss, return_outputs)
+
+        if hasattr(trainer_class, "compute_ref_log_probs"):  # DPO: trl's precomputed reference pass
+
+            def compute_ref_log_probs(self, model, inputs):
+                with _prompts_declared(needs.listeners, inputs, reference=True):
+                    return super().compute_ref_log_probs(model, inputs)
+
+    HarnessTrainer.__name__ = HarnessTrainer.__qualname__ = f"Harness{trainer_class.__name__}"
+    return HarnessTrainer
+
+
+def labelled_positions_loss(model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+    """trl's SFT loss with the LM head run only on positions that predict a labelled token.
 
     With the loss on a few completion tokens, the (batch x length x vocabulary) logits are
     mostly wasted work; ``logits_to_keep`` takes the union of labelled positions across the
     batch. The loss is the same token-level cross entropy trl computes (mean over labelled
     tokens, or over ``num_items_in_batch`` under gradient accumulation).
     """
-
-    class LossPositionsTrainer(trainer_class):  # type: ignore[valid-type, misc]
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs:
-                return super().compute_loss(model, inputs, True, num_items_in_batch)
-            targets = inputs["labels"][:, 1:]
-            labelled = targets != -100
-            keep = labelled.any(dim=0).nonzero().squeeze(1)
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs.get("attention_mask"),
-                logits_to_keep=keep,
-                use_cache=False,
-            )
-            logits = outputs.logits.float()
-            total = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            count = num_items_in_batch if num_items_in_batch is not None else labelled.sum()
-            return total / torch.as_tensor(count, device=total.device).clamp(min=1)
-
-    LossPositionsTrainer.__name__ = f"LossPositions{trainer_class.__name__}"
-    return LossPositionsTrainer
+    targets = inputs["labels"][:, 1:]
+    labelled = targets != -100
+    keep = labelled.any(dim=0).nonzero().squeeze(1)
+    outputs = model(
+        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), logits_to_keep=keep, use_cache=False
+    )
+    logits = outputs.logits.float()
+    total = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else labelled.sum()
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
 
 
-def _declaring_prompts(trainer_class: type, listeners: list[PromptListener]) -> type:
-    """A trainer that tells prompt listeners (LoReFT) where each batch's prompts end.
+def batch_prompt_spans(inputs: dict[str, Any]) -> PromptSpans:
+    """Where a training batch's prompts are: both trl collators right-pad from column 0, and the
+    prompt ends where the completion starts (SFT: the first label that is not -100; DPO:
+    ``completion_mask``)."""
+    completion = inputs["completion_mask"] if "completion_mask" in inputs else inputs["labels"] != -100
+    return PromptSpans.before_first(completion, inputs.get("attention_mask"))
 
-    Batches are right-padded from column 0 by both trl collators; the prompt ends where the
-    completion starts (SFT: the first label that is not -100; DPO: ``completion_mask``). DPO's
-    reference pass is declared as such, so the listener can leave the base model as the reference.
-    """
+
+@contextmanager
+def _prompts_declared(listeners: Sequence[PromptListener], inputs: dict[str, Any], reference: bool = False) -> Iterator[None]:
+    """The calls inside told the batch's prompt spans (DPO's reference pass marked as such, so a
+    listener can leave the base model as the reference); nothing when there are no listeners."""
     if not listeners:
-        return trainer_class
-
-    def spans(inputs: dict[str, Any]) -> PromptSpans:
-        completion = inputs["completion_mask"] if "completion_mask" in inputs else inputs["labels"] != -100
-        return PromptSpans.before_first(completion, inputs.get("attention_mask"))
-
-    class PromptDeclaringTrainer(trainer_class):  # type: ignore[valid-type, misc]
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            with declare_prompt(listeners, spans(inputs)):
-                return super().compute_loss(
-                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-                )
-
-        def compute_ref_log_probs(self, model, inputs):  # DPO only (trl's precomputed reference)
-            with declare_prompt(listeners, spans(inputs).as_reference()):
-                return super().compute_ref_log_probs(model, inputs)
-
-    PromptDeclaringTrainer.__name__ = f"PromptDeclaring{trainer_class.__name__}"
-    return PromptDeclaringTrainer
+        yield
+        return
+    spans = batch_prompt_spans(inputs)
+    with declare_prompt(listeners, spans.as_reference() if reference else spans):
+        yield
 
 
-def _with_extra_loss(trainer_class: type, extra_loss: ExtraLoss | None) -> type:
-    """A trainer subclass whose loss is the objective's plus ``extra_loss()`` (e.g. an L1 term)."""
+def _plus_extra_loss(result: Any, extra_loss: ExtraLoss | None, return_outputs: bool) -> Any:
+    """``compute_loss``'s result with ``extra_loss()`` added to the loss (on the loss's device:
+    a device-mapped model's loss is on its last GPU)."""
     if extra_loss is None:
-        return trainer_class
-
-    class PenalizedTrainer(trainer_class):  # type: ignore[valid-type, misc]
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            result = super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
-            if return_outputs:
-                loss, outputs = result
-                return loss + extra_loss().to(loss.device), outputs
-            return result + extra_loss().to(result.device)  # a device-mapped model's loss is on its last GPU
-
-    PenalizedTrainer.__name__ = f"Penalized{trainer_class.__name__}"
-    return PenalizedTrainer
+        return result
+    if return_outputs:
+        loss, outputs = result
+        return loss + extra_loss().to(loss.device), outputs
+    return result + extra_loss().to(result.device)
 
 
 def _quiet_libraries(progress: bool) -> None:

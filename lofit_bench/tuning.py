@@ -89,7 +89,7 @@ def evaluate(method: Method, task: Task, fold: str, limit: int | None, batch_siz
     from lofit_bench.scoring import Scorer
 
     lm = method.require_prepared()
-    scorer = Scorer(method.evaluation_model(), lm.tokenizer, batch_size, progress)
+    scorer = Scorer(method.evaluation_model(), lm.tokenizer, batch_size, progress, capabilities=method.capabilities)
     return task.evaluate(scorer, fold, "dev", limit=limit)
 
 

@@ -150,6 +150,7 @@ class FullFineTuning(Method):
                     lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
                     OptimizerSettings(learning_rate, weight_decay=self.config.weight_decay), context.seed,
                     context.work_dir / tag, progress=context.progress, on_epoch_end=context.on_epoch_end,
+                    capabilities=self.capabilities,
                 )
         finally:
             with torch.no_grad():

@@ -291,7 +291,7 @@ class LoFiT(HeadInterventionMethod):
                 OptimizerSettings(settings["stage1_learning_rate"], weight_decay=settings["weight_decay"]),
                 context.seed, context.work_dir / "head_selection",
                 extra_loss=(lambda: l1_lambda * scales.l1_norm("scale")) if l1_lambda else None,
-                progress=context.progress,
+                progress=context.progress, capabilities=self.capabilities,
             )
         return rank_heads(scales.head_norms("scale")), result
 
@@ -308,7 +308,7 @@ class LoFiT(HeadInterventionMethod):
             return train(
                 lm.model, lm.tokenizer, examples, context.task.objective, context.budget,
                 OptimizerSettings(learning_rate, weight_decay=weight_decay), context.seed, context.work_dir / "bias_tuning",
-                progress=context.progress, on_epoch_end=context.on_epoch_end,
+                progress=context.progress, on_epoch_end=context.on_epoch_end, capabilities=self.capabilities,
             )
 
     # -- persistence ---------------------------------------------------------------------------

@@ -137,6 +137,7 @@ class LoRA(Method):
                 model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
                 OptimizerSettings(values["learning_rate"], weight_decay=self.config.weight_decay),
                 context.seed, context.work_dir / "lora", progress=context.progress, on_epoch_end=context.on_epoch_end,
+                capabilities=self.capabilities,
             )
         return {
             "training": result.to_dict(),

@@ -72,7 +72,13 @@ from lofit_bench import hookimpl
 from lofit_bench.activations import output_hidden, replace_output_hidden
 from lofit_bench.architectures import ModelLayout
 from lofit_bench.errors import UserError
-from lofit_bench.method import FitContext, Method, MethodConfig, resolve_paper_defaults
+from lofit_bench.method import (
+    Capabilities,
+    FitContext,
+    Method,
+    MethodConfig,
+    resolve_paper_defaults,
+)
 from lofit_bench.models import LoadedModel
 from lofit_bench.prompt_positions import PromptListener, PromptSpans
 from lofit_bench.search_space import LogUniform
@@ -235,9 +241,9 @@ class LoReFTEdits(PromptListener):
         for layer in self.layers:
             self.sites[str(layer)].to(module_device(blocks[layer]))
         model.add_module(SUBMODULE, self)
-        from lofit_bench.scoring import _cache_argument
+        from lofit_bench.scoring import cache_argument
 
-        self.cache_argument = _cache_argument(model)
+        self.cache_argument = cache_argument(model)
         self.handles = [
             model.register_forward_pre_hook(self._start_call, with_kwargs=True),
             model.register_forward_hook(self._end_call),
@@ -338,6 +344,8 @@ class LoReFT(Method):
     name = "loreft"
     description = "LoReFT (Wu et al. 2024): low-rank residual-stream edits at the first/last prompt tokens"
     config_class = LoReFTConfig
+    # The edits are a PromptListener: told each call's prompt, and then given no cached prefix.
+    capabilities = Capabilities(needs_prompt_positions=True)
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
@@ -387,6 +395,7 @@ class LoReFT(Method):
                 lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
                 OptimizerSettings(values["learning_rate"], weight_decay=WEIGHT_DECAY),
                 context.seed, context.work_dir / "loreft", progress=context.progress, on_epoch_end=context.on_epoch_end,
+                capabilities=self.capabilities,
             )
         paper_batch = PAPER_BATCH_SIZE.get(context.task.name)
         return {

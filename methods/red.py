@@ -94,6 +94,7 @@ class RED(HeadInterventionMethod):
                 lm.model, lm.tokenizer, context.training_examples(), context.task.objective, context.budget,
                 OptimizerSettings(values["learning_rate"], weight_decay=self.config.weight_decay),
                 context.seed, context.work_dir / "red", progress=context.progress, on_epoch_end=context.on_epoch_end,
+                capabilities=self.capabilities,
             )
         return {
             "training": result.to_dict(),

@@ -69,7 +69,7 @@ from lofit_bench.activations import (
     replace_output_hidden,
 )
 from lofit_bench.errors import UserError
-from lofit_bench.method import FitContext, Method, MethodConfig
+from lofit_bench.method import Capabilities, FitContext, Method, MethodConfig
 from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import IntRange, LogUniform
 from lofit_bench.task import TrainingExample
@@ -182,7 +182,7 @@ class ContrastControl:
     """
 
     def __init__(self, lm: LoadedModel, layer: int, alpha: float, positive_instruction: str, negative_instruction: str) -> None:
-        from lofit_bench.scoring import _cache_argument
+        from lofit_bench.scoring import cache_argument
 
         self.lm, self.layer, self.alpha = lm, layer, float(alpha)
         tokenizer = lm.tokenizer
@@ -190,7 +190,7 @@ class ContrastControl:
             "positive": tokenizer(positive_instruction, add_special_tokens=False)["input_ids"],
             "negative": tokenizer(negative_instruction, add_special_tokens=False)["input_ids"],
         }
-        self.cache_argument = _cache_argument(lm.model)
+        self.cache_argument = cache_argument(lm.model)
         self.streams: dict[str, _Stream] = {}
         self.contrast: torch.Tensor | None = None  # [B, d] for the current call
         self.reading = False
@@ -267,6 +267,13 @@ class ContrastControl:
         """Cached call: append the same new tokens to both copies."""
         if not self.streams:
             raise RuntimeError("RepE contrast control: a cached call arrived before any prompt")
+        started = next(iter(self.streams.values())).mask.shape[0]
+        if new_ids.shape[0] != started:
+            raise RuntimeError(
+                f"RepE contrast control: a cached call of {new_ids.shape[0]} rows continues copies started for "
+                f"{started}; its cache holds a prefix the contrast vector did not see as a prompt. Score with "
+                "Scorer(..., capabilities=method.capabilities), which then encodes every prompt whole"
+            )
         contrast = {}
         for kind, stream in self.streams.items():
             stream.mask = torch.cat([stream.mask, torch.ones_like(new_ids)], dim=1)
@@ -362,6 +369,12 @@ class RepE(Method):
 
     def prepare(self, lm: LoadedModel) -> None:
         self.lm = lm
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """The contrast vector's pre-hook on the whole model restarts its instructed copies
+        from each uncached call's tokens; the reading vector acts inside one layer."""
+        return Capabilities(watches_whole_forward=isinstance(self.control, ContrastControl))
 
     def resolve_vector(self, evaluation: str) -> str:
         if self.config.vector == "auto":

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lofit_bench.method import Method
+from lofit_bench.method import Capabilities, Method
 from lofit_bench.methods.full_ft import FullFineTuning
 from lofit_bench.methods.iti import ITI
 from lofit_bench.methods.lofit import LoFiT
@@ -26,6 +26,7 @@ from lofit_bench.tasks.truthfulqa import TruthfulQA
 from lofit_bench.testing import (
     MethodContract,
     TaskContract,
+    check_capabilities,
     check_identity_at_start,
     check_removal,
     check_round_trip,
@@ -174,6 +175,24 @@ class EvaluatesOnTheDefaultSplit(NormShift):
         return super().fit(context)
 
 
+class WatchesTheWholeForwardUndeclared(NormShift):
+    def fit(self, context) -> dict:
+        self.watch = self.lm.model.register_forward_pre_hook(lambda module, args: None)
+        return super().fit(context)
+
+    def remove(self) -> None:
+        self.watch.remove()
+        super().remove()
+
+
+class DeclaresItWatchesTheWholeForward(WatchesTheWholeForwardUndeclared):
+    capabilities = Capabilities(watches_whole_forward=True)
+
+
+class DeclaresPromptPositionsWithoutAListener(NormShift):
+    capabilities = Capabilities(needs_prompt_positions=True)
+
+
 def contract_for(method_class: type[Method]) -> type[MethodContract]:
     return type(f"Contract{method_class.__name__}", (MethodContract,), {"method_class": method_class})
 
@@ -186,7 +205,12 @@ def test_the_toy_method_passes_every_check(tmp_path):
     check_round_trip(contract, life)
     check_trainable_count(life)
     check_test_split_untouched(life)
+    check_capabilities(life)
     assert life.changed == {"model.norm.contract_shift": 64}
+
+
+def test_a_declared_whole_forward_hook_passes(tmp_path):
+    check_capabilities(live_method(contract_for(DeclaresItWatchesTheWholeForward), tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -200,6 +224,8 @@ def test_the_toy_method_passes_every_check(tmp_path):
         (AlsoChangesABaseWeight, check_trainable_count, "lm_head.weight \\(16576\\)"),
         (PeeksAtTheTest, check_test_split_untouched, "training_examples\\(split='test'\\)"),
         (EvaluatesOnTheDefaultSplit, check_test_split_untouched, "evaluate\\(split='test'\\)"),
+        (WatchesTheWholeForwardUndeclared, check_capabilities, "1 hook\\(s\\) on the whole model's forward"),
+        (DeclaresPromptPositionsWithoutAListener, check_capabilities, "carries no PromptListener"),
     ],
 )
 def test_each_check_catches_the_method_that_breaks_it(tmp_path, method_class, check, message):

@@ -12,12 +12,12 @@ from method_helpers import TINY, small_budget
 
 from lofit_bench import plugins
 from lofit_bench.errors import UserError
-from lofit_bench.method import FitContext
+from lofit_bench.method import Capabilities, FitContext
 from lofit_bench.methods.loreft import LoReFT, LoReFTConfig, LoReFTEdits, edited_positions
 from lofit_bench.models import load_model
 from lofit_bench.prompt_positions import PromptSpans, declare_prompt
 from lofit_bench.runner import plan_sweep, run_sweep
-from lofit_bench.scoring import Scorer, _cache_argument
+from lofit_bench.scoring import Scorer, cache_argument
 
 PROMPT = "Alice is Bob's sister. Who is Alice to Bob?"
 
@@ -133,7 +133,7 @@ def test_scoring_and_cached_generation_edit_the_prompt_only(tiny_lm):
         with declare_prompt(model, PromptSpans.right_padded([len(context_ids)])):
             first = model(input_ids=torch.tensor([context_ids]), use_cache=True)
         rest = model(input_ids=torch.tensor([continuation_ids]), use_cache=True,
-                     **{_cache_argument(model): first.past_key_values})
+                     **{cache_argument(model): first.past_key_values})
     log_probs = torch.log_softmax(torch.cat([first.logits[:, -1:], rest.logits[:, :-1]], dim=1).float(), dim=-1)
     assert score == pytest.approx(float(log_probs[0, torch.arange(len(continuation_ids)), continuation_ids].sum()), abs=1e-4)
 
@@ -194,3 +194,17 @@ def test_bad_options_fail_before_anything_runs(builtin_host):
     ):
         with pytest.raises(UserError, match=message):
             plan_sweep(["loreft"], ["clutrr"], small_budget(), TINY, method_options={"loreft": options})
+
+
+def test_loreft_declares_prompt_positions_and_an_undeclared_scorer_fails_loudly(tiny_lm):
+    method = attached(tiny_lm)
+    assert method.capabilities == Capabilities(needs_prompt_positions=True)
+    try:
+        with pytest.raises(RuntimeError, match="do not declare needs_prompt_positions"):
+            Scorer(tiny_lm.model, tiny_lm.tokenizer, capabilities=Capabilities()).loglikelihoods([("Q:", " A")])
+        declared = Scorer(tiny_lm.model, tiny_lm.tokenizer, capabilities=method.capabilities)
+        assert declared.loglikelihoods([("Q: who?", " A")]) == Scorer(tiny_lm.model, tiny_lm.tokenizer).loglikelihoods(
+            [("Q: who?", " A")]
+        )
+    finally:
+        method.remove()

@@ -12,7 +12,7 @@ import torch
 from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.errors import UserError
-from lofit_bench.method import FitContext
+from lofit_bench.method import Capabilities, FitContext
 from lofit_bench.methods.repe import (
     ContrastControl,
     ReadingControl,
@@ -150,3 +150,35 @@ def test_a_sweep_records_the_fit_on_clutrr_and_truthfulqa(builtin_host, tmp_path
             assert tuning["trials"][0]["values"] == {"alpha": 5.0, "layer_rank": 0}
             assert [trial["reused"] for trial in tuning["trials"]] == [[], ["repe layer scan"]]
             assert len(fit["layer_scan"]["accuracy"]) == 2
+
+
+def test_only_the_attached_contrast_vector_declares_it_watches_whole_forward(tiny_lm):
+    """The Scorer keeps its cached-prefix shortcut for the reading vector (a hook inside one
+    layer) and drops it for the contrast vector (a pre-hook on the whole forward)."""
+    method = RepE()
+    method.prepare(tiny_lm)
+    assert method.capabilities == Capabilities()
+    method._attach("reading", 1, 2.0, torch.ones(tiny_lm.layout.hidden_size))
+    assert method.capabilities == Capabilities()
+    method._attach("contrast", 0, 2.0, torch.ones(tiny_lm.layout.hidden_size))
+    assert method.capabilities == Capabilities(watches_whole_forward=True)
+    method.remove()
+    assert method.capabilities == Capabilities()
+
+
+def test_an_undeclared_shared_opening_fails_loudly_for_the_contrast_vector(tiny_lm):
+    """Scored without the method's declaration, the Scorer would encode the shared opening once:
+    the contrast vector refuses a cache it did not start, and with the declaration all is well."""
+    from lofit_bench.scoring import Scorer
+
+    prompts = ['Read the story. "Ann met Bob." Who met Bob?', 'Read the story. "Eve left." Who left?']
+    method = RepE()
+    method.prepare(tiny_lm)
+    method._attach("contrast", 0, 2.0, torch.ones(tiny_lm.layout.hidden_size))
+    try:
+        with pytest.raises(RuntimeError, match="did not see as a prompt"):
+            Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=2).generate(prompts, max_new_tokens=2)
+        declared = Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=2, capabilities=method.capabilities)
+        assert len(declared.generate(prompts, max_new_tokens=2)) == 2
+    finally:
+        method.remove()

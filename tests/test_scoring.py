@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lofit_bench.method import Capabilities
+from lofit_bench.prompt_positions import PromptListener, PromptSpans
 from lofit_bench.scoring import Scorer
 
 QUESTION = "Q: Which is heavier, a kilo of feathers or a kilo of iron?\nA:"
@@ -194,15 +196,105 @@ def test_a_shared_opening_is_encoded_once_and_changes_no_generation(tiny_lm) -> 
     assert shared.tokens_processed < separate.tokens_processed
 
 
-def test_no_shared_opening_when_a_hook_watches_whole_calls(tiny_lm) -> None:
-    """A hook on the model itself may depend on each call starting at the prompt's first token."""
+def whole_forward_widths(tiny_lm, score, capabilities: Capabilities | None) -> list[int]:
+    """The token count of every call the model's own forward sees while ``score(scorer)`` runs."""
     calls: list[int] = []
     handle = tiny_lm.model.register_forward_pre_hook(
         lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True
     )
     try:
-        Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=8).generate(STORY_PROMPTS, max_new_tokens=2)
+        score(Scorer(tiny_lm.model, tiny_lm.tokenizer, batch_size=8, capabilities=capabilities))
     finally:
         handle.remove()
+    return calls
+
+
+def generate_stories(scorer: Scorer) -> None:
+    scorer.generate(STORY_PROMPTS, max_new_tokens=2)
+
+
+def test_no_shared_opening_when_a_hook_watches_whole_calls(tiny_lm) -> None:
+    """A hook on the model itself may depend on each call starting at the prompt's first token:
+    a method that says so (watches_whole_forward) gets every prompt whole."""
+    calls = whole_forward_widths(tiny_lm, generate_stories, Capabilities(watches_whole_forward=True))
     longest = max(len(tiny_lm.tokenizer(prompt)["input_ids"]) for prompt in STORY_PROMPTS)
     assert calls[0] == longest  # one left-padded call with every prompt whole
+
+
+@pytest.mark.parametrize("capabilities", [None, Capabilities()], ids=["undeclared", "declares-nothing"])
+def test_a_method_declaring_nothing_gets_the_shared_opening(tiny_lm, capabilities) -> None:
+    """The Scorer reads the declaration, not the model's hook tables: the same hook, undeclared,
+    sees the opening's call first."""
+    calls = whole_forward_widths(tiny_lm, generate_stories, capabilities)
+    assert calls[0] == len(tiny_lm.tokenizer('Read the story. "')["input_ids"])
+
+
+def score_shared_context(scorer: Scorer) -> None:
+    scorer.loglikelihoods([(QUESTION, " Iron."), (QUESTION, " Feathers, because there are so many.")])
+
+
+def test_no_context_cache_when_a_method_watches_whole_calls(tiny_lm) -> None:
+    """Log-likelihoods: one call over context + continuation per request, never a cached context."""
+    tokenizer = tiny_lm.tokenizer
+    question = len(tokenizer(QUESTION)["input_ids"])
+    longest = len(tokenizer(QUESTION + " Feathers, because there are so many.")["input_ids"])
+    watched = whole_forward_widths(tiny_lm, score_shared_context, Capabilities(watches_whole_forward=True))
+    assert watched == [longest]  # both requests right-padded into one whole call
+    plain = whole_forward_widths(tiny_lm, score_shared_context, Capabilities())
+    assert plain[0] == question  # the context once, then the continuations on its cache
+    assert len(plain) == 2 and plain[1] < longest
+
+
+def test_scores_are_the_same_with_and_without_the_shortcut(tiny_lm) -> None:
+    declared = Scorer(tiny_lm.model, tiny_lm.tokenizer, capabilities=Capabilities(watches_whole_forward=True))
+    assert declared.loglikelihoods(REQUESTS) == pytest.approx(
+        Scorer(tiny_lm.model, tiny_lm.tokenizer).loglikelihoods(REQUESTS), **TOLERANCE
+    )
+
+
+class SilentListener(PromptListener):
+    def set_prompt(self, spans: PromptSpans | None) -> None:
+        pass
+
+
+def test_a_declaration_the_model_contradicts_fails_loudly(tiny_lm) -> None:
+    needs = Capabilities(needs_prompt_positions=True)
+    with pytest.raises(RuntimeError, match="carries no PromptListener"):
+        Scorer(tiny_lm.model, tiny_lm.tokenizer, capabilities=needs).loglikelihoods(REQUESTS[:1])
+    tiny_lm.model.add_module("silent_listener", SilentListener())
+    with pytest.raises(RuntimeError, match="do not declare needs_prompt_positions"):
+        Scorer(tiny_lm.model, tiny_lm.tokenizer, capabilities=Capabilities()).generate(["Hi"], max_new_tokens=1)
+    assert Scorer(tiny_lm.model, tiny_lm.tokenizer).loglikelihoods(REQUESTS[:1])  # None: read off the model
+
+
+def test_the_tuner_scores_with_the_methods_declaration(tiny_lm, monkeypatch) -> None:
+    from lofit_bench import scoring, tuning
+    from lofit_bench.methods.repe import RepE
+
+    seen: list[Capabilities | None] = []
+
+    class Recording(Scorer):
+        def __init__(self, *args, capabilities=None, **kwargs) -> None:
+            seen.append(capabilities)
+            super().__init__(*args, capabilities=capabilities, **kwargs)
+
+    class Task:
+        def evaluate(self, scorer, fold, split, limit):
+            return split
+
+    monkeypatch.setattr(scoring, "Scorer", Recording)
+    method = RepE()
+    method.prepare(tiny_lm)
+    method._attach("contrast", 0, 1.0, torch.zeros(tiny_lm.layout.hidden_size))
+    try:
+        assert tuning.evaluate(method, Task(), "main", 1, 1, False) == "dev"
+    finally:
+        method.remove()
+    assert seen == [Capabilities(watches_whole_forward=True)]
+
+
+def test_built_in_methods_declare_only_what_their_edits_need(builtin_host) -> None:
+    declared = {name: builtin_host.methods.get(name)().capabilities for name in builtin_host.methods.names()}
+    assert declared.pop("loreft") == Capabilities(needs_prompt_positions=True)
+    assert declared.pop("repe") == Capabilities()  # until its contrast vector is attached (tests/test_repe.py)
+    assert declared and all(capabilities == Capabilities() for capabilities in declared.values())

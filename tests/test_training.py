@@ -1,17 +1,28 @@
 """The shared training loop: only hook parameters train, SFT loss is on completions only, the
-extra loss is added, DPO starts at ln 2 against the model as it was when training began."""
+extra loss is added, DPO starts at ln 2 against the model as it was when training began;
+declared prompt positions reach the model's listeners through the one trainer subclass, and
+what trl leaves on the model object is undone."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from lofit_bench import training as training_module
 from lofit_bench.budget import get_budget
+from lofit_bench.method import Capabilities
+from lofit_bench.prompt_positions import PromptListener, PromptSpans, declare_prompt
 from lofit_bench.task import PreferenceExample, SFTExample
-from lofit_bench.training import OptimizerSettings, train, trainable_parameter_count
+from lofit_bench.training import (
+    OptimizerSettings,
+    _build_trainer,
+    train,
+    trainable_parameter_count,
+)
 
 SFT_EXAMPLES = [SFTExample(str(i), f"Q: what is {i} + {i}?\nA:", f" {2 * i}") for i in range(5)]
 DPO_EXAMPLES = [
@@ -158,3 +169,138 @@ def test_wrong_example_type_is_a_type_error(biased_lm, tmp_path) -> None:
         run_training(lm, DPO_EXAMPLES, "sft", tmp_path)
     with pytest.raises(TypeError, match="PreferenceExample"):
         run_training(lm, SFT_EXAMPLES, "dpo", tmp_path)
+
+
+# -- the method's declared needs through the one trainer subclass ----------------------------------
+class PromptBias(PromptListener):
+    """A LoReFT-like listener: a learned vector added to the input embeddings at the declared
+    prompt positions only (none on DPO's reference pass); it records every declaration."""
+
+    def __init__(self, width: int, initial: float) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.full((width,), initial))
+        self.spans: PromptSpans | None = None
+        self.declared: list[PromptSpans] = []
+
+    def set_prompt(self, spans: PromptSpans | None) -> None:
+        self.spans = spans
+        if spans is not None:
+            self.declared.append(spans)
+
+    def edit(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if self.spans is None:
+            raise RuntimeError("a forward call without a declared prompt")
+        if self.spans.reference:
+            return None
+        mask = torch.zeros(output.shape[:2], dtype=output.dtype)
+        for row, (start, length) in enumerate(zip(self.spans.starts, self.spans.lengths, strict=True)):
+            mask[row, start : start + length] = 1
+        return output + mask.unsqueeze(-1) * self.bias
+
+
+@pytest.fixture
+def prompt_biased_lm(tiny_lm):
+    listener = PromptBias(tiny_lm.layout.hidden_size, 0.25)
+    tiny_lm.model.add_module("test_listener", listener)
+    handle = tiny_lm.model.get_input_embeddings().register_forward_hook(listener.edit)
+    yield tiny_lm, listener
+    handle.remove()
+
+
+NEEDS_PROMPTS = Capabilities(needs_prompt_positions=True)
+
+
+def test_extra_loss_and_prompt_positions_give_the_planted_first_loss(prompt_biased_lm, tmp_path) -> None:
+    """One step on one example: the logged loss is the completion's cross entropy with the
+    prompt's embeddings edited (and only those), plus the extra term at the starting values."""
+    lm, listener = prompt_biased_lm
+    tokenizer = lm.tokenizer
+    example = SFTExample("planted", "The password is swordfish. The password is", " swordfish")
+    prompt = len(tokenizer(example.prompt)["input_ids"])
+    ids = tokenizer(example.prompt + example.completion)["input_ids"] + [tokenizer.eos_token_id]
+
+    def completion_loss(spans: PromptSpans) -> float:
+        with torch.no_grad(), declare_prompt(lm.model, spans):
+            log_probs = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
+        return -sum(float(log_probs[position - 1, ids[position]]) for position in range(prompt, len(ids))) / (
+            len(ids) - prompt
+        )
+
+    edited = completion_loss(PromptSpans.right_padded([prompt]))
+    assert abs(edited - completion_loss(PromptSpans.right_padded([len(ids)]))) > 1e-3  # the span matters
+    assert abs(edited - completion_loss(PromptSpans.right_padded([prompt]).as_reference())) > 1e-3  # the edit matters
+    penalty = 10.0 * 64 * 0.25
+    listener.declared.clear()
+    result = train(
+        lm.model, tokenizer, [example], "sft", BUDGET.replace(epochs=1, batch_size=1),
+        OptimizerSettings(learning_rate=1e-2), seed=0, work_dir=tmp_path,
+        extra_loss=lambda: 10.0 * listener.bias.abs().sum(), capabilities=NEEDS_PROMPTS,
+    )
+    assert result.steps == 1
+    assert result.losses[0] == pytest.approx(edited + penalty, abs=1e-4)
+    assert listener.declared and all(spans.lengths == (prompt,) for spans in listener.declared)
+    assert listener.spans is None  # every declaration was withdrawn after its call
+
+
+def test_dpo_declares_its_reference_pass(prompt_biased_lm, tmp_path) -> None:
+    lm, listener = prompt_biased_lm
+    result = train(
+        lm.model, lm.tokenizer, DPO_EXAMPLES, "dpo", BUDGET.replace(epochs=1), OptimizerSettings(1e-2),
+        seed=0, work_dir=tmp_path, capabilities=NEEDS_PROMPTS,
+    )
+    assert result.steps == 2
+    prompts = {len(lm.tokenizer(example.prompt)["input_ids"]) for example in DPO_EXAMPLES}
+    references = [spans for spans in listener.declared if spans.reference]
+    policy = [spans for spans in listener.declared if not spans.reference]
+    assert len(references) == len(policy) == 2  # the precomputed reference batches, then the steps
+    assert all(set(spans.lengths) <= prompts and spans.rows == 4 for spans in listener.declared)
+    # The reference is the unedited model and the policy is edited: the first loss is not ln 2.
+    assert abs(result.losses[0] - math.log(2)) > 1e-3
+
+
+def test_undeclared_prompt_positions_are_read_off_the_model(prompt_biased_lm, tmp_path) -> None:
+    """A plugin that calls train() without capabilities still has its listener told."""
+    lm, listener = prompt_biased_lm
+    run_training(lm, SFT_EXAMPLES[:2], "sft", tmp_path, budget=BUDGET.replace(epochs=1))
+    assert listener.declared
+
+
+def test_a_declaration_the_model_contradicts_fails_before_training(tiny_lm, biased_lm, tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="carries no PromptListener"):
+        train(tiny_lm.model, tiny_lm.tokenizer, SFT_EXAMPLES, "sft", BUDGET, OptimizerSettings(1e-2), 0, tmp_path,
+              capabilities=NEEDS_PROMPTS)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_one_trainer_subclass_per_trl_trainer(biased_lm, tmp_path) -> None:
+    from trl import DPOTrainer, SFTTrainer
+
+    lm, _ = biased_lm
+    for objective, examples, trl_class in (("sft", SFT_EXAMPLES, SFTTrainer), ("dpo", DPO_EXAMPLES, DPOTrainer)):
+        trainer = _build_trainer(lm.model, lm.tokenizer, examples, objective, BUDGET, OptimizerSettings(1e-2), 0,
+                                 tmp_path / objective, None, None, False)
+        assert type(trainer).__mro__[1] is trl_class
+        assert type(trainer).__name__ == f"Harness{trl_class.__name__}"
+
+
+# -- what trl leaves on the model object ------------------------------------------------------------
+def instance_state(model: nn.Module) -> tuple[dict[str, object], bool, bool]:
+    return dict(vars(model)), model.config.use_cache, model.training
+
+
+def test_trl_leaves_changes_on_the_model_that_model_left_as_found_undoes(biased_lm, tmp_path, monkeypatch) -> None:
+    """With trl 1.16 the Trainer patches ``forward`` on the instance, adds attributes and turns
+    the cache off; model_left_as_found puts every instance attribute back (the same objects)."""
+    lm, _ = biased_lm
+    lm.model.eval()
+    before, use_cache, training = instance_state(lm.model)
+    run_training(lm, SFT_EXAMPLES[:2], "sft", tmp_path / "guarded", budget=BUDGET.replace(epochs=1))
+    after, use_cache_after, training_after = instance_state(lm.model)
+    assert after.keys() == before.keys() and all(after[name] is value for name, value in before.items())
+    assert (use_cache_after, training_after) == (use_cache, training) == (True, False)
+
+    monkeypatch.setattr(training_module, "model_left_as_found", lambda model: contextlib.nullcontext())
+    run_training(lm, SFT_EXAMPLES[:2], "sft", tmp_path / "unguarded", budget=BUDGET.replace(epochs=1))
+    left, use_cache_left, training_left = instance_state(lm.model)
+    assert {"forward", "_is_accelerate_prepared"} <= set(left) - set(before)  # what the guard protects
+    assert (use_cache_left, training_left) == (False, True)

@@ -184,6 +184,7 @@ class BitFit(Method):
             context.work_dir,
             progress=context.progress,
             on_epoch_end=context.on_epoch_end,  # lets the tuner score epochs and stop hopeless trials
+            capabilities=self.capabilities,  # the default: biases act inside the model, on every position
         )
         return {"training": result.to_dict(), "trained_tensors": len(self._trained)}
 
