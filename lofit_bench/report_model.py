@@ -479,7 +479,7 @@ def csv_row(record: RunRecord, records: list[RunRecord]) -> dict[str, Any]:
         "error": record.error.message if record.error else None,
         "record": record.file_name,
     }
-    for name, value in record.metrics.items():
+    for name, value in (record.metrics or {}).items():
         row[f"metric:{name}"] = value
     return row
 

@@ -233,8 +233,8 @@ class RunRecord:
     placement: Placement | None = None
     model: ModelInfo | None = None
     folds: dict[str, FoldRecord] = field(default_factory=dict)
-    #: metric -> mean over folds (None: not finite).
-    metrics: dict[str, float | None] = field(default_factory=dict)
+    #: metric -> mean over folds (None: not finite); absent until the run finished.
+    metrics: dict[str, float | None] | None = None
     trainable_parameters: TrainableParameters | None = None
     timings: Timings | None = None
     throughput: Throughput | None = None

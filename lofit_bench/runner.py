@@ -136,7 +136,7 @@ def run_sweep(
         for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
             path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
             if record.ok:
-                summary = ", ".join(_metric_text(name, value) for name, value in record.metrics.items())
+                summary = ", ".join(_metric_text(name, value) for name, value in (record.metrics or {}).items())
                 console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)")
                 outcomes[spec.key] = RunOutcome(spec, "ok", path)
             else:

@@ -152,16 +152,22 @@ class Scorer:
     def _score_full(
         self, pairs: list[tuple[list[int], list[int]]], listeners: Sequence[PromptListener] = ()
     ) -> list[float]:
-        """Reference path: one right-padded forward over context + continuation."""
+        """Reference path: one right-padded forward over context + continuation. The LM head
+        runs only from the first position that predicts a continuation token on (with a 262k
+        vocabulary, as Gemma 3's, the head costs more than the rest of a small model)."""
         sequences = [context + continuation for context, continuation in pairs]
         input_ids, attention_mask = self._right_pad(sequences)
+        first = min(len(context) for context, _ in pairs) - 1
         with declare_prompt(listeners, PromptSpans.right_padded([len(context) for context, _ in pairs])):
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=input_ids.shape[1] - first
+            ).logits.float()
         log_probs = torch.log_softmax(logits, dim=-1)
         self.tokens_processed += int(attention_mask.sum())
         results = []
         for row, (context, continuation) in enumerate(pairs):
-            positions = torch.arange(len(context) - 1, len(context) + len(continuation) - 1, device=logits.device)
+            start = len(context) - 1 - first
+            positions = torch.arange(start, start + len(continuation), device=logits.device)
             targets = torch.tensor(continuation, device=logits.device)
             results.append(float(log_probs[row, positions, targets].sum()))
         return results
@@ -177,7 +183,7 @@ class Scorer:
             length = next((i for i in range(length) if context[i] != first[i]), length)
         if length < minimum:
             return None
-        output = self.model(input_ids=torch.tensor([first[:length]], device=self.device), use_cache=True)
+        output = self.model(input_ids=torch.tensor([first[:length]], device=self.device), use_cache=True, logits_to_keep=1)
         self.tokens_processed += length
         return length, _output_cache(output)
 
@@ -191,7 +197,9 @@ class Scorer:
         context_tensor = torch.tensor([context[start:]], device=device)
         position_ids = torch.arange(start, len(context), device=device).unsqueeze(0)
         extra = {cache_argument(self.model): cache} if cache is not None else {}
-        context_out = self.model(input_ids=context_tensor, position_ids=position_ids, use_cache=True, **extra)
+        context_out = self.model(  # only the last position's logits are read: the LM head runs there only
+            input_ids=context_tensor, position_ids=position_ids, use_cache=True, logits_to_keep=1, **extra
+        )
         cache = _output_cache(context_out)
         last_log_probs = torch.log_softmax(context_out.logits[0, -1].float(), dim=-1)
         batch = len(continuations)

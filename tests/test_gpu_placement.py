@@ -146,7 +146,7 @@ def test_the_cli_process_never_initialises_cuda_nor_loads_a_model(tmp_path, buil
     monkeypatch.setattr(torch.cuda, "_lazy_init", refuse)
     monkeypatch.setattr(torch.cuda, "init", refuse)
     monkeypatch.setattr("lofit_bench.models.load_model", refuse)
-    monkeypatch.setattr("lofit_bench.runner.load_model", refuse)  # an inline run would use this one
+    monkeypatch.setattr("lofit_bench.run_one.load_model", refuse)  # an inline run would use this one
     code = main([
         "run", "--methods", "zero-shot", "--tasks", "clutrr", "--model-args", "pretrained=tiny-random-llama,dtype=fp32",
         "--budget", "smoke", "--budget-set", "eval_examples=1", "--out", str(tmp_path / "out"), "--quiet",
