@@ -301,7 +301,7 @@ def test_a_task_that_needs_a_download_fails_fast_and_says_so(tmp_path, monkeypat
     if not offline_flags:  # no switch set, and the hub does not answer
         for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             monkeypatch.delenv(variable, raising=False)
-        monkeypatch.setattr("lofit_bench.models._hub_reachable", lambda timeout=3.0: False)
+        monkeypatch.setattr("lofit_bench.models.hub_reachable", lambda timeout=3.0: False)
     started = time.monotonic()
     with pytest.raises(UserError, match="needs a download from the Hugging Face Hub") as error:
         plugins.get_host().tasks.get("lm_eval:hub_truthfulqa")

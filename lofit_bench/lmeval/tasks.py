@@ -146,7 +146,7 @@ def _offline_requested() -> bool:
 
 def offline_first(task_name: str, action: Callable[[], T]) -> T:
     """Run ``action`` (which loads lm-eval datasets) without the hub; online only as a fallback."""
-    from lofit_bench.models import _hub_reachable
+    from lofit_bench.models import hub_reachable
 
     try:
         with hub_switched_off():
@@ -156,7 +156,7 @@ def offline_first(task_name: str, action: Callable[[], T]) -> T:
     except Exception as error:  # noqa: BLE001 - any failure to build an lm-eval task is the user's to fix
         if not _needs_download(error):
             raise UserError(f"lm-eval could not load task {task_name!r}: {type(error).__name__}: {_first_line(error)}") from error
-        if _offline_requested() or not _hub_reachable():
+        if _offline_requested() or not hub_reachable():
             raise UserError(
                 f"lm-eval task {task_name!r} needs a download from the Hugging Face Hub "
                 f"({_first_line(error)}), and the hub cannot be reached (offline mode is set, or "
