@@ -182,13 +182,15 @@ def documents_problem(documents: list[dict[str, Any]]) -> str | None:
     if not all(isinstance(identifier, str) and identifier for identifier in ids) or len(set(ids)) != len(ids):
         return "does not give every item a distinct, non-empty string id"
     for document in documents:
-        text = document.get("prompt", document.get("context"))
-        if not isinstance(text, str):
-            return f"gives item {document['id']!r} a prompt that is not a string"
-        choices = document.get("choices", [""])
-        if "choices" in document and (not choices or not all(isinstance(choice, str) and choice for choice in choices)):
-            return f"gives item {document['id']!r} no choices, or an empty one"
+        if not isinstance(document.get("prompt", document.get("context")), str):
+            return f"gives item {document['id']!r} a prompt or context that is not a string"
+        if "choices" in document and not _nonempty_strings(document["choices"]):
+            return f"gives item {document['id']!r} no choices, or one that is not a non-empty string"
     return None
+
+
+def _nonempty_strings(values: list[Any]) -> bool:
+    return bool(values) and all(isinstance(value, str) and value for value in values)
 
 
 def check_unique_names(exported: list[ExportedTask]) -> None:
