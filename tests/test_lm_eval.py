@@ -166,6 +166,10 @@ class ColourQuiz(MultipleChoiceTask):
         return {"acc": float(margin > 0), "margin": margin}
 
 
+class SameLmEvalName(ColourQuiz):
+    name = "colour_quiz"  # lofit_colour_quiz too
+
+
 class Opaque(Task):
     name = "opaque"
     objective = "none"
@@ -186,6 +190,7 @@ class Opaque(Task):
 @hookimpl
 def register_tasks(register):
     register(ColourQuiz)
+    register(SameLmEvalName)
     register(Opaque)
 '''
 
@@ -320,6 +325,7 @@ def test_a_plugin_multiple_choice_task_is_exported_and_lm_eval_scores_it_as_the_
     assert main(["export-lm-eval", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "skipped opaque: task 'opaque' cannot be exported to lm-eval: it is neither a GenerationTask nor a MultipleChoiceTask" in out
+    assert "skipped colour_quiz: task 'colour_quiz' cannot be exported: task 'colour-quiz' already exports as lm-eval task 'lofit_colour_quiz'" in out
     assert "lofit_colour_quiz" in out and "lofit_clutrr" in out
     assert 'task_class: "quiz_plugin:ColourQuiz"' in (tmp_path / "out" / "lofit_colour_quiz.yaml").read_text()
 

@@ -106,23 +106,29 @@ def export_lm_eval_tasks(out_dir: Path, task_names: Sequence[str] | None = None)
     skipped: dict[str, str] = {}
     for name in names:
         try:
-            exported += task_exports(name, host.tasks.get(name), host.distribution_of(host.tasks.owner(name)))
+            exports = task_exports(name, host.tasks.get(name), host.distribution_of(host.tasks.owner(name)))
+            check_unique_names(exported, exports)
         except UserError as error:
             if named:
                 raise
             skipped[name] = str(error)
-    check_unique_names(exported)
+            continue
+        exported += exports
     out_dir = write_export(out_dir, exported)
     return ExportResult(out_dir, exported, skipped)
 
 
 # -- one task -------------------------------------------------------------------------------
+def task_tag(task: str) -> str:
+    """``lofit_<task>`` in letters, digits and ``_``: a one-fold task's name, else its folds' tag."""
+    return TAG + "_" + re.sub(r"\W", "_", task, flags=re.ASCII)
+
+
 def lm_eval_name(task: str, fold: str, folds: Sequence[str]) -> str:
-    """``lofit_<task>`` (one fold) or ``lofit_<task>_<fold>``, in letters, digits and ``_``."""
-    task_part = re.sub(r"\W", "_", task, flags=re.ASCII)
+    """``lofit_<task>`` (one fold) or ``lofit_<task>_<fold>`` (``fold_0`` -> ``fold0``)."""
     if len(folds) == 1:
-        return f"{TAG}_{task_part}"
-    return f"{TAG}_{task_part}_{re.sub(r'[^A-Za-z0-9]', '', fold)}"
+        return task_tag(task)
+    return f"{task_tag(task)}_{re.sub(r'[^A-Za-z0-9]', '', fold)}"
 
 
 def task_exports(name: str, cls: type, provider: dict[str, str] | None) -> list[ExportedTask]:
@@ -147,7 +153,7 @@ def task_exports(name: str, cls: type, provider: dict[str, str] | None) -> list[
 def fold_export(task: Task, name: str, fold: str, path: str, provider: dict[str, str] | None) -> ExportedTask:
     documents = fold_documents(task, name, fold)
     export_name = lm_eval_name(name, fold, task.folds)
-    tags = (TAG,) if len(task.folds) == 1 else (TAG, lm_eval_name(name, fold, [fold]))
+    tags = (TAG,) if len(task.folds) == 1 else (TAG, task_tag(name))
     description = " ".join((task.description or name).split())  # one line: it becomes a YAML comment
     summary = f"{description}; fold {fold}, {SPLIT} split ({len(documents)} items)"
     common = dict(name=export_name, task=name, fold=fold, class_path=path, summary=summary, tags=tags)
@@ -193,12 +199,15 @@ def _nonempty_strings(values: list[Any]) -> bool:
     return bool(values) and all(isinstance(value, str) and value for value in values)
 
 
-def check_unique_names(exported: list[ExportedTask]) -> None:
-    seen: dict[str, str] = {}
-    for task in exported:
-        if task.name in seen and seen[task.name] != task.task:
-            raise UserError(f"tasks {seen[task.name]!r} and {task.task!r} would both export as lm-eval task {task.name!r}; export one at a time")
-        seen[task.name] = task.task
+def check_unique_names(earlier: list[ExportedTask], new: list[ExportedTask]) -> None:
+    """Two harness names can map to one lm-eval name (``local-qa``, ``local_qa``): refuse the later."""
+    taken = {task.name: task.task for task in earlier}
+    for task in new:
+        if task.name in taken:
+            raise UserError(
+                f"task {task.task!r} cannot be exported: task {taken[task.name]!r} already exports as "
+                f"lm-eval task {task.name!r}; export it on its own (--tasks {task.task})"
+            )
 
 
 # -- writing -------------------------------------------------------------------------------
