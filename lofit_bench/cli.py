@@ -159,12 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export-lm-eval",
-        help="write lm-eval task configs (YAML + data) that reproduce truthfulqa, clutrr and mquake",
-        description="Write lm-eval task YAMLs, their data (absolute paths) and utils.py into OUT_DIR: "
-        "lofit_truthfulqa_mc{1,2}_fold{0,1}, lofit_clutrr, lofit_mquake. Then: lm_eval --model hf "
-        "--model_args pretrained=DIR --include_path OUT_DIR --tasks lofit_clutrr",
+        help="write lm-eval task configs (YAML + data + utils.py) that score with our tasks' own code, plugin tasks included",
+        description="Write lm-eval task YAMLs, their test data (absolute paths) and utils.py into OUT_DIR for every "
+        "registered task lm-eval can score as the harness does (generation and multiple-choice tasks, built-in or "
+        "from a plugin), or for the tasks named with --tasks: lofit_<task> (lofit_<task>_<fold> for several folds), "
+        "e.g. lofit_clutrr, lofit_truthfulqa_fold0. Then: lm_eval --model hf --model_args pretrained=DIR "
+        "--include_path OUT_DIR --tasks lofit_clutrr",
     )
     export.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write the task configs into")
+    export.add_argument("--tasks", type=_split_names, default=None, help="comma-separated task names (`lofit-bench list tasks`; default: every task that can be exported)")
 
     commands.add_parser(
         "plugins",
@@ -383,9 +386,14 @@ def command_heads(arguments: argparse.Namespace) -> int:
 def command_export_lm_eval(arguments: argparse.Namespace) -> int:
     from lofit_bench.lmeval.export import export_lm_eval_tasks
 
-    tasks = export_lm_eval_tasks(arguments.out_dir)
-    print(f"wrote {len(tasks)} lm-eval task(s) into {arguments.out_dir.resolve()}: {', '.join(task.name for task in tasks)}")
-    print(f"run one with: lm_eval --model hf --model_args pretrained=MODEL_DIR --include_path {arguments.out_dir.resolve()} --tasks lofit_clutrr")
+    result = export_lm_eval_tasks(arguments.out_dir, arguments.tasks)
+    for name, reason in result.skipped.items():
+        print(f"skipped {name}: {reason}")
+    if not result.tasks:
+        raise UserError("no task could be exported to lm-eval" + ("; see the reasons above" if result.skipped else ""))
+    names = [task.name for task in result.tasks]
+    print(f"wrote {len(names)} lm-eval task(s) into {result.out_dir}: {', '.join(names)}")
+    print(f"run one with: lm_eval --model hf --model_args pretrained=MODEL_DIR --include_path {result.out_dir} --tasks {names[0]}")
     return 0
 
 

@@ -324,7 +324,7 @@ def load_model(
     if model is None:
         location = str(folder) if folder else name
         # Offline, go straight to the local hub cache instead of retrying the network for a minute.
-        local_only = folder is not None or not _hub_reachable()
+        local_only = folder is not None or not hub_reachable()
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 location, trust_remote_code=trust_remote_code, local_files_only=local_only,
@@ -422,7 +422,7 @@ def check_model(name: str, trust_remote_code: bool = False, revision: str | None
     from transformers import AutoConfig
 
     folder, _, _, _ = _resolve(name, revision)
-    local_only = folder is not None or not _hub_reachable()
+    local_only = folder is not None or not hub_reachable()
     try:
         config = AutoConfig.from_pretrained(
             str(folder) if folder else name, trust_remote_code=trust_remote_code, local_files_only=local_only,
@@ -483,8 +483,13 @@ def module_device(module: nn.Module) -> torch.device:
     raise ValueError(f"{type(module).__name__} has no parameter or buffer to tell its device")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """False when offline mode is set or the hub's host cannot be reached within ``timeout``."""
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub can be asked for files now.
+
+    False when ``HF_HUB_OFFLINE`` is set or the host of ``HF_ENDPOINT`` (default
+    huggingface.co) does not accept a connection within ``timeout`` seconds. Model loading and
+    the ``lm_eval:`` tasks call it before trying a download, so offline use fails at once.
+    """
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
     import socket

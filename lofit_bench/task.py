@@ -7,6 +7,7 @@ around whatever model the method produced and returns metrics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -180,6 +181,67 @@ class GenerationTask(Task):
             {"id": item.id, **self.judge(item, generation), "generation": generation.new_text}
             for item, generation in zip(items, generations, strict=True)
         ]
+        return EvalResult(
+            metrics={name: mean(entry[name] for entry in per_example) for name in self.metrics},
+            example_ids=[item.id for item in items],
+            per_example=per_example,
+        )
+
+
+class MultipleChoiceTask(Task):
+    r"""A task scored by comparing the summed log-probs of each item's candidate continuations.
+
+    A subclass lists a split's :meth:`items` (anything with an ``id``), gives each item one
+    :meth:`choice_context` and its :meth:`choices` (continuations scored after that context,
+    leading space included), and turns the choices' log-likelihoods, in :meth:`choices`
+    order, into the item's entry in :meth:`score_choices`: a value for every name in
+    ``metrics`` (a metric is the mean of its values) plus anything worth keeping. Training
+    (``objective``, :meth:`training_examples`) is the subclass's own.
+
+    :meth:`evaluate` and the lm-eval export (:mod:`lofit_bench.lmeval.export`) both score
+    through these methods, so the two cannot disagree on the rule.
+    """
+
+    evaluation: ClassVar[Literal["multiple_choice", "generation"]] = "multiple_choice"
+
+    @abstractmethod
+    def items(self, fold: str, split: Split) -> list[Any]:
+        """The items of one split, in the order the protocol uses them."""
+
+    @abstractmethod
+    def choice_context(self, item: Any) -> str:
+        """The text every choice of ``item`` is scored after."""
+
+    @abstractmethod
+    def choices(self, item: Any) -> list[str]:
+        """``item``'s candidate continuations, exactly as scored (``" " + answer``, say)."""
+
+    @abstractmethod
+    def score_choices(self, item: Any, log_likelihoods: Sequence[float]) -> dict[str, Any]:
+        """``item``'s entry from its choices' summed log-probs (one per choice, in order)."""
+
+    def split_ids(self, fold: str, split: Split) -> list[str]:
+        return [item.id for item in self.items(fold, split)]
+
+    def evaluate(self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None) -> EvalResult:
+        """Score every choice of the split in one call, so the scorer can batch the choices
+        of an item over their shared context."""
+        from lofit_bench.metrics import mean
+
+        check_limit(limit)
+        items = self.items(fold, split)[:limit]
+        choice_lists = [self.choices(item) for item in items]
+        requests = [
+            (self.choice_context(item), choice)
+            for item, choices in zip(items, choice_lists, strict=True)
+            for choice in choices
+        ]
+        scores = scorer.loglikelihoods(requests, description=f"{self.name} {fold}/{split}")
+        per_example, position = [], 0
+        for item, choices in zip(items, choice_lists, strict=True):
+            item_scores = list(scores[position : position + len(choices)])
+            position += len(choices)
+            per_example.append({"id": item.id, **self.score_choices(item, item_scores)})
         return EvalResult(
             metrics={name: mean(entry[name] for entry in per_example) for name in self.metrics},
             example_ids=[item.id for item in items],

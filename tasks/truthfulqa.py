@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,11 @@ from lofit_bench import hookimpl
 from lofit_bench.errors import UserError
 from lofit_bench.metrics import (
     close_answer,
-    mean,
     split_answers,
     truthfulqa_mc1,
     truthfulqa_mc2,
 )
-from lofit_bench.task import EvalResult, PreferenceExample, Split, Task, check_limit
+from lofit_bench.task import MultipleChoiceTask, PreferenceExample, Split
 
 # Ouyang et al. (2022), as ITI and lo-fit prepend it (plural "myths", curly quotes).
 INSTRUCTION = (
@@ -140,7 +140,7 @@ def read_questions(path: Path) -> list[TruthfulQAQuestion]:
     return questions
 
 
-class TruthfulQA(Task):
+class TruthfulQA(MultipleChoiceTask):
     """TruthfulQA, LoFiT protocol: DPO on (best, first incorrect) pairs; MC1/MC2 on test."""
 
     name = "truthfulqa"
@@ -166,9 +166,6 @@ class TruthfulQA(Task):
             self._questions_by_file[path] = read_questions(path)
         return self._questions_by_file[path]
 
-    def split_ids(self, fold: str, split: Split) -> list[str]:
-        return [question.id for question in self.questions(fold, split)]
-
     def training_examples(self, fold: str, split: Split = "train") -> list[PreferenceExample]:
         """Exactly one pair per question; ``Correct Answers`` is not used (gotcha 5)."""
         return [
@@ -182,44 +179,37 @@ class TruthfulQA(Task):
             for question in self.questions(fold, split)
         ]
 
-    def evaluate(
-        self, scorer: Any, fold: str, split: Split = "test", limit: int | None = None
-    ) -> EvalResult:
-        """Score every candidate of the split in one call, so the scorer can batch the
-        candidates of a question over one shared context."""
-        check_limit(limit)
-        questions = self.questions(fold, split)[:limit]
-        requests = [
-            (scoring_context(question.question), " " + answer)
-            for question in questions
-            for answer in question.true_answers + question.false_answers
-        ]
-        scores = scorer.loglikelihoods(requests, description=f"truthfulqa {fold}/{split}")
-        per_example = []
-        position = 0
-        for question in questions:
-            true_count, false_count = len(question.true_answers), len(question.false_answers)
-            true_scores = scores[position : position + true_count]
-            false_scores = scores[position + true_count : position + true_count + false_count]
-            position += true_count + false_count
-            best_score = true_scores[question.true_answers.index(question.best)]
-            per_example.append(
-                {
-                    "id": question.id,
-                    "mc1": truthfulqa_mc1(best_score, false_scores),
-                    "mc2": truthfulqa_mc2(true_scores, false_scores),
-                    "best_score": best_score,
-                    "true_scores": list(true_scores),
-                    "false_scores": list(false_scores),
-                }
+    def items(self, fold: str, split: Split) -> list[TruthfulQAQuestion]:
+        return self.questions(fold, split)
+
+    def choice_context(self, question: TruthfulQAQuestion) -> str:
+        return scoring_context(question.question)
+
+    def choices(self, question: TruthfulQAQuestion) -> list[str]:
+        """The true answers, then the false ones, each after a space."""
+        return [" " + answer for answer in question.true_answers + question.false_answers]
+
+    def score_choices(
+        self, question: TruthfulQAQuestion, log_likelihoods: Sequence[float]
+    ) -> dict[str, Any]:
+        """MC1 from the best answer's score in the true set, MC2 from both sets; the scores kept."""
+        true_count, false_count = len(question.true_answers), len(question.false_answers)
+        if len(log_likelihoods) != true_count + false_count:
+            raise ValueError(
+                f"question {question.id} has {true_count + false_count} choices, got {len(log_likelihoods)} scores"
             )
-        return EvalResult(
-            metrics={
-                metric: mean(entry[metric] for entry in per_example) for metric in self.metrics
-            },
-            example_ids=[question.id for question in questions],
-            per_example=per_example,
+        true_scores, false_scores = (
+            list(log_likelihoods[:true_count]),
+            list(log_likelihoods[true_count:]),
         )
+        best_score = true_scores[question.true_answers.index(question.best)]
+        return {
+            "mc1": truthfulqa_mc1(best_score, false_scores),
+            "mc2": truthfulqa_mc2(true_scores, false_scores),
+            "best_score": best_score,
+            "true_scores": true_scores,
+            "false_scores": false_scores,
+        }
 
 
 @hookimpl

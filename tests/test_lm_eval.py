@@ -10,6 +10,7 @@ round-off, MC1 exactly, MC2 to 1e-4, exact match exactly.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from plugin_helpers import install_entry_point_plugin
 from tasks_helpers import FakeScorer
 
 pytest.importorskip("lm_eval")
@@ -25,7 +27,7 @@ pytest.importorskip("lm_eval")
 from lofit_bench import hookimpl, plugins  # noqa: E402
 from lofit_bench.cli import main  # noqa: E402
 from lofit_bench.errors import UserError  # noqa: E402
-from lofit_bench.lmeval import INSTALL_HINT, task_functions  # noqa: E402
+from lofit_bench.lmeval import INSTALL_HINT  # noqa: E402
 from lofit_bench.lmeval.export import export_lm_eval_tasks  # noqa: E402
 from lofit_bench.lmeval.tasks import INCLUDE_VARIABLE, evaluate_model, lm_eval_task_class  # noqa: E402
 from lofit_bench.models import load_model  # noqa: E402
@@ -35,6 +37,7 @@ from lofit_bench.tasks.clutrr import Clutrr  # noqa: E402
 from lofit_bench.tasks.mquake import Mquake  # noqa: E402
 from lofit_bench.tasks.truthfulqa import TruthfulQA, scoring_context  # noqa: E402
 
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "lofit-bench-bitfit"
 LOG_PROB_TOLERANCE = 1e-4  # absolute, or relative for sums of hundreds of token log-probs
 MC2_TOLERANCE = 1e-4
 BATCH_SIZE = 8
@@ -58,8 +61,20 @@ def tiny():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("lm-eval-tasks")
-    export_lm_eval_tasks(folder)
+    export_lm_eval_tasks(folder, ["clutrr", "mquake", "truthfulqa"])
     return folder
+
+
+def exported_utils(folder: Path):
+    """The exported utils.py, imported from its file as lm-eval's ``!function`` does."""
+    spec = importlib.util.spec_from_file_location("utils", folder / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def documents(folder: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / "data" / f"{name}_test.jsonl").open()]
 
 
 def close(ours: float, theirs: float) -> bool:
@@ -70,28 +85,22 @@ def close(ours: float, theirs: float) -> bool:
 def crosscheck_truthfulqa(lm, limit: int) -> dict[str, float]:
     """Per-answer log-probs, MC1 and MC2 of fold 0's first ``limit`` questions, both ways."""
     ours = TruthfulQA().evaluate(Scorer(lm.model, lm.tokenizer, BATCH_SIZE), "fold_0", "test", limit)
-    scorer = Scorer(lm.model, lm.tokenizer, BATCH_SIZE)
-    theirs = {
-        metric: lm_eval_task_class(f"lofit_truthfulqa_{metric}_fold0")().evaluate(scorer, "main", "test", limit)
-        for metric in ("mc1", "mc2")
-    }
-    assert ours.example_ids == theirs["mc1"].example_ids == theirs["mc2"].example_ids
+    theirs = lm_eval_task_class("lofit_truthfulqa_fold0")().evaluate(Scorer(lm.model, lm.tokenizer, BATCH_SIZE), "main", "test", limit)
+    assert ours.example_ids == theirs.example_ids
     worst = 0.0
-    for mine, mc1, mc2 in zip(ours.per_example, theirs["mc1"].per_example, theirs["mc2"].per_example, strict=True):
+    for mine, other in zip(ours.per_example, theirs.per_example, strict=True):
         our_scores = mine["true_scores"] + mine["false_scores"]
-        their_scores = [log_prob for log_prob, _ in mc2["response"]]
-        their_mc1_scores = [log_prob for log_prob, _ in mc1["response"]]
+        their_scores = [log_prob for log_prob, _ in other["response"]]
         assert len(our_scores) == len(their_scores)
-        for a, b in zip([*our_scores, mine["best_score"], *mine["false_scores"]], [*their_scores, *their_mc1_scores], strict=True):
+        for a, b in zip(our_scores, their_scores, strict=True):
             assert close(a, b), (mine["id"], a, b)
             worst = max(worst, abs(a - b))
-        tied = mine["best_score"] == max(mine["false_scores"]) or their_mc1_scores[0] == max(their_mc1_scores[1:])
-        if not tied:
-            assert mine["mc1"] == mc1["mc1"]
-        assert abs(mine["mc2"] - mc2["mc2"]) < MC2_TOLERANCE
-    assert ours.metrics["mc1"] == theirs["mc1"].metrics["mc1"]
-    assert abs(ours.metrics["mc2"] - theirs["mc2"].metrics["mc2"]) < MC2_TOLERANCE
-    return {"max_abs_log_prob_diff": worst, "mc2_diff": abs(ours.metrics["mc2"] - theirs["mc2"].metrics["mc2"])}
+        if mine["best_score"] != max(mine["false_scores"]):  # a tie could go either way by round-off
+            assert mine["mc1"] == other["mc1"]
+        assert abs(mine["mc2"] - other["mc2"]) < MC2_TOLERANCE
+    assert ours.metrics["mc1"] == theirs.metrics["mc1"]
+    assert abs(ours.metrics["mc2"] - theirs.metrics["mc2"]) < MC2_TOLERANCE
+    return {"max_abs_log_prob_diff": worst, "mc2_diff": abs(ours.metrics["mc2"] - theirs.metrics["mc2"])}
 
 
 def crosscheck_generation(lm, task_name: str, limit: int) -> None:
@@ -109,56 +118,164 @@ def crosscheck_generation(lm, task_name: str, limit: int) -> None:
 
 
 # -- direction 2: our tasks -> lm-eval ------------------------------------------------------
-def test_export_writes_absolute_paths_and_the_harness_documents(exported):
-    names = sorted(path.stem for path in exported.glob("*.yaml"))
-    assert names == [
-        "lofit_clutrr", "lofit_mquake",
-        "lofit_truthfulqa_mc1_fold0", "lofit_truthfulqa_mc1_fold1",
-        "lofit_truthfulqa_mc2_fold0", "lofit_truthfulqa_mc2_fold1",
-    ]  # fmt: skip
+BUILTIN_EXPORTS = ["lofit_clutrr", "lofit_mquake", "lofit_truthfulqa_fold0", "lofit_truthfulqa_fold1"]
+
+QUIZ_PLUGIN = '''
+"""A third party's tasks: a multiple-choice quiz, and a task with its own opaque evaluate."""
+from dataclasses import dataclass
+
+from lofit_bench import hookimpl
+from lofit_bench.task import EvalResult, MultipleChoiceTask, Task
+
+QUESTIONS = [
+    ("quiz-0", "Grass is", (" green", " blue", " red")),
+    ("quiz-1", "The sky is", (" blue", " green")),
+    ("quiz-2", "Snow is", (" white", " black", " pink", " green")),
+]
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    text: str
+    answers: tuple
+
+
+class ColourQuiz(MultipleChoiceTask):
+    name = "colour-quiz"
+    description = "three colour questions; the first answer is right"
+    objective = "none"
+    metrics = ("acc", "margin")
+    primary_metric = "acc"
+
+    def items(self, fold, split):
+        self.check_fold(fold)
+        return [Question(*question) for question in QUESTIONS] if split == "test" else []
+
+    def training_examples(self, fold, split="train"):
+        return []
+
+    def choice_context(self, question):
+        return question.text
+
+    def choices(self, question):
+        return list(question.answers)
+
+    def score_choices(self, question, log_likelihoods):
+        margin = log_likelihoods[0] - max(log_likelihoods[1:])
+        return {"acc": float(margin > 0), "margin": margin}
+
+
+class SameLmEvalName(ColourQuiz):
+    name = "colour_quiz"  # lofit_colour_quiz too
+
+
+class Opaque(Task):
+    name = "opaque"
+    objective = "none"
+    evaluation = "generation"
+    metrics = ("score",)
+    primary_metric = "score"
+
+    def split_ids(self, fold, split):
+        return ["only"] if split == "test" else []
+
+    def training_examples(self, fold, split="train"):
+        return []
+
+    def evaluate(self, scorer, fold, split="test", limit=None):
+        return EvalResult({"score": 1.0}, ["only"])
+
+
+@hookimpl
+def register_tasks(register):
+    register(ColourQuiz)
+    register(SameLmEvalName)
+    register(Opaque)
+'''
+
+
+@pytest.fixture
+def local_qa(tmp_path, monkeypatch):
+    """The example plugin (examples/lofit-bench-bitfit) installed as pip would, from its source."""
+    monkeypatch.syspath_prepend(str(EXAMPLE_DIR))
+    source = "from lofit_bench_bitfit import register_methods, register_tasks  # noqa: F401\n"
+    install_entry_point_plugin(tmp_path, monkeypatch, "bitfit_entry", source, "lofit-bench-bitfit")
+    assert "local-qa" in plugins.get_host().tasks
+
+
+def test_export_writes_absolute_paths_and_the_tasks_own_documents(exported):
+    assert sorted(path.stem for path in exported.glob("*.yaml")) == BUILTIN_EXPORTS
     config = (exported / "lofit_clutrr.yaml").read_text()
     data_file = Path(json.loads(config.split("test: ", 1)[1].splitlines()[0]))
     assert data_file.is_absolute() and data_file.exists()
-    assert "process_results: !function utils.process_clutrr" in config
-    assert (exported / "utils.py").read_text() == Path(task_functions.__file__).read_text()
+    assert "process_results: !function utils.process_lofit_clutrr" in config
+    utils = (exported / "utils.py").read_text()
+    assert 'score_document("clutrr", "lofit_bench.tasks.clutrr:Clutrr", "main", "test", doc, results)' in utils
 
-    documents = [json.loads(line) for line in (exported / "data" / "truthfulqa_fold_1_test.jsonl").open()]
+    truthfulqa = documents(exported, "lofit_truthfulqa_fold1")
     questions = TruthfulQA().questions("fold_1", "test")
-    assert [document["id"] for document in documents] == [question.id for question in questions]
-    first, question = documents[0], questions[0]
+    assert [document["id"] for document in truthfulqa] == [question.id for question in questions]
+    first, question = truthfulqa[0], questions[0]
     assert first["context"] == scoring_context(question.question)
-    assert first["mc1_choices"] == [question.best, *question.false_answers]
-    assert first["mc2_choices"][: first["n_true"]] == question.true_answers
-    stories = [json.loads(line) for line in (exported / "data" / "clutrr_test.jsonl").open()]
+    assert first["choices"] == [" " + answer for answer in question.true_answers + question.false_answers]
+    stories = documents(exported, "lofit_clutrr")
     assert [story["prompt"] for story in stories] == [story.prompt for story in Clutrr().stories("main", "test")]
 
 
-def test_export_command(tmp_path, capsys):
+def test_export_command_exports_every_registered_task(tmp_path, capsys):
     assert main(["export-lm-eval", str(tmp_path / "out")]) == 0
-    assert "lofit_clutrr" in capsys.readouterr().out
-    assert (tmp_path / "out" / "lofit_mquake.yaml").exists() and (tmp_path / "out" / "utils.py").exists()
+    out = capsys.readouterr().out
+    assert all(name in out for name in BUILTIN_EXPORTS) and "skipped" not in out
+    assert sorted(path.stem for path in (tmp_path / "out").glob("*.yaml")) == BUILTIN_EXPORTS
+
+
+def test_export_command_with_named_tasks(tmp_path, capsys):
+    assert main(["export-lm-eval", str(tmp_path / "out"), "--tasks", "mquake"]) == 0
+    assert [path.stem for path in (tmp_path / "out").glob("*.yaml")] == ["lofit_mquake"]
+    assert "def process_lofit_mquake(" in (tmp_path / "out" / "utils.py").read_text()
+    assert main(["export-lm-eval", str(tmp_path / "bad"), "--tasks", "mquake,mquak"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown task: mquak." in error and "Known tasks: clutrr, mquake, truthfulqa." in error
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("task_name", ["clutrr", "mquake"])
 def test_exported_scoring_functions_match_the_harness_on_planted_replies(exported, task_name):
     """No model: the same replies through the harness's task and through utils.py."""
     task = {"clutrr": Clutrr, "mquake": Mquake}[task_name]()
-    documents = [json.loads(line) for line in (exported / "data" / f"{task_name}_test.jsonl").open()][:6]
+    docs = documents(exported, f"lofit_{task_name}")[:6]
     if task_name == "clutrr":
-        gold = documents[0]["gold"]
+        gold = task.stories("main", "test")[0].target_text
         replies = [" " + gold + ".\nmore", gold.upper(), "'s\n nobody.", "", " x\n" + gold, " Son."]
     else:
-        golds = [document["golds"] for document in documents]
+        golds = [case.golds for case in task.cases("main", "test")[:6]]
         replies = [golds[0][0], " " + golds[1][0], golds[2][-1] + "\nA: no", "", "A: x", "x"]
-    by_prompt = {document["prompt"]: reply for document, reply in zip(documents, replies, strict=True)}
+    by_prompt = {document["prompt"]: reply for document, reply in zip(docs, replies, strict=True)}
     ours = task.evaluate(FakeScorer(reply=lambda prompt: by_prompt[prompt]), "main", "test", limit=6)
-    process = {"clutrr": task_functions.process_clutrr, "mquake": task_functions.process_mquake}[task_name]
-    for mine, document, reply in zip(ours.per_example, documents, replies, strict=True):
-        theirs = process(document, [reply])
-        assert theirs["exact_match"] == float(mine["exact_match"])
-        if task_name == "mquake":
-            assert theirs["exact_match_lenient"] == float(mine["exact_match_lenient"])
+    process = getattr(exported_utils(exported), f"process_lofit_{task_name}")
+    for mine, document, reply in zip(ours.per_example, docs, replies, strict=True):
+        assert process(document, [reply]) == {metric: float(mine[metric]) for metric in task.metrics}
     assert 0 < ours.metrics["exact_match"] < 1  # the planted replies hit both outcomes
+
+
+def test_planted_answers_get_their_known_scores_through_the_exported_functions(exported):
+    utils = exported_utils(exported)
+    story, gold = documents(exported, "lofit_clutrr")[0], Clutrr().stories("main", "test")[0].target_text
+    assert utils.process_lofit_clutrr(story, [f" {gold.capitalize()}.\nmore"]) == {"exact_match": 1.0}
+    assert utils.process_lofit_clutrr(story, [" nobody."]) == {"exact_match": 0.0}
+    case, answer = documents(exported, "lofit_mquake")[0], Mquake().cases("main", "test")[0].new_answer
+    assert utils.process_lofit_mquake(case, [answer + "\nQ: next"]) == {"exact_match": 1.0, "exact_match_lenient": 1.0}
+    assert utils.process_lofit_mquake(case, [" " + answer]) == {"exact_match": 0.0, "exact_match_lenient": 1.0}
+
+    document, question = documents(exported, "lofit_truthfulqa_fold0")[0], TruthfulQA().questions("fold_0", "test")[0]
+    n_true, n_all = len(question.true_answers), len(document["choices"])
+    even = [(-2.0, False)] * n_all  # every answer equally likely: MC1 ties lose, MC2 = n_true / n_all
+    assert utils.process_lofit_truthfulqa_fold0(document, even) == {"mc1": 0.0, "mc2": pytest.approx(n_true / n_all, abs=1e-12)}
+    best = question.true_answers.index(question.best)
+    favoured = [(0.0 if index == best else -1.0, False) for index in range(n_all)]
+    mc2 = (1 + (n_true - 1) * math.exp(-1)) / (1 + (n_all - 1) * math.exp(-1))
+    assert utils.process_lofit_truthfulqa_fold0(document, favoured) == {"mc1": 1.0, "mc2": pytest.approx(mc2, abs=1e-12)}
 
 
 def test_exported_truthfulqa_scoring_matches_the_harness_on_planted_scores(exported):
@@ -166,11 +283,65 @@ def test_exported_truthfulqa_scoring_matches_the_harness_on_planted_scores(expor
         return -float(len(continuation) % 7) - 0.1 * len(context) / 1000
 
     ours = TruthfulQA().evaluate(FakeScorer(score=score), "fold_0", "test", limit=20)
-    documents = [json.loads(line) for line in (exported / "data" / "truthfulqa_fold_0_test.jsonl").open()][:20]
-    for mine, document in zip(ours.per_example, documents, strict=True):
-        for metric, process in (("mc1", task_functions.process_truthfulqa_mc1), ("mc2", task_functions.process_truthfulqa_mc2)):
-            results = [(score(document["context"], " " + choice), False) for choice in document[f"{metric}_choices"]]
-            assert process(document, results)[metric] == pytest.approx(mine[metric], abs=1e-12)
+    process = exported_utils(exported).process_lofit_truthfulqa_fold0
+    for mine, document in zip(ours.per_example, documents(exported, "lofit_truthfulqa_fold0")[:20], strict=True):
+        results = [(score(document["context"], choice), False) for choice in document["choices"]]
+        assert process(document, results) == {"mc1": mine["mc1"], "mc2": mine["mc2"]}
+
+
+def test_a_document_that_no_longer_matches_its_task_is_refused(exported):
+    process = exported_utils(exported).process_lofit_clutrr
+    document = documents(exported, "lofit_clutrr")[0]
+    with pytest.raises(UserError, match="no longer matches task 'clutrr'.*export-lm-eval"):
+        process({**document, "prompt": document["prompt"] + " "}, ["x"])
+    with pytest.raises(UserError, match="'nope' is not in task 'clutrr'"):
+        process({**document, "id": "nope"}, ["x"])
+
+
+def test_the_example_plugins_local_qa_is_exported_and_lm_eval_scores_it_as_the_harness(tiny, local_qa, tmp_path, monkeypatch):
+    result = export_lm_eval_tasks(tmp_path / "out", ["local-qa"])
+    (exported_task,) = result.tasks
+    assert (exported_task.name, exported_task.class_path) == ("lofit_local_qa", "lofit_bench_bitfit.task:LocalQA")
+    assert 'provided_by: "lofit-bench-bitfit 0.1"' in (tmp_path / "out" / "lofit_local_qa.yaml").read_text()
+    task = plugins.get_host().tasks.get("local-qa")()
+    ours = task.evaluate(Scorer(tiny.model, tiny.tokenizer, BATCH_SIZE), "main", "test")
+    monkeypatch.setenv(INCLUDE_VARIABLE, str(tmp_path / "out"))
+    theirs = lm_eval_task_class("lofit_local_qa")().evaluate(Scorer(tiny.model, tiny.tokenizer, BATCH_SIZE), "main", "test")
+    assert theirs.example_ids == ours.example_ids == task.split_ids("main", "test")
+    for mine, other in zip(ours.per_example, theirs.per_example, strict=True):
+        assert other["response"][0] == mine["generation"]
+        assert other["exact_match"] == float(mine["exact_match"])
+    assert theirs.metrics == ours.metrics
+
+    utils = exported_utils(tmp_path / "out")
+    document = documents(tmp_path / "out", "lofit_local_qa")[0]
+    assert document == {"id": "test-000", "prompt": "Q: What is the capital of Turkey?\nA:", "target": " Ankara"}
+    assert utils.process_lofit_local_qa(document, [" Ankara\nQ: What is"]) == {"exact_match": 1.0}
+    assert utils.process_lofit_local_qa(document, [" Ankara, Turkey"]) == {"exact_match": 0.0}
+
+
+def test_a_plugin_multiple_choice_task_is_exported_and_lm_eval_scores_it_as_the_harness(tiny, tmp_path, monkeypatch, capsys):
+    install_entry_point_plugin(tmp_path, monkeypatch, "quiz_plugin", QUIZ_PLUGIN, "quiz-plugin")
+    assert main(["export-lm-eval", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped opaque: task 'opaque' cannot be exported to lm-eval: it is neither a GenerationTask nor a MultipleChoiceTask" in out
+    assert "skipped colour_quiz: task 'colour_quiz' cannot be exported: task 'colour-quiz' already exports as lm-eval task 'lofit_colour_quiz'" in out
+    assert "lofit_colour_quiz" in out and "lofit_clutrr" in out
+    assert 'task_class: "quiz_plugin:ColourQuiz"' in (tmp_path / "out" / "lofit_colour_quiz.yaml").read_text()
+
+    ours = plugins.get_host().tasks.get("colour-quiz")().evaluate(Scorer(tiny.model, tiny.tokenizer, BATCH_SIZE), "main")
+    results, _ = evaluate_model(tiny.model, tiny.tokenizer, "lofit_colour_quiz", include=[tmp_path / "out"], batch_size=BATCH_SIZE)
+    samples = sorted(results["samples"]["lofit_colour_quiz"], key=lambda sample: sample["doc_id"])
+    assert [sample["doc"]["id"] for sample in samples] == ours.example_ids == ["quiz-0", "quiz-1", "quiz-2"]
+    for mine, sample in zip(ours.per_example, samples, strict=True):
+        assert len(sample["filtered_resps"]) == len(sample["doc"]["choices"])
+        assert sample["margin"] == pytest.approx(mine["margin"], abs=LOG_PROB_TOLERANCE)
+        assert sample["acc"] == mine["acc"]
+    table = results["results"]["lofit_colour_quiz"]
+    assert table["acc,none"] == ours.metrics["acc"]
+    assert table["margin,none"] == pytest.approx(ours.metrics["margin"], abs=LOG_PROB_TOLERANCE)
+    with pytest.raises(UserError, match="^task 'opaque' cannot be exported to lm-eval: it is neither"):
+        export_lm_eval_tasks(tmp_path / "named", ["colour-quiz", "opaque"])
 
 
 # -- cross-checks on the tiny model ----------------------------------------------------------
@@ -194,8 +365,8 @@ def test_hooks_stay_active_inside_lm_eval(tiny):
         return (args[0] * 3.0 + 0.5,)
 
     def scores(**kwargs) -> list[float]:
-        results, _ = evaluate_model(tiny.model, tiny.tokenizer, "lofit_truthfulqa_mc2_fold0", limit=1, batch_size=BATCH_SIZE, **kwargs)
-        return [log_prob for log_prob, _ in results["samples"]["lofit_truthfulqa_mc2_fold0"][0]["filtered_resps"]]
+        results, _ = evaluate_model(tiny.model, tiny.tokenizer, "lofit_truthfulqa_fold0", limit=1, batch_size=BATCH_SIZE, **kwargs)
+        return [log_prob for log_prob, _ in results["samples"]["lofit_truthfulqa_fold0"][0]["filtered_resps"]]
 
     @contextlib.contextmanager
     def intervention():
@@ -301,7 +472,7 @@ def test_a_task_that_needs_a_download_fails_fast_and_says_so(tmp_path, monkeypat
     if not offline_flags:  # no switch set, and the hub does not answer
         for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             monkeypatch.delenv(variable, raising=False)
-        monkeypatch.setattr("lofit_bench.models._hub_reachable", lambda timeout=3.0: False)
+        monkeypatch.setattr("lofit_bench.models.hub_reachable", lambda timeout=3.0: False)
     started = time.monotonic()
     with pytest.raises(UserError, match="needs a download from the Hugging Face Hub") as error:
         plugins.get_host().tasks.get("lm_eval:hub_truthfulqa")
@@ -357,7 +528,7 @@ def test_lm_eval_command_line_on_exported_tasks(tmp_path):
     command = [
         str(Path(sys.executable).with_name("lm_eval")), "--model", "hf",
         "--model_args", f"pretrained={folder},dtype=float32", "--device", "cpu", "--batch_size", "4",
-        "--include_path", str(tmp_path / "tasks"), "--tasks", "lofit_mquake,lofit_truthfulqa_mc2_fold0",
+        "--include_path", str(tmp_path / "tasks"), "--tasks", "lofit_mquake,lofit_truthfulqa_fold0",
         "--limit", "2", "--output_path", str(tmp_path / "out"), "--log_samples",
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
@@ -365,4 +536,4 @@ def test_lm_eval_command_line_on_exported_tasks(tmp_path):
     ours_mquake = Mquake().evaluate(Scorer(lm.model, lm.tokenizer, 4), "main", "test", limit=2)
     ours_tqa = TruthfulQA().evaluate(Scorer(lm.model, lm.tokenizer, 4), "fold_0", "test", limit=2)
     assert results["lofit_mquake"]["exact_match,none"] == ours_mquake.metrics["exact_match"]
-    assert results["lofit_truthfulqa_mc2_fold0"]["mc2,none"] == pytest.approx(ours_tqa.metrics["mc2"], abs=MC2_TOLERANCE)
+    assert results["lofit_truthfulqa_fold0"]["mc2,none"] == pytest.approx(ours_tqa.metrics["mc2"], abs=MC2_TOLERANCE)

@@ -3,8 +3,9 @@
 - Our models -> lm-eval tasks: :mod:`lofit_bench.lmeval.model` wraps the live model a method
   produced (hooks attached, or a peft wrapper) in lm-eval's ``HFLM``;
   :mod:`lofit_bench.lmeval.tasks` makes ``lm_eval:TASK`` a task name the harness accepts.
-- Our tasks -> lm-eval: :mod:`lofit_bench.lmeval.export` writes task configs that reproduce
-  the harness's TruthfulQA, CLUTRR and MQuAKE protocol (``lofit-bench export-lm-eval``).
+- Our tasks -> lm-eval: :mod:`lofit_bench.lmeval.export` writes task configs for any
+  generation or multiple-choice task, built-in or from a plugin, scored by the task's own
+  code (:mod:`lofit_bench.lmeval.task_functions`; ``lofit-bench export-lm-eval``).
 
 lm-eval is an optional extra (``pip install 'lofit-bench[lm-eval]'``): nothing here imports it
 until it is used, so ``lofit-bench --help`` stays instant.

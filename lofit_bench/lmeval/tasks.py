@@ -9,9 +9,10 @@ Where task names are looked up (lm-eval's ``TaskManager(include_defaults=False)`
 13 s index of the whole catalogue is never built), later entries overriding earlier ones:
 
 1. the built-in lm-eval folders whose name starts NAME (``truthfulqa_mc2`` -> ``tasks/truthfulqa``);
-2. the harness's own tasks as exported by :mod:`lofit_bench.lmeval.export` (``lofit_clutrr``,
-   ``lofit_mquake``, ``lofit_truthfulqa_mc{1,2}_fold{0,1}``), written once per process into
-   a temporary folder;
+2. the harness's own tasks, every registered task that can be exported, plugin tasks
+   included, as :mod:`lofit_bench.lmeval.export` writes them (``lofit_clutrr``,
+   ``lofit_mquake``, ``lofit_truthfulqa_fold{0,1}``, ...), once per process into a
+   temporary folder;
 3. the user's folders: ``--lm-eval-include PATH`` (repeatable), which sets
    ``LOFIT_BENCH_LM_EVAL_INCLUDE`` (paths joined by ``os.pathsep``) for the runs.
 
@@ -71,7 +72,8 @@ _exported_folder: Path | None = None
 
 
 def exported_tasks_folder() -> Path:
-    """The harness's own tasks as lm-eval configs, written once per process."""
+    """Every exportable registered task as lm-eval configs, written once per process (a task
+    that cannot be exported is left out; `lofit-bench export-lm-eval` says why)."""
     global _exported_folder
     if _exported_folder is None:
         from lofit_bench.lmeval.export import export_lm_eval_tasks
@@ -146,7 +148,7 @@ def _offline_requested() -> bool:
 
 def offline_first(task_name: str, action: Callable[[], T]) -> T:
     """Run ``action`` (which loads lm-eval datasets) without the hub; online only as a fallback."""
-    from lofit_bench.models import _hub_reachable
+    from lofit_bench.models import hub_reachable
 
     try:
         with hub_switched_off():
@@ -156,7 +158,7 @@ def offline_first(task_name: str, action: Callable[[], T]) -> T:
     except Exception as error:  # noqa: BLE001 - any failure to build an lm-eval task is the user's to fix
         if not _needs_download(error):
             raise UserError(f"lm-eval could not load task {task_name!r}: {type(error).__name__}: {_first_line(error)}") from error
-        if _offline_requested() or not _hub_reachable():
+        if _offline_requested() or not hub_reachable():
             raise UserError(
                 f"lm-eval task {task_name!r} needs a download from the Hugging Face Hub "
                 f"({_first_line(error)}), and the hub cannot be reached (offline mode is set, or "
