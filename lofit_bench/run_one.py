@@ -151,7 +151,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
                 revision=spec.model.revision, attn_implementation=spec.model.attn_implementation,
                 device_map=spec.model.effective_device_map,
             )
-        record.model = ModelInfo(**lm.describe())
+        record.model = record.model or ModelInfo(**lm.describe())  # every fold loads the same model
         base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
         memory = memory or MemoryMeter(lm.device, devices=lm.devices)
         set_seed(spec.seed)
@@ -184,13 +184,14 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
         fold_record.per_example = list(result.per_example)
         fold_record.evaluation_details = result.details or None
         record.artifacts_error = save_artifacts(method, artifacts / fold) or record.artifacts_error
-        count = method.trainable_parameters()  # the same every fold: the shape does not depend on the data
-        record.trainable_parameters = TrainableParameters(
-            count=count,
-            percent_of_base=100.0 * count / base_parameters,
-            stored_values=method.stored_values(),
-            base_parameters=base_parameters,
-        )
+        fold_record.trainable_parameters = method.trainable_parameters()
+        if record.trainable_parameters is None:  # the run's figure is its first fold's; each fold keeps its own
+            record.trainable_parameters = TrainableParameters(
+                count=fold_record.trainable_parameters,
+                percent_of_base=100.0 * fold_record.trainable_parameters / base_parameters,
+                stored_values=method.stored_values(),
+                base_parameters=base_parameters,
+            )
         method.remove()
         del lm, method, scorer
     record.metrics = _average_over_folds(record.folds)

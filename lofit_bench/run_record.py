@@ -125,6 +125,8 @@ class FoldRecord:
     #: One entry per test example: its id and its metric values (and what the task adds).
     per_example: list[JSONObject] = field(default_factory=list)
     evaluation_details: JSONObject | None = None
+    #: The fold's trainable parameters (the run's ``trainable_parameters`` is its first fold's).
+    trainable_parameters: int | None = None
 
 
 @_strict

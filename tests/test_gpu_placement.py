@@ -121,22 +121,22 @@ def test_concurrent_runs_each_see_only_their_own_gpu_and_a_cpu_run_none(tmp_path
     specs = plan_sweep(["test-probe"], ["clutrr"], budget(), ModelSettings("tiny-random-llama"), seeds=[1, 2])
     specs += plan_sweep(["test-probe"], ["clutrr"], budget(), ModelSettings("tiny-random-llama", device="cpu"), seeds=[3])
     results = {spec.seed: record for spec, record in execute(specs, tmp_path, "process", jobs=3, progress=False, gpus=["0", "1"])}
-    assert [results[seed]["status"] for seed in (1, 2, 3)] == ["ok", "ok", "ok"]
-    fits = {seed: next(iter(record["folds"].values()))["fit"] for seed, record in results.items()}
+    assert [results[seed].status for seed in (1, 2, 3)] == ["ok", "ok", "ok"]
+    fits = {seed: next(iter(record.folds.values())).fit for seed, record in results.items()}
     assert sorted([fits[1]["visible"], fits[2]["visible"]]) == ["0", "1"]  # one GPU each, never the other's
     assert fits[3]["visible"] == ""  # a CPU run sees no GPU at all
     assert max(fit["started"] for fit in fits.values()) < min(fit["ended"] for fit in fits.values())  # they overlapped
-    assert all(results[seed]["placement"]["cuda_visible_devices"] == fits[seed]["visible"] for seed in fits)
+    assert all(results[seed].placement.cuda_visible_devices == fits[seed]["visible"] for seed in fits)
 
 
 def test_a_crashed_run_frees_its_gpu_and_runs_queue_for_a_busy_one(tmp_path, probe_plugin) -> None:
     specs = plan_sweep(["test-crash", "test-probe"], ["clutrr"], budget(), ModelSettings("tiny-random-llama"))
     results = {spec.method: record for spec, record in execute(specs, tmp_path, "process", jobs=2, progress=False, gpus=["7"])}
-    assert results["test-crash"]["error"]["type"] == "WorkerCrashed"
-    assert results["test-crash"]["placement"]["cuda_visible_devices"] == "7"
+    assert results["test-crash"].error.type == "WorkerCrashed"
+    assert results["test-crash"].placement.cuda_visible_devices == "7"
     # jobs=2 but one GPU: the probe waited for the crashed run's GPU, then got it.
-    assert results["test-probe"]["status"] == "ok"
-    assert next(iter(results["test-probe"]["folds"].values()))["fit"]["visible"] == "7"
+    assert results["test-probe"].status == "ok"
+    assert next(iter(results["test-probe"].folds.values())).fit["visible"] == "7"
 
 
 def test_the_cli_process_never_initialises_cuda_nor_loads_a_model(tmp_path, builtin_host, monkeypatch, capsys) -> None:
