@@ -14,20 +14,16 @@ Run with ``tox -e bench -- benchmarks/test_lm_head_cost.py -s`` (needs ``lofit-b
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks.timing import interleaved_ratio, report
-from lofit_bench.budget import get_budget
+from benchmarks.timing import clutrr_sft_batch, interleaved_ratio, report
 from lofit_bench.interventions import HeadIntervention
 from lofit_bench.scoring import Scorer
 from lofit_bench.tasks.clutrr import Clutrr
 from lofit_bench.tasks.truthfulqa import TruthfulQA, scoring_context
-from lofit_bench.training import OptimizerSettings, _build_trainer
 
 BATCH = 8
 QUESTIONS = 8
@@ -50,18 +46,9 @@ def models(bundled, gemma):
     return {"smollm2-135m": bundled, "gemma3-270m": gemma}
 
 
-def _sft_batch(lm):
-    examples = Clutrr().training_examples("main")[:BATCH]
-    trainer = _build_trainer(
-        lm.model, lm.tokenizer, examples, "sft", get_budget("paper").replace(epochs=1),
-        OptimizerSettings(1e-2), 0, Path(tempfile.mkdtemp()), None, None, False,
-    )
-    return trainer, next(iter(trainer.get_train_dataloader()))
-
-
 def _training_step(lm):
     """A step of a LoFiT bias on one head in every third layer: (step function, tokens per step)."""
-    trainer, batch = _sft_batch(lm)
+    trainer, batch = clutrr_sft_batch(lm, BATCH)
     heads = [(layer, 0) for layer in range(0, lm.layout.n_layers, 3)]
     intervention = HeadIntervention(lm.layout, heads, shift=True).init_normal_(1e-3, seed=0)
     intervention.attach(lm.model, lm.layout, "benchmark_lm_head")
@@ -86,7 +73,7 @@ def test_lm_head_share_of_a_forward(benchmark, models):
     """With logits at every position the head is most of Gemma's forward; at one position it is not."""
     shares = {}
     for name, lm in models.items():
-        _, batch = _sft_batch(lm)
+        _, batch = clutrr_sft_batch(lm, BATCH)
 
         def forward(keep: int, lm=lm, batch=batch):
             with torch.no_grad():

@@ -3,18 +3,12 @@ against the same step with the bias built into the model (no hooks)."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-from benchmarks.timing import interleaved_ratio, report
-from lofit_bench.budget import get_budget
+from benchmarks.timing import clutrr_sft_batch, interleaved_ratio, report
 from lofit_bench.interventions import HeadIntervention
-from lofit_bench.tasks.clutrr import Clutrr
-from lofit_bench.training import OptimizerSettings, _build_trainer
 
 BATCH = 8
 HEADS = [(layer, head) for layer, head in [(3, 1), (7, 4), (11, 0), (14, 8), (18, 2), (21, 5), (25, 3), (28, 6)]]
@@ -23,12 +17,7 @@ HEADS = [(layer, head) for layer, head in [(3, 1), (7, 4), (11, 0), (14, 8), (18
 @pytest.fixture(scope="module")
 def clutrr_batch(bundled):
     """One collated SFT batch of 8 CLUTRR training examples, as the trainer builds it."""
-    examples = Clutrr().training_examples("main")[:BATCH]
-    trainer = _build_trainer(
-        bundled.model, bundled.tokenizer, examples, "sft", get_budget("paper").replace(epochs=1),
-        OptimizerSettings(1e-2), 0, Path(tempfile.mkdtemp()), None, None, False,
-    )
-    return trainer, next(iter(trainer.get_train_dataloader()))
+    return clutrr_sft_batch(bundled, BATCH)
 
 
 def _step(trainer, model, batch, parameters):

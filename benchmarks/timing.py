@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -36,3 +38,18 @@ def interleaved_ratio(subject: Callable[[], object], baseline: Callable[[], obje
 def report(benchmark, name: str, result: dict, goal: str) -> None:
     benchmark.extra_info.update(result | {"goal": goal})
     print(f"\n{name}: ratio {result['ratio']} (subject {result['subject_s']} s, baseline {result['baseline_s']} s; goal {goal})")
+
+
+def clutrr_sft_batch(lm, size: int = 8):
+    """(trainer, one collated SFT batch of ``size`` CLUTRR training examples), as the harness's
+    trainer builds them for ``lm``."""
+    from lofit_bench.budget import get_budget
+    from lofit_bench.tasks.clutrr import Clutrr
+    from lofit_bench.training import OptimizerSettings, _build_trainer
+
+    examples = Clutrr().training_examples("main")[:size]
+    trainer = _build_trainer(
+        lm.model, lm.tokenizer, examples, "sft", get_budget("paper").replace(epochs=1),
+        OptimizerSettings(1e-2), 0, Path(tempfile.mkdtemp()), None, None, False,
+    )
+    return trainer, next(iter(trainer.get_train_dataloader()))

@@ -47,3 +47,15 @@ def tiny_scorer() -> Scorer:
 
     lm = load_model("tiny-random-llama", device="cpu")
     return Scorer(lm.model, lm.tokenizer, batch_size=16)
+
+
+def assert_judges_each_prompts_own_generation(task, result, limit: int) -> None:
+    """The batched ``task.evaluate`` judged exactly what the tiny model generates for each
+    prompt alone, in the split's order, and each metric is the mean of its per-example values."""
+    single = tiny_scorer()
+    for item, entry in zip(task.items("main", "test")[:limit], result.per_example, strict=True):
+        (alone,) = single.generate([item.prompt], max_new_tokens=task.max_new_tokens)
+        assert entry["generation"] == alone.new_text
+        assert {key: entry[key] for key in task.judge(item, alone)} == task.judge(item, alone)
+    for metric in task.metrics:
+        assert abs(result.metrics[metric] - sum(entry[metric] for entry in result.per_example) / limit) < 1e-12

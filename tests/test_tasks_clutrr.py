@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from tasks_helpers import FakeScorer, tiny_scorer
+from tasks_helpers import FakeScorer, assert_judges_each_prompts_own_generation, tiny_scorer
 
 from lofit_bench.errors import UserError
 from lofit_bench.tasks import clutrr
@@ -92,15 +92,7 @@ def test_evaluate_on_the_tiny_model_judges_each_prompts_own_generation() -> None
     task = Clutrr()
     result = task.evaluate(tiny_scorer(), "main", "test", limit=3)
     assert set(result.metrics) == {"exact_match"}
-    # The batched evaluation judges exactly what the model generates for each prompt alone,
-    # in the split's order, and each metric is the mean of its per-example values.
-    single = tiny_scorer()
-    for item, entry in zip(task.items("main", "test")[:3], result.per_example, strict=True):
-        (alone,) = single.generate([item.prompt], max_new_tokens=task.max_new_tokens)
-        assert entry["generation"] == alone.new_text
-        assert {key: entry[key] for key in task.judge(item, alone)} == task.judge(item, alone)
-    for metric in task.metrics:
-        assert result.metrics[metric] == pytest.approx(sum(entry[metric] for entry in result.per_example) / 3)
+    assert_judges_each_prompts_own_generation(task, result, limit=3)
     assert result.example_ids == task.split_ids("main", "test")[:3]
     assert {"id", "prediction", "gold", "exact_match"} <= set(result.per_example[0])
 
