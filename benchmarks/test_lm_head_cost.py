@@ -47,11 +47,12 @@ def models(bundled, gemma):
 
 
 def _training_step(lm):
-    """A step of a LoFiT bias on one head in every third layer: (step function, tokens per step)."""
+    """A step of a LoFiT bias on one head in every third layer: (step function, tokens per
+    step, the attachment to remove afterwards: the bundled model is shared by every benchmark)."""
     trainer, batch = clutrr_sft_batch(lm, BATCH)
     heads = [(layer, 0) for layer in range(0, lm.layout.n_layers, 3)]
     intervention = HeadIntervention(lm.layout, heads, shift=True).init_normal_(1e-3, seed=0)
-    intervention.attach(lm.model, lm.layout, "benchmark_lm_head")
+    attachment = intervention.attach(lm.model, lm.layout, "benchmark_lm_head")
     parameters = list(intervention.parameters())
 
     def step():
@@ -60,13 +61,16 @@ def _training_step(lm):
         for parameter in parameters:
             parameter.grad = None
 
-    return step, int(batch["attention_mask"].sum())
+    return step, int(batch["attention_mask"].sum()), attachment
 
 
-def _timed_tokens(function, tokens: int) -> float:
+def _tokens_per_second(call, tokens: int | None = None, scorer: Scorer | None = None) -> float:
+    """Tokens per second of ``call()``: ``tokens`` of them, or as many as ``scorer`` counted."""
+    before = scorer.tokens_processed if scorer else 0
     started = time.perf_counter()
-    function()
-    return tokens / (time.perf_counter() - started)
+    call()
+    seconds = time.perf_counter() - started
+    return (scorer.tokens_processed - before if scorer else tokens) / seconds
 
 
 def test_lm_head_share_of_a_forward(benchmark, models):
@@ -95,23 +99,21 @@ def test_tokens_per_second_next_to_smollm2(benchmark, models):
         requests += [(scoring_context(question.question), " " + answer) for answer in question.true_answers + question.false_answers]
     prompts = [story.prompt for story in Clutrr().items("main", "test")[:PROMPTS]]
     rates: dict[str, dict[str, list[float]]] = {name: {"train": [], "score": [], "generate": []} for name in models}
-    work = {}
+    work, attachments = {}, []
     for name, lm in models.items():
-        step, tokens = _training_step(lm)
-        scorer = Scorer(lm.model, lm.tokenizer, batch_size=16)
-        work[name] = (step, tokens, scorer)
+        step, tokens, attachment = _training_step(lm)
+        attachments.append(attachment)
+        work[name] = (step, tokens, Scorer(lm.model, lm.tokenizer, batch_size=16))
         step()  # warm-up
-    for _ in range(2):
-        for name, (step, tokens, scorer) in work.items():  # alternate the models
-            rates[name]["train"].append(_timed_tokens(step, tokens))
-            before = scorer.tokens_processed
-            started = time.perf_counter()
-            scorer.loglikelihoods(requests)
-            rates[name]["score"].append((scorer.tokens_processed - before) / (time.perf_counter() - started))
-            before = scorer.tokens_processed
-            started = time.perf_counter()
-            scorer.generate(prompts, max_new_tokens=16)
-            rates[name]["generate"].append((scorer.tokens_processed - before) / (time.perf_counter() - started))
+    try:
+        for _ in range(2):
+            for name, (step, tokens, scorer) in work.items():  # alternate the models
+                rates[name]["train"].append(_tokens_per_second(step, tokens=tokens))
+                rates[name]["score"].append(_tokens_per_second(lambda scorer=scorer: scorer.loglikelihoods(requests), scorer=scorer))
+                rates[name]["generate"].append(_tokens_per_second(lambda scorer=scorer: scorer.generate(prompts, max_new_tokens=16), scorer=scorer))
+    finally:
+        for attachment in attachments:
+            attachment.remove()
     best = {name: {kind: round(max(values), 1) for kind, values in kinds.items()} for name, kinds in rates.items()}
     ratios = {kind: round(best["gemma3-270m"][kind] / best["smollm2-135m"][kind], 3) for kind in ("train", "score", "generate")}
     benchmark.extra_info.update({"tokens_per_s": best, "gemma_over_smollm2": ratios, "threads": torch.get_num_threads()})

@@ -25,7 +25,7 @@ from typing import Any
 
 from lofit_bench.errors import DiskFull, UserError, warn
 from lofit_bench.names import file_part, inside
-from lofit_bench.run_record import RECORD_SCHEMA, RecordError, RunRecord, check_record, parse_record
+from lofit_bench.run_record import RECORD_SCHEMA, RecordError, RunRecord, parse_record
 
 __all__ = ["RECORD_SCHEMA", "RECORDS_FOLDER", "RunRecord", "load_records", "read_record", "save_record"]
 
@@ -172,11 +172,11 @@ def save_record(path: Path, record: RunRecord) -> Path | None:
     the runner fills typed fields) is still written, so no result is lost, with a warning
     that names the problem; readers will then skip it and say why.
     Raises :class:`~lofit_bench.errors.DiskFull` after saving what it could when the disk is full."""
+    payload = record.to_json()
     try:
-        check_record(record)
+        parse_record(payload)  # what a reader will check
     except RecordError as error:
         warn(f"the record {path.name} does not match the record schema ({error}); it is written anyway")
-    payload = record.to_json()
     try:
         write_json_atomic(path, payload)
         return path

@@ -323,11 +323,6 @@ def parse_record(payload: Any) -> RunRecord:
         raise RecordError(_first_problem(error)) from None
 
 
-def check_record(record: RunRecord) -> None:
-    """Raise :class:`RecordError` when ``record`` would not read back as valid (validation on write)."""
-    parse_record(record.to_json())
-
-
 def migrate(payload: JSONObject) -> JSONObject:
     """``payload`` brought to :data:`RECORD_SCHEMA` by :data:`MIGRATIONS`, one version at a time."""
     version = payload.get("schema")
