@@ -144,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
     report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against, e.g. lofit (default: none, no p-values)")
 
+    compare = commands.add_parser(
+        "compare",
+        help="rank the methods of each task on several models side by side (one run folder per model): Kendall's tau and every reversal",
+        description="Read the records of several run folders (e.g. one per model) and print, per task, every method's "
+        "primary metric and rank on each model side by side, Kendall's tau-b between the models' rankings and each "
+        "pair of methods whose order reverses, with its paired bootstrap p-value on each model.",
+    )
+    compare.add_argument("runs_dirs", type=Path, nargs="+", metavar="RUNS_DIR", help="--out folders of runs (two models or more in all)")
+    compare.add_argument("--tasks", type=_split_names, default=None, help="comma-separated tasks to compare (default: every task in the folders)")
+    compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md and comparison.json into DIR")
+
     listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
     listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
@@ -317,6 +328,17 @@ def command_report(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_compare(arguments: argparse.Namespace) -> int:
+    from lofit_bench.compare import compare_folders, render_markdown, write_comparison
+
+    comparison = compare_folders(arguments.runs_dirs, arguments.tasks)
+    print(render_markdown(comparison))
+    if arguments.out is not None:
+        write_comparison(comparison, arguments.out)
+        print(f"\nwrote comparison.md and comparison.json in {arguments.out}")
+    return 0
+
+
 def command_list(arguments: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -400,6 +422,7 @@ def command_export_lm_eval(arguments: argparse.Namespace) -> int:
 COMMANDS = {
     "run": command_run,
     "report": command_report,
+    "compare": command_compare,
     "list": command_list,
     "plugins": command_plugins,
     "heads": command_heads,

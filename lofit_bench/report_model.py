@@ -350,12 +350,12 @@ def _describe_runs(runs: list[str]) -> str:
     return ", ".join(runs) if len(runs) <= 4 else f"{len(runs)} runs ({', '.join(runs[:2])}, ...)"
 
 
-def budget_differences(records: list[RunRecord]) -> list[str]:
-    """One line per budget field on which the folder's runs disagree, naming the runs."""
+def budget_differences(records: list[RunRecord], which: str = "runs in this folder") -> list[str]:
+    """One line per budget field on which ``records`` (the folder's runs) disagree, naming the runs."""
     names = sorted({name for record in records for name in record.budget})
     fields = {name: (lambda record, name=name: record.budget.get(name)) for name in names}
     return [
-        f"runs in this folder used different budgets: {name} = "
+        f"{which} used different budgets: {name} = "
         + "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in sorted(by_value.items()))
         + "; compare with care"
         for name, by_value in _differences(records, fields)

@@ -140,6 +140,8 @@ FLAG_CASES = [
     ("heads-top-negative", ["heads", "{tmp}", "--top", "-3"], "--top must be a whole number of at least 1"),
     ("heads-top-zero", ["heads", "{tmp}", "--top", "0"], "--top must be"),
     ("report-missing-folder", ["report", "{tmp}/nothing"], "is not a folder"),
+    ("compare-missing-folder", ["compare", "{tmp}/nothing", "{tmp}"], "is not a folder"),
+    ("compare-empty-folder", ["compare", "{tmp}", "{tmp}"], "no finished runs"),
     ("heads-missing-folder", ["heads", "{tmp}/nothing"], ""),
 ]
 

@@ -11,7 +11,7 @@ import pytest
 
 from lofit_bench.cli import main
 
-SUBCOMMANDS = ["run", "report", "list", "plugins", "heads", "export-lm-eval"]
+SUBCOMMANDS = ["run", "report", "compare", "list", "plugins", "heads", "export-lm-eval"]
 
 
 pytestmark = pytest.mark.usefixtures("builtin_plugins_only")

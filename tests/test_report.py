@@ -6,40 +6,12 @@ import csv
 import json
 
 import pytest
+from report_helpers import fake_record, with_examples, write
 
 from lofit_bench.budget import get_budget
 from lofit_bench.errors import LofitBenchWarning, UserError
-from lofit_bench.records import RECORD_SCHEMA, write_json_atomic
+from lofit_bench.records import RECORD_SCHEMA
 from lofit_bench.report import build_report, render_markdown
-
-
-def fake_record(method: str, seed: int, accuracy: float, budget=None, status: str = "ok") -> dict:
-    record = {
-        "schema": RECORD_SCHEMA,
-        "key": f"{method}{seed}",
-        "status": status,
-        "method": {"name": method, "options": {}},
-        "task": {"name": "clutrr", "metrics": ["exact_match"], "primary_metric": "exact_match"},
-        "seed": seed,
-        "budget": (budget or get_budget("smoke")).to_dict(),
-        "model": {"name": "tiny-random-llama"},
-    }
-    if status == "ok":
-        record |= {
-            "metrics": {"exact_match": accuracy},
-            "folds": {"main": {"eval_size": 12}},
-            "trainable_parameters": {"count": 4096, "percent_of_base": 0.003, "stored_values": 4096, "base_parameters": 136_000_000},
-            "memory": {"kind": "cpu_peak_rss_delta", "device": "cpu", "peak_mib": 120.0},
-            "timings": {"fit": 10.0, "evaluate": 2.0, "total_s": 12.5},
-        }
-    else:
-        record["error"] = {"type": "RuntimeError", "message": "boom"}
-    return record
-
-
-def write(tmp_path, records):
-    for index, record in enumerate(records):
-        write_json_atomic(tmp_path / "records" / f"{index}.json", record)
 
 
 def test_seeds_are_aggregated_as_mean_and_std(tmp_path):
@@ -84,11 +56,6 @@ def test_foreign_json_files_are_ignored(tmp_path):
     write(tmp_path, [fake_record("lofit", 1, 0.5)])
     (tmp_path / "records" / "other.json").write_text(json.dumps({"hello": 1}))
     assert len(build_report(tmp_path).rows) == 1
-
-
-def with_examples(record: dict, values: list[float], metric: str = "exact_match") -> dict:
-    record["folds"]["main"]["per_example"] = [{"id": str(i), metric: value} for i, value in enumerate(values)]
-    return record
 
 
 def test_p_value_against_lofit_on_paired_examples(tmp_path):
