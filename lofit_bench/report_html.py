@@ -90,9 +90,12 @@ def scatter_figure(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | 
         # Zero trainable parameters cannot sit on a log axis: draw them at 1 and say so.
         points = [(max(float(cost(row)), 1.0) if log else float(cost(row)), 100 * row.primary) for row in task_rows]
         front = pareto_front(points)
-        for index, (row, (x, y)) in enumerate(zip(task_rows, points, strict=True)):
-            axes.scatter([x], [y], s=60 if index in front else 30, edgecolor="black" if index in front else "none")
-            axes.annotate(_short(row.method), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        labels: dict[tuple[float, float], list[str]] = {}  # methods drawn on one spot share one label
+        for index, (row, point) in enumerate(zip(task_rows, points, strict=True)):
+            axes.scatter([point[0]], [point[1]], s=60 if index in front else 30, edgecolor="black" if index in front else "none")
+            labels.setdefault(point, []).append(_short(row.method))
+        for point, methods in labels.items():
+            axes.annotate(", ".join(methods), point, textcoords="offset points", xytext=(4, 4), fontsize=8)
         ordered = sorted(points[index] for index in front)
         axes.plot([x for x, _ in ordered], [y for _, y in ordered], linestyle="--", color="grey", linewidth=1)
         if log:
@@ -113,7 +116,8 @@ def bars_figure(rows: list[SummaryRow]):
     figure, axes_list = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for axes, (title, task_rows) in zip(axes_list[0], panels, strict=True):
         means = [100 * row.primary for row in task_rows]
-        errors = [100 * (row.metrics[row.primary_metric][1] or 0.0) for row in task_rows]
+        deviations = [row.metrics[row.primary_metric][1] for row in task_rows]  # None with one seed
+        errors = [100 * (deviation or 0.0) for deviation in deviations] if any(d is not None for d in deviations) else None
         axes.bar(range(len(task_rows)), means, yerr=errors, capsize=4, color="#4c72b0")
         axes.set_xticks(range(len(task_rows)), [_short(row.method) for row in task_rows], rotation=30, ha="right", fontsize=8)
         axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
