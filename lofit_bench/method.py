@@ -189,6 +189,9 @@ class Method(ABC):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     #: False for methods that never look at the training split (zero-shot).
     uses_training_data: ClassVar[bool] = True
+    #: Rough seconds of one fit per character of training text, next to LoRA's (1.0). Only
+    #: orders parallel runs, longest first (:mod:`lofit_bench.schedule`); never recorded.
+    relative_cost: ClassVar[float] = 1.0
     #: What the attached edits need from scoring and training (:class:`Capabilities`). Read
     #: from the instance once ``fit`` (or ``load``) has attached them; a method whose needs
     #: depend on its config or fitted state overrides it with a property (RepE).

@@ -25,6 +25,7 @@ from lofit_bench.preflight import check_before_runs
 from lofit_bench.records import RECORDS_FOLDER, read_record, save_record
 from lofit_bench.run_one import ARTIFACTS_FOLDER, execute_run
 from lofit_bench.run_spec import ModelSettings, RunSpec, model_source_fingerprint, run_identity
+from lofit_bench.schedule import longest_first
 
 __all__ = [
     "ARTIFACTS_FOLDER", "ModelSettings", "RunOutcome", "RunSpec", "check_output_folder", "execute_run",
@@ -133,6 +134,8 @@ def run_sweep(
             where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
             logs = "" if executor == "inline" or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
             echo(f"running {len(pending)} run(s) ({where}{logs})")
+        if jobs > 1 and executor != "inline":  # jobs finish together: the longest runs go first
+            pending = longest_first(pending)
         for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
             path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
             if record.ok:

@@ -90,6 +90,7 @@ class FullFineTuning(Method):
     name = "full-ft"
     description = "Full fine-tuning: every weight trained with AdamW (fp32), same objectives and budget"
     config_class = FullFTConfig
+    relative_cost = 1.25  # untuned CLUTRR fit, SmolLM2-135M, next to LoRA's (schedule order only)
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)

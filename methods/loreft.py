@@ -344,6 +344,7 @@ class LoReFT(Method):
     name = "loreft"
     description = "LoReFT (Wu et al. 2024): low-rank residual-stream edits at the first/last prompt tokens"
     config_class = LoReFTConfig
+    relative_cost = 1.24  # untuned CLUTRR fit, SmolLM2-135M, next to LoRA's (schedule order only)
     # The edits are a PromptListener: told each call's prompt, and then given no cached prefix.
     capabilities = Capabilities(needs_prompt_positions=True)
 

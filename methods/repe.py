@@ -341,6 +341,7 @@ class RepE(Method):
     name = "repe"
     description = "RepE (Zou et al. 2023): reading vector (PCA) or contrast vector added to one layer's residual stream"
     config_class = RepEConfig
+    relative_cost = 0.21  # untuned CLUTRR fit, SmolLM2-135M, next to LoRA's (schedule order only)
 
     @classmethod
     def check_before_runs(cls, config: MethodConfig, shape: Any) -> None:
