@@ -3,7 +3,9 @@
 With ``--jobs N`` a sweep's wall time is that of its busiest job. Runs started in the order
 the user listed them can leave the longest one for last, with the other jobs idle while it
 runs (the tuned main comparison lost 19 of its 83 minutes so). Starting the longest runs
-first (the LPT rule of list scheduling) bounds the wall time by 4/3 of the best packing.
+first (the LPT rule of list scheduling) keeps the wall time within 7/6 of the best packing
+on two jobs when the costs are exact; here they are estimates, so it is a good order, not
+a guarantee (the tuned main comparison: 66 minutes for 128 run-minutes on two jobs).
 
 A run's expected cost is only used for this order and is never recorded: the method's
 :attr:`~lofit_bench.method.Method.relative_cost` (its fit's seconds per training character
