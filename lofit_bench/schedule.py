@@ -53,7 +53,6 @@ def training_characters(task_name: str, limit: int | None) -> int:
         return 0
     total = 0
     for fold in task.folds:
-        examples = task.training_examples(fold, "train")
-        for example in examples[:limit] if limit else examples:
+        for example in task.training_examples(fold, "train")[:limit]:  # limit None: all
             total += sum(len(value) for value in dataclasses.asdict(example).values() if isinstance(value, str))
     return total
