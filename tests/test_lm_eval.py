@@ -27,9 +27,9 @@ pytest.importorskip("lm_eval")
 from lofit_bench import hookimpl, plugins  # noqa: E402
 from lofit_bench.cli import main  # noqa: E402
 from lofit_bench.errors import UserError  # noqa: E402
-from lofit_bench.lmeval import INSTALL_HINT  # noqa: E402
+from lofit_bench.lmeval import INCLUDE_VARIABLE, INSTALL_HINT  # noqa: E402
 from lofit_bench.lmeval.export import export_lm_eval_tasks  # noqa: E402
-from lofit_bench.lmeval.tasks import INCLUDE_VARIABLE, evaluate_model, lm_eval_task_class  # noqa: E402
+from lofit_bench.lmeval.tasks import evaluate_model, lm_eval_task_class  # noqa: E402
 from lofit_bench.models import load_model  # noqa: E402
 from lofit_bench.registry import Registry  # noqa: E402
 from lofit_bench.scoring import Scorer  # noqa: E402
@@ -537,3 +537,18 @@ def test_lm_eval_command_line_on_exported_tasks(tmp_path):
     ours_tqa = TruthfulQA().evaluate(Scorer(lm.model, lm.tokenizer, 4), "fold_0", "test", limit=2)
     assert results["lofit_mquake"]["exact_match,none"] == ours_mquake.metrics["exact_match"]
     assert results["lofit_truthfulqa_fold0"]["mc2,none"] == pytest.approx(ours_tqa.metrics["mc2"], abs=MC2_TOLERANCE)
+
+
+def test_export_refuses_an_lm_eval_name_before_resolving_it(monkeypatch, tmp_path):
+    """`export-lm-eval --tasks lm_eval:X` says no at once: resolving the name would build lm-eval's
+    task index (and export every task of ours) just to learn it cannot be exported."""
+    import lofit_bench.lmeval.lookup as lookup
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the lm-eval name was resolved")
+
+    monkeypatch.setattr(lookup, "task_manager", never)
+    monkeypatch.setattr(lookup, "exported_tasks_folder", never)
+    with pytest.raises(UserError, match=r"'lm_eval:hellaswag' cannot be exported to lm-eval: it is an lm-eval task already"):
+        export_lm_eval_tasks(tmp_path / "out", ["lm_eval:hellaswag"])
+    assert not (tmp_path / "out").exists()

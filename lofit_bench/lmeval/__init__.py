@@ -20,6 +20,10 @@ from collections.abc import Iterator
 
 from lofit_bench.errors import UserError
 
+#: ``lm_eval:NAME`` task names: the prefix, and the variable that carries ``--lm-eval-include``.
+PREFIX = "lm_eval"
+INCLUDE_VARIABLE = "LOFIT_BENCH_LM_EVAL_INCLUDE"
+
 LM_EVAL_REQUIREMENT = "lm-eval[hf]>=0.4.13,<0.5"
 INSTALL_HINT = "pip install 'lofit-bench[lm-eval]'"
 

@@ -43,7 +43,9 @@ from typing import Any
 
 from lofit_bench import __version__
 from lofit_bench.errors import UserError
+from lofit_bench.lmeval import PREFIX as LM_EVAL_PREFIX
 from lofit_bench.lmeval import task_functions
+from lofit_bench.registry import PREFIX_SEPARATOR
 from lofit_bench.task import GenerationTask, Split, Task
 
 UTILS_MODULE = "utils"
@@ -101,6 +103,9 @@ def export_lm_eval_tasks(out_dir: Path, task_names: Sequence[str] | None = None)
     named = task_names is not None
     names = list(dict.fromkeys(task_names)) if named else host.tasks.names()
     if named:
+        for name in names:  # refused before resolving: resolving an lm-eval name would import lm-eval
+            if name.startswith(LM_EVAL_PREFIX + PREFIX_SEPARATOR):
+                raise UserError(f"task {name!r} cannot be exported to lm-eval: it is an lm-eval task already")
         host.tasks.resolve(names)  # one error listing the known tasks for any unknown name
     exported: list[ExportedTask] = []
     skipped: dict[str, str] = {}
@@ -133,10 +138,6 @@ def lm_eval_name(task: str, fold: str, folds: Sequence[str]) -> str:
 
 def task_exports(name: str, cls: type, provider: dict[str, str] | None) -> list[ExportedTask]:
     """One :class:`ExportedTask` per fold of the task registered as ``name``."""
-    from lofit_bench.lmeval.tasks import LmEvalTask
-
-    if isinstance(cls, type) and issubclass(cls, LmEvalTask):
-        raise UserError(f"task {name!r} cannot be exported to lm-eval: it is an lm-eval task already")
     try:
         task = cls()
     except UserError:
