@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (default auto: fp32 on CPU, bf16 on CUDA)")
     run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
-    run.add_argument("--executor", default=None, choices=["process", "inline", "ray"], help="process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]')")
+    run.add_argument("--executor", default=None, metavar="NAME", help="where runs execute (`lofit-bench list executors`): process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]'); or a plugin's")
     run.add_argument("--jobs", type=_jobs, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
     run.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tasks", type=_split_names, default=None, help="comma-separated tasks to compare (default: every task in the folders)")
     compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md and comparison.json into DIR")
 
-    listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
-    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
+    listing = commands.add_parser("list", help="list methods, tasks, models, budgets or executors", description="List what lofit-bench knows.")
+    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "executors"], help="what to list")
     listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
 
     heads = commands.add_parser(
@@ -249,6 +249,7 @@ def command_run(arguments: argparse.Namespace) -> int:
         method_options[name] = method_options.get(name, {}) | options
     models = _model_settings(arguments, config)
     seeds = arguments.seeds or config.seeds
+    _check_executor(arguments.executor or config.executor or "process", arguments.ray_address)
     specs = [
         spec for model in models
         for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage)
@@ -289,6 +290,20 @@ def command_run(arguments: argparse.Namespace) -> int:
         print(f"lofit-bench: {len(failed)} of {len(outcomes)} run(s) failed; see their records", file=sys.stderr)
         return EXIT_RUN_FAILED
     return 0
+
+
+def _check_executor(name: str, address: str | None) -> None:
+    """The executor exists, and takes ``--ray-address`` if one is given (never ignored silently)."""
+    from lofit_bench.plugins import get_host
+
+    executors = get_host().executors
+    executor = executors.get(name)
+    if address and not executor.takes_address:
+        takers = [other for other in executors if executors.get(other).takes_address]
+        raise UserError(
+            f"--ray-address is for {' or '.join(f'--executor {other}' for other in takers) or 'an executor that joins a cluster'}; "
+            f"the {name} executor does not use it (drop it, or choose that executor)"
+        )
 
 
 def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
@@ -359,6 +374,10 @@ def command_list(arguments: argparse.Namespace) -> int:
     from lofit_bench.plugins import get_host
 
     host = get_host()
+    if arguments.what == "executors":
+        rows = [[name, host.executors.get(name).description, host.executors.owner(name)] for name in host.executors]
+        print(tabulate(rows, headers=["executor", "description", "plugin"], tablefmt="simple"))
+        return 0
     if arguments.what == "methods":
         for name in host.methods:
             cls = host.methods.get(name)

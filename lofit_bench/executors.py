@@ -19,6 +19,10 @@ return the record; the parent writes it, so remote workers need no shared filesy
 - ``ray``: Ray tasks on a local or remote cluster (``pip install lofit-bench[ray]``), each
   asking Ray for ``gpus_per_run`` GPUs when the cluster has GPUs (Ray then sets the task's
   ``CUDA_VISIBLE_DEVICES`` itself).
+
+Each is an :class:`Executor` registered through the ``register_executors`` hook, the same hook
+a plugin uses to add its own (a Slurm or Kubernetes executor): it receives the runs and yields
+each one's record, computed by :func:`run_in_worker` wherever the executor runs it.
 """
 
 from __future__ import annotations
@@ -28,40 +32,77 @@ import multiprocessing
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from lofit_bench import hookimpl
 from lofit_bench.errors import UserError
 from lofit_bench.run_record import Placement, RunError, RunRecord
 
 if TYPE_CHECKING:
     from lofit_bench.run_spec import RunSpec
 
-EXECUTORS = ("process", "inline", "ray")
-
 Record = RunRecord
 
 
-def _run_spec(spec: RunSpec, out_dir: str, progress: bool) -> Record:
-    """Executed in the worker: one run, returning its record (never raising for run errors).
+@dataclasses.dataclass(frozen=True)
+class ExecutorOptions:
+    """What the sweep tells every executor (the same object whichever executor runs)."""
+
+    jobs: int = 1  # runs at a time, for executors that run several
+    progress: bool = True  # the runs' own progress bars (on only where one run owns the terminal)
+    address: str | None = None  # a cluster to join (``--ray-address``), for executors that use one
+    gpus: Sequence[str] | None = None  # GPUs to hand out (``CUDA_VISIBLE_DEVICES`` entries); None: this machine's
+
+
+class Executor(ABC):
+    """Where the runs of a sweep execute. Subclass, set ``name`` and ``description``, implement
+    :meth:`execute`, and register the class through the ``register_executors`` hook.
+
+    An executor never writes records: it yields each run's record and the sweep writes it, so a
+    remote executor needs no shared filesystem for records (a run's artefacts and logs go to
+    ``out_dir`` wherever the run executes).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: Runs share the sweep's own process: no crash isolation, no per-run log file, no parallelism.
+    in_process: ClassVar[bool] = False
+    #: Executors that take a cluster address (``--ray-address``); others refuse one.
+    takes_address: ClassVar[bool] = False
+
+    def __init__(self, options: ExecutorOptions) -> None:
+        self.options = options
+
+    @abstractmethod
+    def execute(self, specs: list[RunSpec], out_dir: Path) -> Iterator[tuple[RunSpec, Record]]:
+        """Yield ``(spec, record)`` for every spec as its run ends, in completion order. A run that
+        dies without reporting must still yield a record (:func:`crashed_record`)."""
+
+
+def run_in_worker(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> Record:
+    """One run, wherever an executor runs it: its record (never raising for the run's own errors).
+
     Imported here, not at the top: a child process must set its visible GPUs before the
-    modules that bring torch are loaded."""
+    modules that bring torch are loaded.
+    """
     from lofit_bench.run_one import execute_run
 
     return execute_run(spec, Path(out_dir), progress=progress)
 
 
-def _run_spec_in_child(spec: RunSpec, out_dir: str, progress: bool, threads: int | None) -> Record:
-    """The process executor's worker: :func:`_run_spec` with a thread share and a parent watch."""
+def _run_in_child(spec: RunSpec, out_dir: str, progress: bool, threads: int | None) -> Record:
+    """The process executor's worker: :func:`run_in_worker` with a thread share and a parent watch."""
     _exit_with_parent(os.getppid())
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    record = _run_spec(spec, out_dir, progress)
+    record = run_in_worker(spec, out_dir, progress)
     # What this process was shown, read here rather than told by the parent: the proof that it saw its GPUs only.
     record.placement = Placement(cuda_visible_devices=os.environ.get(VISIBLE_DEVICES))
     return record
@@ -185,20 +226,55 @@ def execute(
     ray_address: str | None = None,
     gpus: Sequence[str] | None = None,
 ) -> Iterator[tuple[RunSpec, Record]]:
-    """Yield (spec, record) as runs finish, in completion order.
+    """Yield (spec, record) as runs finish, in completion order, on the executor named ``executor``.
 
-    ``gpus`` (the process executor's ``CUDA_VISIBLE_DEVICES`` entries to hand out) defaults to
-    this machine's; tests pass a fake list.
+    ``gpus`` (the GPUs to hand out, as ``CUDA_VISIBLE_DEVICES`` entries) defaults to this
+    machine's; tests pass a fake list.
     """
-    if executor == "inline":
+    options = ExecutorOptions(jobs=max(1, jobs), progress=progress, address=ray_address, gpus=gpus)
+    yield from executor_class(executor)(options).execute(specs, out_dir)
+
+
+def executor_class(name: str) -> type[Executor]:
+    """The registered executor called ``name`` (a UserError listing the known ones otherwise)."""
+    from lofit_bench.plugins import get_host
+
+    return get_host().executors.get(name)
+
+
+class InlineExecutor(Executor):
+    name = "inline"
+    description = "in this process, one run after another (debugging; no crash isolation)"
+    in_process = True
+
+    def execute(self, specs: list[RunSpec], out_dir: Path) -> Iterator[tuple[RunSpec, Record]]:
         for spec in specs:
-            yield spec, _run_spec(spec, str(out_dir), progress)
-    elif executor == "process":
-        yield from _execute_in_processes(specs, out_dir, max(1, jobs), progress, gpus)
-    elif executor == "ray":
-        yield from _execute_on_ray(specs, out_dir, max(1, jobs), progress, ray_address)
-    else:
-        raise UserError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+            yield spec, run_in_worker(spec, out_dir, self.options.progress)
+
+
+class ProcessExecutor(Executor):
+    name = "process"
+    description = "each run in its own child process, --jobs at a time (the default)"
+
+    def execute(self, specs: list[RunSpec], out_dir: Path) -> Iterator[tuple[RunSpec, Record]]:
+        options = self.options
+        yield from _execute_in_processes(specs, out_dir, options.jobs, options.progress, options.gpus)
+
+
+class RayExecutor(Executor):
+    name = "ray"
+    description = "Ray tasks on a local or remote cluster (--ray-address); pip install 'lofit-bench[ray]'"
+    takes_address = True
+
+    def execute(self, specs: list[RunSpec], out_dir: Path) -> Iterator[tuple[RunSpec, Record]]:
+        options = self.options
+        yield from _execute_on_ray(specs, out_dir, options.jobs, options.progress, options.address)
+
+
+@hookimpl
+def register_executors(register):
+    for executor in (ProcessExecutor, InlineExecutor, RayExecutor):
+        register(executor)
 
 
 def _execute_in_processes(
@@ -222,7 +298,7 @@ def _execute_in_processes(
         spec = pending.pop(0)
         child_spec, visible = _visible_for(spec, devices)
         process_pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_see_only, initargs=(visible,))
-        future = process_pool.submit(_run_spec_in_child, child_spec, str(out_dir), progress and jobs == 1, threads)
+        future = process_pool.submit(_run_in_child, child_spec, str(out_dir), progress and jobs == 1, threads)
         running[future] = (spec, devices, visible)
         pools[future] = process_pool
         return True
@@ -268,7 +344,7 @@ def _execute_on_ray(
     wanted = {id(spec): gpus_wanted(spec, cluster_gpus) for spec in specs}
     # Ray hides the other GPUs from a task (its CUDA_VISIBLE_DEVICES) and, for GPU tasks, starts a
     # fresh worker process per task by default, so a run's CUDA memory goes with it.
-    remote_run: Callable = ray.remote(max_retries=0)(_run_spec)
+    remote_run: Callable = ray.remote(max_retries=0)(run_in_worker)
     try:
         in_flight: dict[Any, Any] = {}
         pending = list(specs)

@@ -9,8 +9,8 @@ receives a ``register`` callback and calls it once per method or task class it p
     def register_methods(register):
         register(BitFit)
 
-Built-in methods and tasks are registered through these same hooks, and so is the built-in
-``lm_eval:`` task-name prefix (:func:`register_task_prefixes`).
+Built-in methods, tasks and executors are registered through these same hooks, and so is the
+built-in ``lm_eval:`` task-name prefix (:func:`register_task_prefixes`).
 """
 
 from __future__ import annotations
@@ -43,3 +43,9 @@ def register_task_prefixes(register: Callable[[str, Callable[[str], type], str],
     demand (raise :class:`~lofit_bench.errors.UserError` for a REST that names nothing). The
     built-in ``lm_eval:`` prefix turns any lm-eval task into a lofit-bench task this way.
     """
+
+
+@hookspec
+def register_executors(register: Callable[[type], None]) -> None:
+    """Register executors: call ``register(ExecutorSubclass)`` once per
+    :class:`~lofit_bench.executors.Executor` (where a sweep's runs execute: ``--executor NAME``)."""

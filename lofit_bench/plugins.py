@@ -38,6 +38,7 @@ BUILTIN_PLUGINS = (
     "lofit_bench.tasks.clutrr",
     "lofit_bench.tasks.mquake",
     "lofit_bench.lmeval.tasks",  # the `lm_eval:` task-name prefix (lm-eval imported on use)
+    "lofit_bench.executors",  # process, inline, ray
 )
 
 
@@ -61,13 +62,14 @@ def warn_plugin(message: str) -> None:
 
 
 class PluginHost:
-    """The plugin manager plus the method and task registries it fills."""
+    """The plugin manager plus the method, task and executor registries it fills."""
 
     def __init__(self) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.methods: Registry[type] = Registry("method")
         self.tasks: Registry[type] = Registry("task")
+        self.executors: Registry[type] = Registry("executor")
         self._info: dict[str, PluginInfo] = {}
         self._loaded = False
 
@@ -179,7 +181,8 @@ class PluginHost:
         plugin = self.manager.get_plugin(plugin_name)
         if plugin is None:
             return
-        for hook_name, registry in (("register_methods", self.methods), ("register_tasks", self.tasks)):
+        registries = (("register_methods", self.methods), ("register_tasks", self.tasks), ("register_executors", self.executors))
+        for hook_name, registry in registries:
             implementation = getattr(plugin, hook_name, None)
             if implementation is None:
                 continue

@@ -18,7 +18,7 @@ from typing import Any
 from lofit_bench.budget import Budget
 from lofit_bench.console import LOGS_FOLDER, SweepConsole, status_path, verbose
 from lofit_bench.errors import DiskFull, UserError, warn
-from lofit_bench.executors import execute
+from lofit_bench.executors import execute, executor_class
 from lofit_bench.lock import holding_out_folder_lock
 from lofit_bench.plugins import get_host
 from lofit_bench.preflight import check_before_runs
@@ -116,6 +116,7 @@ def run_sweep(
     run and, on a terminal (``live``), a status line; ``quiet`` prints nothing.
     """
     check_output_folder(out_dir)
+    in_process = executor_class(executor).in_process  # an unknown name fails here, before any run
     labels = {spec.key: f"{spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})" for spec in specs}
     outcomes: dict[str, RunOutcome] = {}
     pending = []
@@ -131,10 +132,10 @@ def run_sweep(
                 status_path(out_dir, path.stem).unlink(missing_ok=True)  # left by a killed sweep
                 console.submitted(path.stem, labels[spec.key])
         if pending and not quiet:
-            where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
-            logs = "" if executor == "inline" or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
+            where = "in this process" if in_process else f"{executor} executor, {jobs} at a time"
+            logs = "" if in_process or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
             echo(f"running {len(pending)} run(s) ({where}{logs})")
-        if jobs > 1 and executor != "inline":  # jobs finish together: the longest runs go first
+        if jobs > 1 and not in_process:  # jobs finish together: the longest runs go first
             pending = longest_first(pending)
         for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
             path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")

@@ -120,7 +120,7 @@ def _check_field(name: str, value: Any) -> Any:
     if name == "device":
         return validate.device(value)
     if name == "executor":
-        return validate.choice(value, "executor", validate.EXECUTOR_CHOICES)
+        return validate.text(value, "executor (an executor name: `lofit-bench list executors`)")
     if name == "jobs":
         return validate.jobs(value)
     return value

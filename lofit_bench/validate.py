@@ -16,7 +16,6 @@ from lofit_bench.errors import UserError
 #: numpy's seed range (transformers.set_seed seeds numpy too): larger seeds fail inside the run.
 MAX_SEED = 2**32 - 1
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
-EXECUTOR_CHOICES = ("process", "inline", "ray")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

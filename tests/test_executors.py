@@ -228,3 +228,43 @@ def test_parallel_cpu_runs_each_get_a_share_of_the_cores(tmp_path, monkeypatch):
     outcomes = run_sweep(specs, tmp_path / "out", progress=False, echo=lambda _: None, executor="process", jobs=2)
     shares = {json.loads(outcome.path.read_text())["environment"]["torch_threads"] for outcome in outcomes}
     assert shares == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_a_plugin_adds_an_executor_with_no_core_edit(tmp_path, capsys, monkeypatch):
+    """A plugin's executor is chosen by name on the command line, listed, and runs the sweep:
+    here one that runs each spec in this process and counts what it ran."""
+    monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "")
+    plugins.reset_host()
+    ran: list[str] = []
+
+    from lofit_bench import hookimpl
+    from lofit_bench.executors import Executor, run_in_worker
+
+    class CountingExecutor(Executor):
+        name = "counting"
+        description = "in this process, counting runs (a test plugin)"
+        in_process = True
+
+        def execute(self, specs, out_dir):
+            for spec in specs:
+                ran.append(spec.method)
+                yield spec, run_in_worker(spec, out_dir, self.options.progress)
+
+    class Plugin:
+        @hookimpl
+        def register_executors(self, register):
+            register(CountingExecutor)
+
+    plugins.get_host().register(Plugin(), "counting-plugin")
+    assert main(["list", "executors"]) == 0
+    assert "counting" in capsys.readouterr().out
+    out = tmp_path / "out"
+    code = main([
+        "run", "--methods", "zero-shot", "--tasks", "clutrr", "--model", "tiny-random-llama", "--device", "cpu",
+        "--budget", "smoke", "--budget-set", "eval_examples=2", "--executor", "counting", "--out", str(out), "--quiet",
+    ])
+    assert code == 0
+    assert ran == ["zero-shot"]
+    [record] = (out / "records").glob("*.json")
+    assert json.loads(record.read_text())["status"] == "ok"
+    plugins.reset_host()
