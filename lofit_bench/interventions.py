@@ -179,8 +179,8 @@ class Attachment:
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()
-        if self.name in self.model._modules:
-            del self.model._modules[self.name]
+        if self.name in dict(self.model.named_children()):
+            delattr(self.model, self.name)
 
     def __enter__(self) -> Attachment:
         return self

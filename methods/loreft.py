@@ -254,8 +254,8 @@ class LoReFTEdits(PromptListener):
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-        if model._modules.get(SUBMODULE) is self:
-            del model._modules[SUBMODULE]
+        if getattr(model, SUBMODULE, None) is self:
+            delattr(model, SUBMODULE)
         self.masks = None
 
     # -- hooks ---------------------------------------------------------------------------------

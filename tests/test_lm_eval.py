@@ -552,3 +552,28 @@ def test_export_refuses_an_lm_eval_name_before_resolving_it(monkeypatch, tmp_pat
     with pytest.raises(UserError, match=r"'lm_eval:hellaswag' cannot be exported to lm-eval: it is an lm-eval task already"):
         export_lm_eval_tasks(tmp_path / "out", ["lm_eval:hellaswag"])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("filters", [None, [{"name": "strict", "filter": [{"function": "take_first"}]},
+                                            {"name": "loose", "filter": [{"function": "take_first"}]}]])
+def test_filter_names_match_the_pipelines_lm_eval_builds(tmp_path, filters):
+    """Our metric keys read the filter names from the task config (public) instead of the task's
+    private ``_filters``; this fails loudly if lm-eval stops building one pipeline per entry."""
+    import yaml
+
+    from lofit_bench.lmeval.lookup import task_manager
+    from lofit_bench.lmeval.tasks import filter_names
+
+    data = tmp_path / "items.jsonl"
+    data.write_text('{"q": "Two and two make", "a": "four"}\n')
+    config = {
+        "task": "my_filtered", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test", "output_type": "generate_until", "doc_to_text": "q", "doc_to_target": "a",
+        "metric_list": [{"metric": "exact_match"}],
+    }
+    if filters:
+        config["filter_list"] = filters
+    (tmp_path / "my_filtered.yaml").write_text(yaml.safe_dump(config))
+    [leaf] = task_manager(["my_filtered"], [tmp_path]).load(["my_filtered"])["tasks"].values()
+    assert filter_names(leaf) == [pipeline.name for pipeline in leaf._filters]
+    assert filter_names(leaf) == (["strict", "loose"] if filters else ["none"])

@@ -71,7 +71,7 @@ class HookedHFLM(HFLM):
 
     def get_model_info(self) -> dict[str, Any]:
         """HFLM's version asks the hub for a model SHA; an in-memory model has none."""
-        model = self._model
+        model = self.model
         return {
             "model_num_parameters": sum(parameter.numel() for parameter in model.parameters()),
             "model_dtype": str(getattr(model, "dtype", "")),

@@ -287,7 +287,7 @@ def _build_task_class(task_name: str, user: list[Path], version: str) -> type[Lm
     several = len(leaves) > 1
     metric_keys, eval_ids, kinds = [], [], set()
     for leaf_name, leaf in leaves.items():
-        filters = [getattr(ensemble, "name", "none") for ensemble in getattr(leaf, "_filters", [])] or ["none"]
+        filters = filter_names(leaf)
         for metric in leaf.aggregation():
             for filter_name in filters:
                 name = metric if filter_name == "none" else f"{metric}@{filter_name}"
@@ -309,6 +309,13 @@ def _build_task_class(task_name: str, user: list[Path], version: str) -> type[Lm
         "eval_ids": tuple(eval_ids),
     }
     return type(f"LmEvalTask[{task_name}]", (LmEvalTask,), attributes)
+
+
+def filter_names(task: Any) -> list[str]:
+    """The names of a loaded lm-eval task's filter pipelines, as its results are keyed
+    (``metric,filter``): the task config's ``filter_list``, or lm-eval's single ``none`` default."""
+    filter_list = getattr(task.config, "filter_list", None)
+    return [entry["name"] for entry in filter_list] if filter_list else ["none"]
 
 
 @hookimpl
