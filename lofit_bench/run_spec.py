@@ -128,12 +128,13 @@ def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[st
     """Everything that changes a run's result, as plain data: the method's resolved config
     (defaults filled in) and the plugin that provides it (distribution and version), the task
     and its plugin, the budget, the model settings with the model's content fingerprint, the
-    device kind and the seed. The record keeps it (``identity``) and its hash is the key."""
+    device kind and the seed, plus a hash of the files a task reads from outside its plugin
+    (``--lm-eval-include`` folders) where it reads any. The record keeps it (``identity``) and its hash is the key."""
     host = get_host()
     method_class = host.methods.get(spec.method)
     settings = asdict(spec.model)
     settings["device"] = device_kind(spec.model.device)
-    return {
+    identity = {
         "method": spec.method,
         "method_config": method_class.config_class.from_dict(spec.method_options).to_dict(),
         "method_plugin": _plugin_identity(host, host.methods.owner(spec.method)),
@@ -144,6 +145,10 @@ def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[st
         "model_fingerprint": model_fingerprint or model_source_fingerprint(spec.model),
         "seed": spec.seed,
     }
+    task_source = host.tasks.get(spec.task).source_fingerprint()
+    if task_source is not None:  # only where a task reads files from outside its plugin: other keys stay as they were
+        identity["task_source"] = task_source
+    return identity
 
 
 def _plugin_identity(host: Any, plugin: str) -> str:

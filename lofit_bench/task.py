@@ -92,6 +92,14 @@ class Task(ABC):
 
         return DATA_ROOT / cls.name
 
+    @classmethod
+    def source_fingerprint(cls) -> str | None:
+        """A hash of what this task reads from outside its plugin (a user's folder of task files),
+        which the run's identity must include so that a changed input is run again rather than
+        skipped as done; None (the default) when everything it reads ships with its plugin, whose
+        distribution and version the identity holds already."""
+        return None
+
     def check_fold(self, fold: str) -> None:
         if fold not in self.folds:
             raise UserError(f"task {self.name!r} has no fold {fold!r}; its folds are {', '.join(self.folds)}")

@@ -577,3 +577,36 @@ def test_filter_names_match_the_pipelines_lm_eval_builds(tmp_path, filters):
     [leaf] = task_manager(["my_filtered"], [tmp_path]).load(["my_filtered"])["tasks"].values()
     assert filter_names(leaf) == [pipeline.name for pipeline in leaf._filters]
     assert filter_names(leaf) == (["strict", "loose"] if filters else ["none"])
+
+
+def test_a_changed_include_folder_changes_the_run_key(tmp_path, monkeypatch):
+    """`--lm-eval-include` changes results, so its content is part of the run's identity: editing
+    a task file there runs again instead of being skipped as done; built-in tasks keep their keys."""
+    from lofit_bench.budget import get_budget
+    from lofit_bench.lmeval import lookup, tasks
+    from lofit_bench.runner import ModelSettings, plan_sweep
+
+    folder = tmp_path / "my-tasks"
+    folder.mkdir()
+    data = folder / "colours.jsonl"
+    data.write_text('{"q": "Grass is", "choices": ["green", "blue"], "gold": 0}\n')
+    (folder / "colours.yaml").write_text(
+        "task: my_colours2\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {json.dumps(str(data))}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n"
+    )
+    monkeypatch.setenv(INCLUDE_VARIABLE, str(folder))
+    monkeypatch.setattr(tasks, "_task_classes", {})
+    model = ModelSettings("tiny-random-llama", device="cpu")
+
+    def key() -> tuple[str, str]:
+        [spec] = plan_sweep(["zero-shot"], ["lm_eval:my_colours2"], get_budget("smoke"), model)
+        return spec.key, spec.identity["task_source"]
+
+    first_key, first_source = key()
+    data.write_text('{"q": "Grass is", "choices": ["green", "blue"], "gold": 1}\n')
+    second_key, second_source = key()
+    assert first_source != second_source and first_key != second_key
+    [builtin] = plan_sweep(["zero-shot"], ["clutrr"], get_budget("smoke"), model)
+    assert "task_source" not in builtin.identity
+    assert lookup.user_include_paths() == [folder.resolve()]

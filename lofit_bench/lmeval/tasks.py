@@ -29,10 +29,11 @@ the error says the task needs a download, at once rather than after a minute of 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -233,6 +234,26 @@ class LmEvalTask(Task):
             "n-samples": results.get("n-samples"),
         }
         return EvalResult(metrics, example_ids, _jsonable(per_example), _jsonable(details))
+
+    @classmethod
+    def source_fingerprint(cls) -> str | None:
+        """The ``--lm-eval-include`` folders' content and lm-eval's version (lm-eval's own task
+        files come with that version)."""
+        return folder_fingerprint(cls.include, cls.lm_eval_version)
+
+
+def folder_fingerprint(folders: Sequence[str], version: str) -> str:
+    """A content hash of every file under ``folders`` (relative path, size, first MiB), with the
+    lm-eval version: what a ``lm_eval:`` task reads from ``--lm-eval-include``."""
+    digest = hashlib.sha256(f"lm_eval=={version}".encode())
+    for folder in folders:
+        root = Path(folder)
+        for path in sorted(item for item in root.rglob("*") if item.is_file()):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(str(path.stat().st_size).encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
 def _document_id(task: str, document: Any, index: int, several: bool) -> str:
