@@ -25,9 +25,11 @@ from lofit_bench.runner import ModelSettings, RunSpec, plan_sweep
 from lofit_bench.training import never_data_parallel
 
 PROBE_PLUGIN = '''
-"""A method that reports what its process sees: CUDA_VISIBLE_DEVICES and the time it ran."""
+"""A method that reports what its process sees: CUDA_VISIBLE_DEVICES, and whether the other
+runs of its barrier were running at the same time."""
 import os
 import time
+from pathlib import Path
 
 from lofit_bench import hookimpl
 from lofit_bench.method import Method
@@ -41,9 +43,23 @@ class Probe(Method):
         self.lm = lm
 
     def fit(self, context):
-        started = time.time()
-        time.sleep(float(os.environ.get("LOFIT_TEST_PROBE_SLEEP", "0")))
-        return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": started, "ended": time.time()}
+        return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "met": self.meet_the_others()}
+
+    def meet_the_others(self):
+        """A barrier: arrive (a file), then wait until every run of the barrier has arrived. Only
+        runs that execute at the same time all meet; run one after another, the first one waits
+        in vain and gives up (so the test fails on what it checks, not on a clock)."""
+        barrier = os.environ.get("LOFIT_TEST_BARRIER")
+        if not barrier:
+            return None
+        folder, expected = barrier.rsplit(":", 1)
+        Path(folder, str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(list(Path(folder).iterdir())) < int(expected):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def trainable_parameters(self):
         return 0
@@ -117,7 +133,9 @@ def test_visible_gpus_come_from_the_variable_without_initialising_cuda() -> None
 
 # -- what each run's process sees ------------------------------------------------------------------
 def test_concurrent_runs_each_see_only_their_own_gpu_and_a_cpu_run_none(tmp_path, probe_plugin, monkeypatch) -> None:
-    monkeypatch.setenv("LOFIT_TEST_PROBE_SLEEP", "3")  # long enough for the runs to overlap
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("LOFIT_TEST_BARRIER", f"{barrier}:3")  # all three runs must be running at once
     specs = plan_sweep(["test-probe"], ["clutrr"], budget(), ModelSettings("tiny-random-llama"), seeds=[1, 2])
     specs += plan_sweep(["test-probe"], ["clutrr"], budget(), ModelSettings("tiny-random-llama", device="cpu"), seeds=[3])
     results = {spec.seed: record for spec, record in execute(specs, tmp_path, "process", jobs=3, progress=False, gpus=["0", "1"])}
@@ -125,7 +143,7 @@ def test_concurrent_runs_each_see_only_their_own_gpu_and_a_cpu_run_none(tmp_path
     fits = {seed: next(iter(record.folds.values())).fit for seed, record in results.items()}
     assert sorted([fits[1]["visible"], fits[2]["visible"]]) == ["0", "1"]  # one GPU each, never the other's
     assert fits[3]["visible"] == ""  # a CPU run sees no GPU at all
-    assert max(fit["started"] for fit in fits.values()) < min(fit["ended"] for fit in fits.values())  # they overlapped
+    assert [fits[seed]["met"] for seed in (1, 2, 3)] == [True, True, True]  # they ran at the same time
     assert all(results[seed].placement.cuda_visible_devices == fits[seed]["visible"] for seed in fits)
 
 

@@ -142,6 +142,20 @@ def test_a_hopeless_trial_is_pruned_and_the_best_state_is_what_is_evaluated(tmp_
     assert not (tmp_path / "tuning" / outcome.path.stem).exists()  # the kept state is cleared once used
 
 
+def test_a_later_trial_that_scores_best_on_dev_is_chosen_and_its_state_evaluated(tmp_path, monkeypatch):
+    # trial 0 (the untuned values): 0.2 then 0.2; trial 1: 0.6 then 0.8; trial 2: 0.1 -> pruned.
+    # A tuner that always kept trial 0 (the default) fails here.
+    planted_dev_scores(monkeypatch, [0.2, 0.2, 0.6, 0.8, 0.1])
+    [outcome] = sweep(["lora"], ["mquake"], tmp_path, budget(prune_examples=2))
+    record = tuning_record(outcome)
+    assert [trial["state"] for trial in record["trials"]] == ["complete", "complete", "pruned"]
+    assert record["chosen_trial"] == 1
+    sampled = record["trials"][1]["values"]["learning_rate"]
+    assert sampled != 1e-3 and record["chosen"] == {"learning_rate": sampled}
+    run = json.loads(outcome.path.read_text())
+    assert run["method"]["config"]["learning_rate"] == sampled  # trial 1's state was loaded back and tested
+
+
 def test_ties_go_to_the_earliest_trial_and_other_metrics_break_them(tmp_path, monkeypatch):
     planted_dev_scores(monkeypatch, [0.5, 0.5, 0.5])
     assert tuning_record(sweep(["lora"], ["mquake"], tmp_path / "a")[0])["chosen_trial"] == 0
