@@ -254,11 +254,13 @@ def command_run(arguments: argparse.Namespace) -> int:
         spec for model in models
         for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage)
     ]
-    out_dir = arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    check_output_folder(out_dir)
+    from lofit_bench.run_folder import RunFolder
+
+    folder = RunFolder(arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    check_output_folder(folder)
     from lofit_bench.lock import out_folder_lock
 
-    arguments.cleanup.enter_context(out_folder_lock(out_dir))  # before the models are checked: a second sweep on OUT refuses at once
+    arguments.cleanup.enter_context(out_folder_lock(folder))  # before the models are checked: a second sweep on OUT refuses at once
     # Check each model before any run, from its config alone: an unknown, unreachable or unsupported
     # model fails here, with exit code 2, instead of as N failed runs (and the bundled model's cache is
     # built once). Nothing is loaded and CUDA is never initialised in this process: runs load the
@@ -268,21 +270,21 @@ def command_run(arguments: argparse.Namespace) -> int:
     executor = arguments.executor or config.executor or "process"
     jobs = arguments.jobs if arguments.jobs is not None else config.jobs if config.jobs is not None else 1
     names = ", ".join(model.name for model in models)
-    say(f"lofit-bench: {len(specs)} run(s) on {names} with budget {budget_name(budget.to_dict())} -> {out_dir}")
+    say(f"lofit-bench: {len(specs)} run(s) on {names} with budget {budget_name(budget.to_dict())} -> {folder}")
     outcomes = run_sweep(
-        specs, out_dir, force=arguments.force, progress=arguments.verbose,
+        specs, folder, force=arguments.force, progress=arguments.verbose,
         executor=executor, jobs=jobs, ray_address=arguments.ray_address, quiet=arguments.quiet,
     )
-    saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(out_dir)]
+    saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(folder)]
     if any(outcome.status in ("ok", "skipped") for outcome in saved):
-        report = build_report(out_dir, reference=arguments.reference)
+        report = build_report(folder.root, reference=arguments.reference)
         say()
         say(render_markdown(report))
-        say(f"records: {out_dir / 'records'}; also report.md, results.csv, results.json")
-        say(f"open the report: {out_dir / 'report.html'}")
-    unsaved = [outcome for outcome in outcomes if outcome.path != outcome.spec.record_path(out_dir)]
+        say(f"records: {folder.records}; also report.md, results.csv, results.json")
+        say(f"open the report: {folder.root / 'report.html'}")
+    unsaved = [outcome for outcome in outcomes if outcome.path != outcome.spec.record_path(folder)]
     if unsaved:
-        print(f"lofit-bench: {len(unsaved)} record(s) could not be written into {out_dir / 'records'}; "
+        print(f"lofit-bench: {len(unsaved)} record(s) could not be written into {folder.records}; "
               "their results were kept elsewhere (see above)", file=sys.stderr)
         return EXIT_RUN_FAILED
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import TextIO
 
 from lofit_bench.records import write_text_atomic
+from lofit_bench.run_folder import RunFolder
 
-STATUS_FOLDER = ".status"
-LOGS_FOLDER = "logs"
 VERBOSE_VARIABLE = "LOFIT_BENCH_VERBOSE"
 
 #: Environment that keeps libraries' own progress bars and info logs off the console.
@@ -75,10 +74,6 @@ class RunStatus:
             self.path = None
 
 
-def status_path(out_dir: Path, record_stem: str) -> Path:
-    return out_dir / STATUS_FOLDER / f"{record_stem}.json"
-
-
 def read_status(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -102,7 +97,7 @@ class SweepConsole:
     def __init__(
         self,
         total: int,
-        out_dir: Path,
+        folder: RunFolder,
         echo: Callable[[str], None] = print,
         stream: TextIO | None = None,
         live: bool | None = None,
@@ -110,7 +105,7 @@ class SweepConsole:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
-        self.out_dir = out_dir
+        self.folder = folder
         self.echo = echo
         self.stream = stream or sys.stderr
         self.live = (self.stream.isatty() and not os.environ.get("CI")) if live is None else live
@@ -142,7 +137,7 @@ class SweepConsole:
         eta = self.eta()
         suffix = f" | ETA {_minutes(eta)}" if eta is not None and self.done < self.total else ""
         self._print(f"[{self.done}/{self.total}] {label}: {text}{suffix}")
-        status_path(self.out_dir, stem).unlink(missing_ok=True)
+        self.folder.status(stem).unlink(missing_ok=True)
 
     def eta(self) -> float | None:
         """Seconds left at the sweep's pace so far (wall time per finished run, process start-up
@@ -158,7 +153,7 @@ class SweepConsole:
         parts = []
         now = time.time()
         for stem, label in running.items():
-            status = read_status(status_path(self.out_dir, stem))
+            status = read_status(self.folder.status(stem))
             if status is None:
                 continue  # submitted, not started yet (waiting for a slot)
             parts.append(f"{label}: {status.get('phase', '?')} {_clock(now - float(status.get('since', now)))}")

@@ -36,7 +36,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lofit_bench import hookimpl
@@ -44,6 +43,7 @@ from lofit_bench.errors import UserError
 from lofit_bench.run_record import Placement, RunError, RunRecord
 
 if TYPE_CHECKING:
+    from lofit_bench.run_folder import RunFolder
     from lofit_bench.run_spec import RunSpec
 
 Record = RunRecord
@@ -65,7 +65,7 @@ class Executor(ABC):
 
     An executor never writes records: it yields each run's record and the sweep writes it, so a
     remote executor needs no shared filesystem for records (a run's artefacts and logs go to
-    ``out_dir`` wherever the run executes).
+    the run folder wherever the run executes).
     """
 
     name: ClassVar[str]
@@ -79,12 +79,12 @@ class Executor(ABC):
         self.options = options
 
     @abstractmethod
-    def execute(self, specs: list[RunSpec], out_dir: Path) -> Iterator[tuple[RunSpec, Record]]:
+    def execute(self, specs: list[RunSpec], folder: RunFolder) -> Iterator[tuple[RunSpec, Record]]:
         """Yield ``(spec, record)`` for every spec as its run ends, in completion order. A run that
         dies without reporting must still yield a record (:func:`crashed_record`)."""
 
 
-def run_in_worker(spec: RunSpec, out_dir: str | Path, progress: bool = False) -> Record:
+def run_in_worker(spec: RunSpec, folder: RunFolder, progress: bool = False) -> Record:
     """One run, wherever an executor runs it: its record (never raising for the run's own errors).
 
     Imported here, not at the top: a child process must set its visible GPUs before the
@@ -92,17 +92,17 @@ def run_in_worker(spec: RunSpec, out_dir: str | Path, progress: bool = False) ->
     """
     from lofit_bench.run_one import execute_run
 
-    return execute_run(spec, Path(out_dir), progress=progress)
+    return execute_run(spec, folder, progress=progress)
 
 
-def _run_in_child(spec: RunSpec, out_dir: str, progress: bool, threads: int | None) -> Record:
+def _run_in_child(spec: RunSpec, folder: RunFolder, progress: bool, threads: int | None) -> Record:
     """The process executor's worker: :func:`run_in_worker` with a thread share and a parent watch."""
     _exit_with_parent(os.getppid())
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    record = run_in_worker(spec, out_dir, progress)
+    record = run_in_worker(spec, folder, progress)
     # What this process was shown, read here rather than told by the parent: the proof that it saw its GPUs only.
     record.placement = Placement(cuda_visible_devices=os.environ.get(VISIBLE_DEVICES))
     return record
@@ -219,7 +219,7 @@ def _visible_for(spec: RunSpec, devices: list[str]) -> tuple[RunSpec, str | None
 
 def execute(
     specs: list[RunSpec],
-    out_dir: Path,
+    folder: RunFolder,
     executor: str = "process",
     jobs: int = 1,
     progress: bool = True,
@@ -232,7 +232,7 @@ def execute(
     machine's; tests pass a fake list.
     """
     options = ExecutorOptions(jobs=max(1, jobs), progress=progress, address=ray_address, gpus=gpus)
-    yield from executor_class(executor)(options).execute(specs, out_dir)
+    yield from executor_class(executor)(options).execute(specs, folder)
 
 
 def executor_class(name: str) -> type[Executor]:
@@ -247,18 +247,18 @@ class InlineExecutor(Executor):
     description = "in this process, one run after another (debugging; no crash isolation)"
     in_process = True
 
-    def execute(self, specs: list[RunSpec], out_dir: Path) -> Iterator[tuple[RunSpec, Record]]:
+    def execute(self, specs: list[RunSpec], folder: RunFolder) -> Iterator[tuple[RunSpec, Record]]:
         for spec in specs:
-            yield spec, run_in_worker(spec, out_dir, self.options.progress)
+            yield spec, run_in_worker(spec, folder, self.options.progress)
 
 
 class ProcessExecutor(Executor):
     name = "process"
     description = "each run in its own child process, --jobs at a time (the default)"
 
-    def execute(self, specs: list[RunSpec], out_dir: Path) -> Iterator[tuple[RunSpec, Record]]:
+    def execute(self, specs: list[RunSpec], folder: RunFolder) -> Iterator[tuple[RunSpec, Record]]:
         options = self.options
-        yield from _execute_in_processes(specs, out_dir, options.jobs, options.progress, options.gpus)
+        yield from _execute_in_processes(specs, folder, options.jobs, options.progress, options.gpus)
 
 
 class RayExecutor(Executor):
@@ -266,9 +266,9 @@ class RayExecutor(Executor):
     description = "Ray tasks on a local or remote cluster (--ray-address); pip install 'lofit-bench[ray]'"
     takes_address = True
 
-    def execute(self, specs: list[RunSpec], out_dir: Path) -> Iterator[tuple[RunSpec, Record]]:
+    def execute(self, specs: list[RunSpec], folder: RunFolder) -> Iterator[tuple[RunSpec, Record]]:
         options = self.options
-        yield from _execute_on_ray(specs, out_dir, options.jobs, options.progress, options.address)
+        yield from _execute_on_ray(specs, folder, options.jobs, options.progress, options.address)
 
 
 @hookimpl
@@ -278,7 +278,7 @@ def register_executors(register):
 
 
 def _execute_in_processes(
-    specs: list[RunSpec], out_dir: Path, jobs: int, progress: bool, gpus: Sequence[str] | None = None
+    specs: list[RunSpec], folder: RunFolder, jobs: int, progress: bool, gpus: Sequence[str] | None = None
 ) -> Iterator[tuple[RunSpec, Record]]:
     pool = GpuPool(visible_gpus() if gpus is None else gpus)
     wanted = {id(spec): gpus_wanted(spec, len(pool.devices)) for spec in specs}  # too many asked: fail now
@@ -298,7 +298,7 @@ def _execute_in_processes(
         spec = pending.pop(0)
         child_spec, visible = _visible_for(spec, devices)
         process_pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_see_only, initargs=(visible,))
-        future = process_pool.submit(_run_in_child, child_spec, str(out_dir), progress and jobs == 1, threads)
+        future = process_pool.submit(_run_in_child, child_spec, folder, progress and jobs == 1, threads)
         running[future] = (spec, devices, visible)
         pools[future] = process_pool
         return True
@@ -328,7 +328,7 @@ def _execute_in_processes(
 
 
 def _execute_on_ray(
-    specs: list[RunSpec], out_dir: Path, jobs: int, progress: bool, address: str | None
+    specs: list[RunSpec], folder: RunFolder, jobs: int, progress: bool, address: str | None
 ) -> Iterator[tuple[RunSpec, Record]]:
     try:
         import ray
@@ -351,7 +351,7 @@ def _execute_on_ray(
         while pending or in_flight:
             while pending and len(in_flight) < jobs:
                 spec = pending.pop(0)
-                in_flight[remote_run.options(num_gpus=wanted[id(spec)]).remote(spec, str(out_dir), False)] = spec
+                in_flight[remote_run.options(num_gpus=wanted[id(spec)]).remote(spec, folder, False)] = spec
             done, _ = ray.wait(list(in_flight), num_returns=1)
             for reference in done:
                 spec = in_flight.pop(reference)

@@ -21,22 +21,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lofit_bench.errors import UserError
-
-LOCK_FILE = ".lofit-bench.lock"
+from lofit_bench.run_folder import RunFolder
 
 #: resolved folder -> [open lock file, depth] for the locks this process holds.
 _held: dict[Path, list] = {}
 
 
 @contextmanager
-def out_folder_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the lock on ``out_dir`` (refusing with a UserError naming the holder when taken)."""
+def out_folder_lock(out: RunFolder | Path) -> Iterator[None]:
+    """Hold the lock on the run folder (refusing with a UserError naming the holder when taken)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    folder = out_dir.resolve()
+    run_folder = RunFolder.of(out)
+    folder = run_folder.root.resolve()
     if folder in _held:
         _held[folder][1] += 1
         try:
@@ -45,7 +45,7 @@ def out_folder_lock(out_dir: Path) -> Iterator[None]:
             _held[folder][1] -= 1
         return
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_FILE
+    path = folder / RunFolder.LOCK
     try:
         handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
     except OSError as error:
@@ -57,7 +57,7 @@ def out_folder_lock(out_dir: Path) -> Iterator[None]:
         holder = _describe_holder(handle.read())
         handle.close()
         raise UserError(
-            f"another sweep is writing to {out_dir} ({holder}); wait for it to finish, or use another --out"
+            f"another sweep is writing to {run_folder} ({holder}); wait for it to finish, or use another --out"
         ) from None
     handle.seek(0)
     handle.truncate()
@@ -86,7 +86,7 @@ def _describe_holder(text: str) -> str:
 
 
 def holding_out_folder_lock(function):
-    """Decorate ``function(specs, out_dir, ...)`` to run holding the lock on ``out_dir``."""
+    """Decorate ``function(specs, out, ...)`` to run holding the lock on the run folder ``out``."""
     import functools
     import inspect
 
@@ -94,8 +94,7 @@ def holding_out_folder_lock(function):
 
     @functools.wraps(function)
     def locked(*args, **kwargs):
-        out_dir = signature.bind(*args, **kwargs).arguments["out_dir"]
-        with out_folder_lock(Path(out_dir)):
+        with out_folder_lock(signature.bind(*args, **kwargs).arguments["out"]):
             return function(*args, **kwargs)
 
     return locked

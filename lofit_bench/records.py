@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.errors import DiskFull, UserError, warn
-from lofit_bench.names import file_part, inside
+from lofit_bench.run_folder import RunFolder
 from lofit_bench.run_record import RECORD_SCHEMA, RecordError, RunRecord, parse_record
 
-__all__ = ["RECORD_SCHEMA", "RECORDS_FOLDER", "RunRecord", "load_records", "read_record", "save_record"]
+__all__ = ["RECORD_SCHEMA", "RunRecord", "load_records", "read_record", "save_record"]
 
-RECORDS_FOLDER = "records"
 #: Distributions whose versions every record keeps (None when not installed).
 ENVIRONMENT_PACKAGES = (
     "lofit-bench", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy",
@@ -42,13 +41,6 @@ def run_key(identity: dict[str, Any]) -> str:
     resume skips a run only when a finished record has the same key."""
     payload = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def record_path(out_dir: Path, method: str, task: str, seed: int, key: str) -> Path:
-    """``OUT/records/METHOD--TASK--seedN--KEY.json``; names are mapped to safe file-name parts
-    (``lm_eval:x`` -> ``lm_eval%3Ax``) and the path is checked to stay inside ``out_dir``."""
-    name = f"{file_part(method)}--{file_part(task)}--seed{seed}--{key[:8]}.json"
-    return inside(out_dir, out_dir / RECORDS_FOLDER / name)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -204,7 +196,8 @@ def save_record(path: Path, record: RunRecord) -> Path | None:
 
 
 def iter_record_files(runs_dir: Path) -> Iterator[Path]:
-    folder = runs_dir / RECORDS_FOLDER if (runs_dir / RECORDS_FOLDER).is_dir() else runs_dir
+    records = RunFolder(runs_dir).records
+    folder = records if records.is_dir() else runs_dir
     yield from sorted(folder.glob("*.json"))
 
 

@@ -20,16 +20,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lofit_bench.console import LOGS_FOLDER, RunStatus, redirect_output, status_path, verbose
+from lofit_bench.console import RunStatus, redirect_output, verbose
 from lofit_bench.errors import install_warning_format
 from lofit_bench.faults import check_finite_metrics, save_artifacts
 from lofit_bench.measure import MemoryMeter, Stopwatch
 from lofit_bench.method import FitContext, Method
 from lofit_bench.models import load_model
-from lofit_bench.names import inside
 from lofit_bench.plugins import PluginWarning, get_host
 from lofit_bench.progress import progress_enabled
 from lofit_bench.records import environment
+from lofit_bench.run_folder import RunFolder
 from lofit_bench.run_record import (
     RECORD_SCHEMA,
     Environment,
@@ -48,9 +48,7 @@ from lofit_bench.run_record import (
 from lofit_bench.run_spec import RunSpec, run_identity
 from lofit_bench.scoring import Scorer
 from lofit_bench.search_space import declared_space
-from lofit_bench.tuning import BEST_STATE, TUNING_FOLDER, Tuner, TuningPlan, sqlite_storage
-
-ARTIFACTS_FOLDER = "artifacts"
+from lofit_bench.tuning import BEST_STATE, Tuner, TuningPlan, sqlite_storage
 
 
 def fit_phase_table(phases: dict[str, float], fit_seconds: float) -> dict[str, float]:
@@ -79,25 +77,25 @@ def empty_record(spec: RunSpec) -> RunRecord:
     )
 
 
-def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> RunRecord:
+def execute_run(spec: RunSpec, folder: RunFolder, progress: bool = True) -> RunRecord:
     """Run one spec and return its record (status ``failed`` with the error if it raised).
 
     In a sweep's child process the run's own output (library bars, warnings, logs) goes to
     ``OUT/logs/<record>.log`` unless ``--verbose``; its phases go to the sweep's console.
     """
-    stem = spec.record_path(out_dir).stem
+    stem = spec.record_stem(folder)
     install_warning_format()
     with warnings.catch_warnings():  # the sweep's process has reported broken plugins already
         warnings.simplefilter("ignore", PluginWarning)
         get_host()
     record = empty_record(spec)
     if multiprocessing.parent_process() is not None and not verbose():
-        log_file = out_dir / LOGS_FOLDER / f"{stem}.log"
+        log_file = folder.log(stem)
         redirect_output(log_file)
-        record.log = str(log_file.relative_to(out_dir))
-    status = RunStatus(status_path(out_dir, stem))
+        record.log = folder.relative(log_file)
+    status = RunStatus(folder.status(stem))
     try:
-        _execute(spec, out_dir, record, progress_enabled(progress), status)
+        _execute(spec, folder, record, progress_enabled(progress), status)
         record.status = "ok"
     except Exception as error:  # noqa: BLE001 - a failed run is data, not the end of the sweep
         record.status = "failed"
@@ -115,7 +113,7 @@ def _distribution(host: Any, plugin: str) -> PluginDistribution | None:
     return PluginDistribution(**found) if found else None
 
 
-def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, status: RunStatus) -> None:
+def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool, status: RunStatus) -> None:
     from transformers import set_seed
 
     host = get_host()
@@ -138,7 +136,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
     )
     fit_phases: dict[str, float] = {}
     memory: MemoryMeter | None = None
-    artifacts = inside(out_dir, out_dir / ARTIFACTS_FOLDER / spec.record_path(out_dir).stem)
+    artifacts = folder.artifacts(spec.record_stem(folder))
     for fold in task.folds:
 
         def report(phase: str, fold: str = fold) -> None:
@@ -164,7 +162,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
             )
             report("fit")
             with memory.phase("fit"), watch.phase("fit"):
-                method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, out_dir)
+                method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, folder)
             record.method.config = method.config.to_dict()
             for name, seconds in context.phases.seconds.items():
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds
@@ -215,11 +213,11 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
         eval_tokens_per_s=round(eval_tokens / watch.seconds["evaluate"], 1) if watch.seconds.get("evaluate") else None,
     )
     record.memory = Memory(**memory.to_dict()) if memory else None
-    record.artifacts = str(artifacts.relative_to(out_dir))
+    record.artifacts = folder.relative(artifacts)
 
 
 def fit_method(
-    spec: RunSpec, method_class: type[Method], task: Any, fold: str, lm: Any, context: FitContext, out_dir: Path
+    spec: RunSpec, method_class: type[Method], task: Any, fold: str, lm: Any, context: FitContext, folder: RunFolder
 ) -> tuple[Method, dict[str, Any], dict[str, Any]]:
     """The fitted method of one fold, with its fit record and tuning record: tuned on the dev
     split when the budget says so and the method declares something the user left free
@@ -234,12 +232,12 @@ def fit_method(
             fixed = ", ".join(sorted(declared_space(method_class.config_class))) or "no field"
             note = {"mode": "on", "trials_run": 0, "note": f"nothing to tune (declares {fixed}; set by the user or none)"}
         return method, method.fit(context), note
-    stem = spec.record_path(out_dir).stem
+    stem = spec.record_stem(folder)
     tuner = Tuner(
         method_class, plan, task, fold,
-        storage=spec.tune_storage or sqlite_storage(out_dir, stem),
+        storage=spec.tune_storage or sqlite_storage(folder, stem),
         study_name=f"{stem}-{fold}",
-        state_dir=inside(out_dir, out_dir / TUNING_FOLDER / stem / fold / BEST_STATE),
+        state_dir=folder.tuning_state(stem, fold, BEST_STATE),
         seed=spec.seed,
     )
     tuned = tuner.tune(lm, context)

@@ -16,7 +16,8 @@ from lofit_bench.budget import Budget
 from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.models import DEFAULT_MODEL
 from lofit_bench.plugins import get_host
-from lofit_bench.records import record_path, run_key
+from lofit_bench.records import run_key
+from lofit_bench.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,13 @@ class RunSpec:
             object.__setattr__(self, "identity", run_identity(self))
         return run_key(self.identity)
 
-    def record_path(self, out_dir: Path) -> Path:
-        return record_path(out_dir, self.method, self.task, self.seed, self.key)
+    def record_path(self, folder: RunFolder) -> Path:
+        """Where this run's record lives in ``folder``."""
+        return folder.record(self.method, self.task, self.seed, self.key)
+
+    def record_stem(self, folder: RunFolder) -> str:
+        """The record's file name without ``.json``: its artefacts, log and trials are named after it."""
+        return self.record_path(folder).stem
 
 
 def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[str, Any]:

@@ -16,19 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.budget import Budget
-from lofit_bench.console import LOGS_FOLDER, SweepConsole, status_path, verbose
+from lofit_bench.console import SweepConsole, verbose
 from lofit_bench.errors import DiskFull, UserError, warn
 from lofit_bench.executors import execute, executor_class
 from lofit_bench.lock import holding_out_folder_lock
 from lofit_bench.plugins import get_host
 from lofit_bench.preflight import check_before_runs
-from lofit_bench.records import RECORDS_FOLDER, read_record, save_record
-from lofit_bench.run_one import ARTIFACTS_FOLDER, execute_run
+from lofit_bench.records import read_record, save_record
+from lofit_bench.run_folder import RunFolder
+from lofit_bench.run_one import execute_run
 from lofit_bench.run_spec import ModelSettings, RunSpec, model_source_fingerprint, run_identity
 from lofit_bench.schedule import longest_first
 
 __all__ = [
-    "ARTIFACTS_FOLDER", "ModelSettings", "RunOutcome", "RunSpec", "check_output_folder", "execute_run",
+    "ModelSettings", "RunFolder", "RunOutcome", "RunSpec", "check_output_folder", "execute_run",
     "model_source_fingerprint", "plan_sweep", "run_identity", "run_sweep",
 ]
 
@@ -78,26 +79,27 @@ def plan_sweep(
     return [dataclasses.replace(spec, identity=run_identity(spec, model_fingerprint)) for spec in specs]
 
 
-def check_output_folder(out_dir: Path) -> None:
+def check_output_folder(out: RunFolder | Path) -> None:
+    folder = RunFolder.of(out)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+        folder.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder.root, prefix=".write-test-"):
             pass
     except OSError as error:
-        raise UserError(f"cannot write to output folder {out_dir}: {error.strerror or error}; choose another --out") from None
-    for folder in (out_dir / RECORDS_FOLDER, out_dir / ARTIFACTS_FOLDER):  # the folders runs write into
+        raise UserError(f"cannot write to output folder {folder}: {error.strerror or error}; choose another --out") from None
+    for inner in (folder.records, folder.root / folder.ARTIFACTS):  # the folders runs write into
         try:
-            folder.mkdir(exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            inner.mkdir(exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=inner, prefix=".write-test-"):
                 pass
         except OSError as error:
-            raise UserError(f"cannot write to {folder}: {error.strerror or error}; fix its permissions or choose another --out") from None
+            raise UserError(f"cannot write to {inner}: {error.strerror or error}; fix its permissions or choose another --out") from None
 
 
 @holding_out_folder_lock
 def run_sweep(
     specs: list[RunSpec],
-    out_dir: Path,
+    out: RunFolder | Path,
     force: bool = False,
     progress: bool = True,
     echo=print,
@@ -115,30 +117,31 @@ def run_sweep(
     own progress bars; the console (:mod:`lofit_bench.console`) prints one line per finished
     run and, on a terminal (``live``), a status line; ``quiet`` prints nothing.
     """
-    check_output_folder(out_dir)
+    folder = RunFolder.of(out)
+    check_output_folder(folder)
     in_process = executor_class(executor).in_process  # an unknown name fails here, before any run
     labels = {spec.key: f"{spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})" for spec in specs}
     outcomes: dict[str, RunOutcome] = {}
     pending = []
-    console = SweepConsole(len(specs), out_dir, echo=(lambda *_: None) if quiet else echo, live=False if quiet else live)
+    console = SweepConsole(len(specs), folder, echo=(lambda *_: None) if quiet else echo, live=False if quiet else live)
     with console:
         for spec in specs:
-            path = spec.record_path(out_dir)
+            path = spec.record_path(folder)
             if not force and _finished(path):
                 console.skipped(labels[spec.key], f"already done, skipped ({path.name}; --force reruns)")
                 outcomes[spec.key] = RunOutcome(spec, "skipped", path)
             else:
                 pending.append(spec)
-                status_path(out_dir, path.stem).unlink(missing_ok=True)  # left by a killed sweep
+                folder.status(path.stem).unlink(missing_ok=True)  # left by a killed sweep
                 console.submitted(path.stem, labels[spec.key])
         if pending and not quiet:
             where = "in this process" if in_process else f"{executor} executor, {jobs} at a time"
-            logs = "" if in_process or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
+            logs = "" if in_process or verbose() else f"; each run's own output goes to {folder.logs}"
             echo(f"running {len(pending)} run(s) ({where}{logs})")
         if jobs > 1 and not in_process:  # jobs finish together: the longest runs go first
             pending = longest_first(pending)
-        for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
-            path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
+        for spec, record in execute(pending, folder, executor, jobs, progress, ray_address):
+            path = save_record(spec.record_path(folder), record) or Path("(printed on stderr)")
             if record.ok:
                 summary = ", ".join(_metric_text(name, value) for name, value in (record.metrics or {}).items())
                 console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)")

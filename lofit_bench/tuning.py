@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 
     from lofit_bench.method import FitContext, Method
     from lofit_bench.models import LoadedModel
+    from lofit_bench.run_folder import RunFolder
     from lofit_bench.task import EvalResult, Task
 
-TUNING_FOLDER = "tuning"
 BEST_STATE = "best"
 TRIAL_FILE = "trial.json"
 SAMPLER = "TPE (optuna.samplers.TPESampler, seeded with the run's seed; first trial: the untuned values)"
@@ -93,11 +93,11 @@ def evaluate(method: Method, task: Task, fold: str, limit: int | None, batch_siz
     return task.evaluate(scorer, fold, "dev", limit=limit)
 
 
-def sqlite_storage(out_dir: Path, record_stem: str) -> str:
+def sqlite_storage(folder: RunFolder, record_stem: str) -> str:
     """The default storage: one SQLite file per run under ``OUT/tuning/``."""
-    folder = out_dir / TUNING_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(folder / f'{record_stem}.sqlite3').resolve()}"
+    database = folder.tuning_database(record_stem)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{database.resolve()}"
 
 
 class Tuner:

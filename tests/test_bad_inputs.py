@@ -28,7 +28,8 @@ from lofit_bench import hookimpl, plugins
 from lofit_bench.cli import main
 from lofit_bench.errors import UserError
 from lofit_bench.names import file_part, inside, name_of_file_part
-from lofit_bench.records import NON_FINITE_KEY, record_path, write_json_atomic
+from lofit_bench.records import NON_FINITE_KEY, write_json_atomic
+from lofit_bench.run_folder import RunFolder
 
 TINY = "tiny-random-llama"
 QUICK = ["--model", TINY, "--budget", "smoke", "--budget-set", "eval_examples=2", "--executor", "inline", "--quiet"]
@@ -535,7 +536,7 @@ def test_cuda_without_cuda_is_one_line(capsys, tmp_path):
 
 # -- names and paths --------------------------------------------------------------------------------
 def test_prefixed_names_become_safe_file_names_reversibly(tmp_path):
-    path = record_path(tmp_path, "zero-shot", "lm_eval:hellaswag/sub", 42, "0123456789abcdef")
+    path = RunFolder(tmp_path).record("zero-shot", "lm_eval:hellaswag/sub", 42, "0123456789abcdef")
     assert ":" not in path.name and "/" not in path.name and path.parent == tmp_path / "records"
     assert name_of_file_part(file_part("lm_eval:hellaswag/sub")) == "lm_eval:hellaswag/sub"
 

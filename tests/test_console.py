@@ -9,20 +9,21 @@ import os
 import subprocess
 import sys
 
-from lofit_bench.console import RunStatus, SweepConsole, status_path
+from lofit_bench.console import RunStatus, SweepConsole
+from lofit_bench.run_folder import RunFolder
 
 
 def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
     lines: list[str] = []
     now = [0.0]
-    console = SweepConsole(total=4, out_dir=tmp_path, echo=lines.append, stream=io.StringIO(), live=False,
+    console = SweepConsole(total=4, folder=RunFolder(tmp_path), echo=lines.append, stream=io.StringIO(), live=False,
                            clock=lambda: now[0])
     console.skipped("zero-shot on clutrr", "already done, skipped")
     console.submitted("a", "lofit on clutrr")
     console.submitted("b", "lora on clutrr")
     console.submitted("c", "iti on clutrr")
-    RunStatus(status_path(tmp_path, "a")).set("fit: head_selection")
-    RunStatus(status_path(tmp_path, "b")).set("evaluate")
+    RunStatus(RunFolder(tmp_path).status("a")).set("fit: head_selection")
+    RunStatus(RunFolder(tmp_path).status("b")).set("evaluate")
     line = console.status_line()
     assert line.startswith("[1/4 done] lofit on clutrr: fit: head_selection 0:0")
     assert "lora on clutrr: evaluate" in line and "iti on clutrr" not in line  # c has not started
@@ -31,16 +32,16 @@ def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
     console.finished("a", "lofit on clutrr", "exact_match 0.500 (55 s)")
     assert lines == ["[1/4] zero-shot on clutrr: already done, skipped",
                      "[2/4] lofit on clutrr: exact_match 0.500 (55 s) | ETA 2 min"]  # 60 s per run ran, 2 left
-    assert not status_path(tmp_path, "a").exists()
+    assert not RunFolder(tmp_path).status("a").exists()
     assert console.status_line().endswith("ETA 2 min")
 
 
 def test_live_line_is_drawn_and_cleared_on_a_terminal(tmp_path):
     stream = io.StringIO()
     lines: list[str] = []
-    with SweepConsole(total=1, out_dir=tmp_path, echo=lines.append, stream=stream, live=True, refresh_s=0.05) as console:
+    with SweepConsole(total=1, folder=RunFolder(tmp_path), echo=lines.append, stream=stream, live=True, refresh_s=0.05) as console:
         console.submitted("a", "lofit on clutrr")
-        RunStatus(status_path(tmp_path, "a")).set("fit")
+        RunStatus(RunFolder(tmp_path).status("a")).set("fit")
         import time
 
         time.sleep(0.3)

@@ -245,10 +245,10 @@ def test_a_plugin_adds_an_executor_with_no_core_edit(tmp_path, capsys, monkeypat
         description = "in this process, counting runs (a test plugin)"
         in_process = True
 
-        def execute(self, specs, out_dir):
+        def execute(self, specs, folder):
             for spec in specs:
                 ran.append(spec.method)
-                yield spec, run_in_worker(spec, out_dir, self.options.progress)
+                yield spec, run_in_worker(spec, folder, self.options.progress)
 
     class Plugin:
         @hookimpl

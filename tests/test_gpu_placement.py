@@ -21,6 +21,7 @@ from lofit_bench.executors import GpuPool, execute, gpus_wanted, visible_gpus
 from lofit_bench.interventions import HeadIntervention
 from lofit_bench.measure import MIB, MemoryMeter
 from lofit_bench.models import check_model, load_model, module_device
+from lofit_bench.run_folder import RunFolder
 from lofit_bench.runner import ModelSettings, RunSpec, plan_sweep
 from lofit_bench.training import never_data_parallel
 
@@ -138,7 +139,7 @@ def test_concurrent_runs_each_see_only_their_own_gpu_and_a_cpu_run_none(tmp_path
     monkeypatch.setenv("LOFIT_TEST_BARRIER", f"{barrier}:3")  # all three runs must be running at once
     specs = plan_sweep(["test-probe"], ["clutrr"], budget(), ModelSettings("tiny-random-llama"), seeds=[1, 2])
     specs += plan_sweep(["test-probe"], ["clutrr"], budget(), ModelSettings("tiny-random-llama", device="cpu"), seeds=[3])
-    results = {spec.seed: record for spec, record in execute(specs, tmp_path, "process", jobs=3, progress=False, gpus=["0", "1"])}
+    results = {spec.seed: record for spec, record in execute(specs, RunFolder(tmp_path), "process", jobs=3, progress=False, gpus=["0", "1"])}
     assert [results[seed].status for seed in (1, 2, 3)] == ["ok", "ok", "ok"]
     fits = {seed: next(iter(record.folds.values())).fit for seed, record in results.items()}
     assert sorted([fits[1]["visible"], fits[2]["visible"]]) == ["0", "1"]  # one GPU each, never the other's
@@ -149,7 +150,7 @@ def test_concurrent_runs_each_see_only_their_own_gpu_and_a_cpu_run_none(tmp_path
 
 def test_a_crashed_run_frees_its_gpu_and_runs_queue_for_a_busy_one(tmp_path, probe_plugin) -> None:
     specs = plan_sweep(["test-crash", "test-probe"], ["clutrr"], budget(), ModelSettings("tiny-random-llama"))
-    results = {spec.method: record for spec, record in execute(specs, tmp_path, "process", jobs=2, progress=False, gpus=["7"])}
+    results = {spec.method: record for spec, record in execute(specs, RunFolder(tmp_path), "process", jobs=2, progress=False, gpus=["7"])}
     assert results["test-crash"].error.type == "WorkerCrashed"
     assert results["test-crash"].placement.cuda_visible_devices == "7"
     # jobs=2 but one GPU: the probe waited for the crashed run's GPU, then got it.
