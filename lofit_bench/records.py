@@ -32,8 +32,11 @@ __all__ = ["RECORD_SCHEMA", "RunRecord", "load_records", "read_record", "save_re
 #: Distributions whose versions every record keeps (None when not installed).
 ENVIRONMENT_PACKAGES = (
     "lofit-bench", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "numpy",
-    "scikit-learn", "safetensors", "tokenizers", "pluggy", "lm_eval",
+    "scikit-learn", "safetensors", "tokenizers", "pluggy", "lm_eval", "optuna",
 )
+#: What a run's result depends on in the source tree: a change here makes the commit "dirty";
+#: files elsewhere (reports, run folders written into the checkout) do not.
+SOURCE_PATHS = ("lofit_bench", "methods", "tasks", "pyproject.toml")
 
 
 def run_key(identity: dict[str, Any]) -> str:
@@ -216,7 +219,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": _torch_threads(),
         "versions": versions,
-        "git_commit": _git_commit(),
+        **_git_state(),
     }
 
 
@@ -228,17 +231,22 @@ def _torch_threads() -> int | None:
     return torch.get_num_threads()
 
 
-def _git_commit() -> str | None:
+def _git_state() -> dict[str, Any]:
+    """The checkout's commit (``-dirty`` appended) and whether the code differs from it: only
+    :data:`SOURCE_PATHS` count, so a sweep writing its records into the checkout never makes
+    its own later runs look dirty. Both None outside a git checkout (an installed package)."""
     source = Path(__file__).resolve().parent.parent
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5, check=False
         )
+        if result.returncode != 0:
+            return {"git_commit": None, "git_dirty": None}
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS],
+            cwd=source, capture_output=True, text=True, timeout=5, check=False,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return result.stdout.strip() + ("-dirty" if dirty else "")
+        return {"git_commit": None, "git_dirty": None}
+    dirty = bool(changed)
+    return {"git_commit": result.stdout.strip() + ("-dirty" if dirty else ""), "git_dirty": dirty}

@@ -184,7 +184,8 @@ class Environment:
     cpu_count: int | None = None
     torch_threads: int | None = None
     versions: dict[str, str | None] = field(default_factory=dict)
-    git_commit: str | None = None
+    git_commit: str | None = None  # "-dirty" appended when the code differed from the commit
+    git_dirty: bool | None = None  # whether it did (None: not a git checkout, or a record written before 0.2)
 
 
 @_strict

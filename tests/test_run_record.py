@@ -91,3 +91,25 @@ def test_a_record_is_validated_on_write_and_written_even_when_it_fails(tmp_path)
         path = save_record(tmp_path / "records" / "b.json", record)
     assert json.loads(path.read_text())["seed"] == "not a seed"  # the result is not lost
     assert read_record(path) == (None, "not a valid run record: seed: Input should be a valid integer")
+
+
+def test_the_git_state_counts_only_source_paths(tmp_path, monkeypatch):
+    """A sweep writing into the checkout (reports/, runs/) must not make its own later runs look
+    dirty; only a change to the code does."""
+    import subprocess
+
+    from lofit_bench import records
+
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        output = "abc123\n" if command[1] == "rev-parse" else ""
+        return subprocess.CompletedProcess(command, 0, stdout=output, stderr="")
+
+    monkeypatch.setattr(records.subprocess, "run", fake_run)
+    assert records._git_state() == {"git_commit": "abc123", "git_dirty": False}
+    status = calls[1]
+    assert status[:4] == ["git", "status", "--porcelain", "--untracked-files=no"]
+    assert status[status.index("--") + 1:] == list(records.SOURCE_PATHS)
+    assert "reports" not in records.SOURCE_PATHS
