@@ -155,6 +155,15 @@ class Mquake(GenerationTask):
             "exact_match_lenient": matches_any_lenient(prediction, case.golds),
         }
 
+    def locality_facts(self, fold: str, limit: int | None = None) -> list[tuple[str, str]]:
+        """(id, ``Q: <question> A:``) of every distinct single hop of the first ``limit`` test
+        cases: facts no fit trains on (:mod:`lofit_bench.locality`)."""
+        seen: dict[str, str] = {}
+        for case in self.cases(fold, "test")[:limit]:
+            for number, (question, _) in enumerate(case.single_hops):
+                seen.setdefault(question, f"{case.id}-hop-{number}")
+        return [(identifier, f"Q: {question} A:") for question, identifier in seen.items()]
+
     def teacher_forced_requests(self, case: MquakeCase) -> list[tuple[str, str]]:
         """The new answer, then the original one, each right after the prompt (as SFT trains it)."""
         return [(case.prompt, case.new_answer), (case.prompt, case.answer or case.new_answer)]
