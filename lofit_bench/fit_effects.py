@@ -4,9 +4,11 @@ The runner calls :func:`measure_base` on the freshly loaded model, before the me
 touches it, and :func:`measure_fitted` on the fitted model after the test evaluation; both
 read the same model object, so no second copy of the model is ever loaded. Together they
 fill the fold record's ``side_effects`` (:mod:`lofit_bench.side_effects`), ``retention``
-(:mod:`lofit_bench.retention`) and ``locality`` (:mod:`lofit_bench.locality`). What does
-not depend on the fold (the base model's held-out log-probs and retention scores) is
-measured once per run and reused by later folds.
+(:mod:`lofit_bench.retention`), ``locality`` (:mod:`lofit_bench.locality`) and
+``inference_speed`` (:mod:`lofit_bench.inference_speed`; measured with the side effects,
+on prompts cut from the same passages). What does not depend on the fold (the base model's
+held-out log-probs, retention scores and speed) is measured once per run and reused by
+later folds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lofit_bench.inference_speed import fitted_speed, speed_prompts, tokens_per_second
 from lofit_bench.locality import answers, locality, locality_prompts
 from lofit_bench.retention import evaluate_every_fold, retention
 from lofit_bench.scoring import Scorer
@@ -49,6 +52,8 @@ class BaseMeasures:
     retention: dict[str, RetentionBase] = field(default_factory=dict)
     locality_prompts: list[str] = field(default_factory=list)
     locality_answers: list[str] = field(default_factory=list)
+    speed_prompts: list[str] = field(default_factory=list)
+    tokens_per_s: float | None = None
 
 
 def measure_base(
@@ -60,10 +65,13 @@ def measure_base(
     base = BaseMeasures()
     if previous is not None:
         base.distribution, base.retention = previous.distribution, previous.retention
+        base.speed_prompts, base.tokens_per_s = previous.speed_prompts, previous.tokens_per_s
     else:
         if budget.side_effect_texts:
             texts = heldout_texts(budget.side_effect_texts)
             base.distribution = base_distribution(lm.model, lm.tokenizer, texts, budget.eval_batch_size)
+            base.speed_prompts = speed_prompts(budget.side_effect_texts)
+            base.tokens_per_s = tokens_per_second(scorer, base.speed_prompts)
         for name in budget.also_eval:
             other = host.tasks.get(name)()
             metrics, examples = evaluate_every_fold(other, scorer, budget.eval_examples)
@@ -81,6 +89,8 @@ def measure_fitted(base: BaseMeasures, method: Method, budget: Budget, fold_reco
     scorer = Scorer(model, lm.tokenizer, budget.eval_batch_size, capabilities=method.capabilities)
     if base.distribution is not None:
         fold_record.side_effects = measure_side_effects(base.distribution, model, method.capabilities)
+    if base.tokens_per_s is not None:
+        fold_record.inference_speed = fitted_speed(method, base.tokens_per_s, base.speed_prompts, budget.eval_batch_size, lm.tokenizer)
     for name, reference in base.retention.items():
         fitted, _ = evaluate_every_fold(reference.task, scorer, budget.eval_examples)
         fold_record.retention[name] = retention(reference.task, reference.metrics, fitted, reference.examples)

@@ -112,6 +112,10 @@ def test_runs_record_side_effects_retention_and_locality_per_fold(tmp_path):
     assert records["lofit"]["task"]["secondary_metrics"] == ["efficacy", "new_answer_log_prob"]
     assert set(lofit["metrics"]) == {"exact_match", "exact_match_lenient", "efficacy", "new_answer_log_prob"}
     assert records["lofit"]["timings"]["fit_effects"] > 0
+    speed = lofit["inference_speed"]
+    assert speed["served_as"] == "merged" and speed["prompts"] == 2 and speed["new_tokens"] == 16
+    assert min(speed["base_tokens_per_s"], speed["as_run_tokens_per_s"], speed["served_tokens_per_s"]) > 0
+    assert zero["inference_speed"]["served_as"] == "as run"
 
 
 def test_side_effects_are_off_with_zero_texts_and_an_unknown_retention_task_is_a_user_error(tmp_path):
@@ -122,3 +126,44 @@ def test_side_effects_are_off_with_zero_texts_and_an_unknown_retention_task_is_a
     assert "side_effects" not in fold and fold["retention"] == {}
     with pytest.raises(UserError, match="truthfulq"):
         plan_sweep(["zero-shot"], ["mquake"], get_budget("smoke").replace(also_eval=("truthfulq",)), TINY)
+
+
+def logits_of(lm, text="The quick brown fox jumps over the lazy dog."):
+    ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return lm.model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("kinds", [{"shift": True}, {"scale": True, "shift": True}])
+def test_merged_and_hooked_head_edits_give_the_same_logits_and_unmerging_restores_the_model(tiny_lm, kinds):
+    plain = logits_of(tiny_lm)
+    weights = {name: tensor.clone() for name, tensor in tiny_lm.model.state_dict().items()}
+    edits = HeadIntervention(tiny_lm.layout, [(0, 1), (1, 0), (1, 3)], **kinds).init_normal_(0.5, seed=0)
+    with edits.attach(tiny_lm.model, tiny_lm.layout, "lofit_like") as attachment:
+        hooked = logits_of(tiny_lm)
+        with attachment.merged(tiny_lm.layout):
+            merged = logits_of(tiny_lm)
+            assert tiny_lm.layout.attention_output(tiny_lm.model, 0).bias is not None  # the shift lives in a bias now
+        assert torch.equal(logits_of(tiny_lm), hooked)  # hooks back, weights back
+    assert not torch.allclose(hooked, plain, atol=1e-3)
+    assert torch.allclose(merged, hooked, atol=1e-5, rtol=1e-5)
+    assert torch.equal(logits_of(tiny_lm), plain)
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in tiny_lm.model.state_dict().items())
+    assert tiny_lm.layout.attention_output(tiny_lm.model, 0).bias is None
+
+
+def test_merged_lora_gives_the_logits_of_the_adapter_as_run(tiny_lm):
+    from lofit_bench.methods.lora import LoRA
+
+    method = LoRA.from_options({})
+    method.prepare(tiny_lm)
+    with torch.no_grad():
+        for name, parameter in method.evaluation_model().named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    as_run = logits_of(tiny_lm)
+    with method.merged() as merged:
+        served = logits_of(tiny_lm)
+    assert merged and torch.allclose(served, as_run, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(logits_of(tiny_lm), as_run, atol=1e-6)
+    method.remove()
