@@ -117,6 +117,25 @@ def test_runs_record_side_effects_retention_and_locality_per_fold(tmp_path):
     assert min(speed["base_tokens_per_s"], speed["as_run_tokens_per_s"], speed["served_tokens_per_s"]) > 0
     assert zero["inference_speed"]["served_as"] == "as run"
 
+    from lofit_bench.report import build_report, render_json, render_markdown
+
+    report = build_report(tmp_path)
+    markdown = render_markdown(report)
+    assert "## Beyond accuracy: side effects, locality, inference speed" in markdown
+    assert "## Retention: other tasks after the fit" in markdown
+    from lofit_bench.report_side_effects import effects_rows, retention_table
+
+    headers, table = retention_table(effects_rows(report.records))
+    assert headers == ["model", "fitted on", "method", "mquake"]
+    assert ["tiny-random-llama", "mquake", "zero-shot", f"{100 * zero['metrics']['exact_match']:.1f} (+0.0)"] in table
+    assert "Pareto front of accuracy vs KL from base, mquake on tiny-random-llama: " in markdown
+    beyond = render_json(report)["beyond_accuracy"]
+    zero_row = next(row for row in beyond["rows"] if row["method"] == "zero-shot")
+    assert zero_row["kl_from_base"] == 0.0 and zero_row["locality"] == 1.0 and zero_row["retention"]["mquake"][1] == 0.0
+    points = beyond["accuracy_vs_kl"][0]["points"]
+    assert {point["method"] for point in points} == {"zero-shot", "lofit"}
+    assert "Accuracy vs KL from the base model" in (tmp_path / "report.html").read_text()
+
 
 def test_side_effects_are_off_with_zero_texts_and_an_unknown_retention_task_is_a_user_error(tmp_path):
     from lofit_bench.errors import UserError
@@ -167,3 +186,15 @@ def test_merged_lora_gives_the_logits_of_the_adapter_as_run(tiny_lm):
     assert merged and torch.allclose(served, as_run, atol=1e-5, rtol=1e-5)
     assert torch.allclose(logits_of(tiny_lm), as_run, atol=1e-6)
     method.remove()
+
+
+def test_the_pareto_front_keeps_methods_no_other_beats_with_less_change():
+    from lofit_bench.report_side_effects import EffectsRow, accuracy_vs_kl, pareto_front
+
+    assert pareto_front([(0.0, 0.1), (0.5, 0.6), (0.4, 0.7), (0.0, 0.1), (0.9, 0.7)]) == [0, 2, 3]
+    rows = [
+        EffectsRow("m", "mquake", name, 1, "exact_match", accuracy, kl_from_base=kl)
+        for name, accuracy, kl in [("zero-shot", 0.0, 0.0), ("lofit", 0.6, 0.02), ("full-ft", 0.55, 0.9)]
+    ]
+    points = accuracy_vs_kl(rows)[("m", "mquake")]
+    assert [(point["method"], point["pareto"]) for point in points] == [("zero-shot", True), ("lofit", True), ("full-ft", False)]
