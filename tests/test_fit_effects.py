@@ -198,3 +198,24 @@ def test_the_pareto_front_keeps_methods_no_other_beats_with_less_change():
     ]
     points = accuracy_vs_kl(rows)[("m", "mquake")]
     assert [(point["method"], point["pareto"]) for point in points] == [("zero-shot", True), ("lofit", True), ("full-ft", False)]
+
+
+@pytest.mark.skipif(__import__("sys").version.split()[0] != "3.11.7", reason="the passages were cut from CPython 3.11.7's topics")
+def test_the_held_out_text_is_what_the_documented_rule_cuts_from_pydoc_data():
+    import pydoc_data.topics
+    import re
+
+    passages = []
+    for name in sorted(pydoc_data.topics.topics):
+        count = 0
+        for block in re.split(r"\n\s*\n", pydoc_data.topics.topics[name]):
+            lines = block.split("\n")
+            if any(line.startswith(" ") for line in lines) or any(mark in block for mark in "*="):
+                continue
+            text = " ".join(line.strip() for line in lines).strip()
+            if 300 <= len(text) <= 1200 and text.endswith("."):
+                passages.append(text)
+                count += 1
+                if count == 2:
+                    break
+    assert heldout_texts(1000) == passages
