@@ -31,7 +31,7 @@ EFFECTS_HELP = {
     "excerpts), nats per token; 0: the fit changed nothing there",
     "CE change": "fitted minus base cross-entropy on the same text, nats per token (positive: general text got less likely)",
     "locality (%)": "MQuAKE: held-out single-hop facts answered as the base model answered them",
-    "tok/s base | run | served": "greedy generation tokens/s of the base model, the fitted model as run (hooks, "
+    "tok/s base / run / served": "greedy generation tokens/s of the base model, the fitted model as run (hooks, "
     "unmerged adapters) and as served (merged where the method can merge); same prompts and batch",
     "retention": "another task (budget.also_eval) scored after the fit with no training on it: fitted score (change from "
     "the base model's), primary metric, %",
@@ -112,8 +112,9 @@ def effects_rows(records: list[RunRecord]) -> list[EffectsRow]:
     return rows
 
 
-def _number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _number(value: float | None) -> str:
+    """Three significant digits: a tiny model's KL is 1e-5, a full fine-tune's on a real one 1e-1."""
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _percent(value: float | None) -> str:
@@ -131,12 +132,12 @@ def _secondary(value: float, name: str) -> str:
 def effects_table(rows: list[EffectsRow]) -> tuple[list[str], list[list[str]]]:
     """The side-effects table (every task in one table; a task's secondary metrics as 'name value')."""
     headers = ["model", "task", "method", "accuracy (%)", "secondary", "KL from base", "CE change", "locality (%)",
-               "tok/s base | run | served"]
+               "tok/s base / run / served"]
     table = []
     for row in rows:
         speed = (
             "-" if row.base_tokens_per_s is None else
-            f"{row.base_tokens_per_s:.1f} | {row.as_run_tokens_per_s:.1f} | {row.served_tokens_per_s:.1f}"
+            f"{row.base_tokens_per_s:.1f} / {row.as_run_tokens_per_s:.1f} / {row.served_tokens_per_s:.1f}"
             + (" (merged)" if row.served_as == "merged" else "")
         )
         table.append([
