@@ -106,6 +106,8 @@ class Budget:
         texts = self.side_effect_texts
         if isinstance(texts, bool) or not isinstance(texts, int) or texts < 0:
             raise UserError(f"budget {self.name!r}: side_effect_texts must be a whole number of passages (0: off), got {texts!r}")
+        if isinstance(self.also_eval, list):  # the Python API and JSON give lists; the budget keeps a tuple (hashable)
+            object.__setattr__(self, "also_eval", tuple(self.also_eval))
         if not isinstance(self.also_eval, tuple) or not all(isinstance(name, str) and name for name in self.also_eval):
             raise UserError(f"budget {self.name!r}: also_eval must be a list of task names, got {self.also_eval!r}")
         if not self.seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in self.seeds):
@@ -130,7 +132,11 @@ class Budget:
         if "also_eval" in values:
             names = values["also_eval"]
             names = names.split(",") if isinstance(names, str) else names
-            values["also_eval"] = tuple(name.strip() for name in names if name.strip()) if isinstance(names, list | tuple) else names
+            if isinstance(names, list | tuple):
+                names = tuple(name.strip() if isinstance(name, str) else name for name in names)
+                values["also_eval"] = tuple(name for name in names if name != "")
+            else:
+                values["also_eval"] = names
         return cls(**values)
 
     def replace(self, **changes: Any) -> Budget:
