@@ -59,6 +59,17 @@ class Budget:
                   "so hooks on a frozen model still get gradients); same gradients, slower steps"},
     )
 
+    side_effect_texts: int = field(
+        default=16,
+        metadata={"help": "held-out passages (Python Language Reference excerpts, 64 tokens each) on which every fold "
+                  "measures KL from the base model and the change in cross-entropy; 0: not measured"},
+    )
+    also_eval: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "other tasks scored after each fold's fit with no training on them (built-in, plugin or "
+                  "lm_eval:NAME), against the base model on the same eval_examples (retention)"},
+    )
+
     def __post_init__(self) -> None:
         # Values arrive from `--budget-set FIELD=VALUE` as parsed JSON or raw strings, so the
         # type is checked too: a wrong one must be a one-line error, not a traceback later.
@@ -92,12 +103,20 @@ class Budget:
             raise UserError(f"budget {self.name!r}: warmup_ratio must be a fraction in [0, 1), got {ratio!r}")
         if not isinstance(self.lr_scheduler, str):
             raise UserError(f"budget {self.name!r}: lr_scheduler must be a schedule name, got {self.lr_scheduler!r}")
+        texts = self.side_effect_texts
+        if isinstance(texts, bool) or not isinstance(texts, int) or texts < 0:
+            raise UserError(f"budget {self.name!r}: side_effect_texts must be a whole number of passages (0: off), got {texts!r}")
+        if isinstance(self.also_eval, list):  # the Python API and JSON give lists; the budget keeps a tuple (hashable)
+            object.__setattr__(self, "also_eval", tuple(self.also_eval))
+        if not isinstance(self.also_eval, tuple) or not all(isinstance(name, str) and name for name in self.also_eval):
+            raise UserError(f"budget {self.name!r}: also_eval must be a list of task names, got {self.also_eval!r}")
         if not self.seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in self.seeds):
             raise UserError(f"budget {self.name!r}: seeds must be one or more whole numbers, got {self.seeds!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["seeds"] = list(self.seeds)
+        data["also_eval"] = list(self.also_eval)
         return data
 
     @classmethod
@@ -110,6 +129,14 @@ class Budget:
         if "seeds" in values:
             seeds = values["seeds"]
             values["seeds"] = tuple(seeds) if isinstance(seeds, list | tuple) else (seeds,)
+        if "also_eval" in values:
+            names = values["also_eval"]
+            names = names.split(",") if isinstance(names, str) else names
+            if isinstance(names, list | tuple):
+                names = tuple(name.strip() if isinstance(name, str) else name for name in names)
+                values["also_eval"] = tuple(name for name in names if name != "")
+            else:
+                values["also_eval"] = names
         return cls(**values)
 
     def replace(self, **changes: Any) -> Budget:
@@ -157,6 +184,7 @@ BUDGETS: dict[str, Budget] = {
         max_length=768,
         trials=1,
         prune_examples=None,
+        side_effect_texts=4,
     ),
 }
 

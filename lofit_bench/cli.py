@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", type=_split_names, default=None, help="model short name, local Hugging Face folder or hub id; comma-separated for several (default: smollm2-135m, bundled)")
     run.add_argument("--budget", default=None, help="budget preset: paper (default), demo or smoke (`lofit-bench list budgets`)")
     run.add_argument("--budget-set", action="append", default=[], metavar="FIELD=VALUE", help="override one budget field for the whole sweep, e.g. eval_examples=50 (repeatable)")
+    run.add_argument("--also-eval", type=_split_names, default=None, metavar="TASK,...", help="after each fit, also score these tasks with no training on them (built-in, plugin or lm_eval:NAME) against the base model (retention; the budget field also_eval)")
     run.add_argument("--tune", choices=["on", "off"], default=None, help="tune every method's declared search space on the dev split with the budget's trials (on, the paper budget's default: the same tuning effort for every method) or use the paper's / methods' default values (off); a budget field, so reports flag a mix")
     run.add_argument("--tune-storage", default=None, metavar="URL", help="Optuna storage URL for the tuning trials, e.g. postgresql://user@host/db when runs spread over a Ray cluster (default: one SQLite file per run under OUT/tuning/)")
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
@@ -242,6 +243,8 @@ def command_run(arguments: argparse.Namespace) -> int:
     overrides = config.budget_overrides | _key_values(arguments.budget_set, "--budget-set")
     if arguments.tune is not None:
         overrides["tune"] = arguments.tune == "on"
+    if arguments.also_eval is not None:
+        overrides["also_eval"] = arguments.also_eval
     if overrides:
         budget = Budget.from_dict(budget.to_dict() | overrides)
     method_options = dict(config.method_options)

@@ -26,7 +26,8 @@ Gemma-7B and Llama-2-13B) and updated without an fp32 master copy, which loses m
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -182,6 +183,44 @@ class Attachment:
         if self.name in dict(self.model.named_children()):
             delattr(self.model, self.name)
 
+    @contextmanager
+    def merged(self, layout: ModelLayout) -> Iterator[None]:
+        """Fold the edits into each edited layer's ``o_proj`` and take the hooks off, then put
+        everything back as it was. With z' = (1 + a) * z + v, ``o_proj(z') = (W diag(1 + a)) z +
+        (W v + b)``: the scale goes into the weight's columns, the shift into the bias (one
+        created where the projection has none), so the merged model costs nothing at inference."""
+        intervention = self.intervention
+        projections = {layer: layout.attention_output(self.model, int(layer)) for layer in intervention.sites}
+        saved = {layer: (module.weight.detach().clone(), module.bias) for layer, module in projections.items()}
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()
+        try:
+            with torch.no_grad():
+                for layer, site in intervention.sites.items():
+                    module = projections[layer]
+                    weight = module.weight
+                    if site.shift is not None:
+                        shift = site.per_head(site.shift).flatten().to(weight.device, torch.float32)
+                        bias = weight.float() @ shift
+                        if module.bias is not None:
+                            bias = bias + module.bias.float()
+                        module.bias = nn.Parameter(bias.to(weight.dtype), requires_grad=False)
+                    if site.scale is not None:
+                        scale = (1 + site.per_head(site.scale)).flatten().to(weight.device, torch.float32)
+                        weight.copy_((weight.float() * scale).to(weight.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                for layer, module in projections.items():
+                    weight, bias = saved[layer]
+                    module.weight.copy_(weight)
+                    module.bias = bias
+            self.hooks.extend(
+                module.register_forward_pre_hook(partial(_edit_projection_input, intervention.sites[layer]), with_kwargs=True)
+                for layer, module in projections.items()
+            )
+
     def __enter__(self) -> Attachment:
         return self
 
@@ -207,6 +246,15 @@ class HeadInterventionMethod(Method):
     def remove(self) -> None:
         self._detach()
         self.lm = None
+
+    @contextmanager
+    def merged(self) -> Iterator[bool]:
+        """The fitted vectors folded into ``o_proj`` for the duration (see :meth:`Attachment.merged`)."""
+        if self.attachment is None:
+            yield False
+            return
+        with self.attachment.merged(self.require_prepared().layout):
+            yield True
 
     def _detach(self) -> None:
         if self.attachment is not None:

@@ -243,6 +243,13 @@ class Method(ABC):
         """The module the task scores (the prepared model, hooks attached, by default)."""
         return self.require_prepared().model
 
+    @contextmanager
+    def merged(self) -> Iterator[bool]:
+        """The fitted edits folded into the model's weights for the duration, as the method
+        would be served (LoFiT's and ITI's shifts into ``o_proj``'s bias, LoRA's adapters into
+        the base weights); yields whether it merged. Default: it cannot, the model runs as is."""
+        yield False
+
     @abstractmethod
     def trainable_parameters(self) -> int:
         """Exact count of trained values (numel of the trained tensors)."""

@@ -24,6 +24,7 @@ from lofit_bench.report_model import (
     failure_line,
     task_table,
 )
+from lofit_bench.report_side_effects import side_effects_json, side_effects_markdown
 
 __all__ = ["build_report", "render_csv", "render_json", "render_markdown"]
 
@@ -66,6 +67,7 @@ def render_markdown(report: ReportModel) -> str:
             tabulate(report.timing_rows, headers=report.timing_headers, tablefmt="github"),
             "",
         ]
+    lines += side_effects_markdown(report.records)
     if report.failed:
         lines += ["## Failed runs", ""]
         lines += [f"- {failure_line(record, report.records)}" for record in report.failed]
@@ -86,6 +88,7 @@ def render_json(report: ReportModel) -> dict[str, Any]:
         "summary": [asdict(row) for row in report.summary],
         "runs": report.rows,
         "trials": report.trials,
+        "beyond_accuracy": side_effects_json(report.records),
     }
 
 

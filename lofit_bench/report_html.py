@@ -19,6 +19,7 @@ from lofit_bench.report_model import (
     table_groups,
     task_table,
 )
+from lofit_bench.report_side_effects import side_effects_html
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -162,6 +163,7 @@ def write_html_report(runs_dir: Path, report: ReportModel) -> Path:
             f"<small>(primary metric: {html.escape(rows[0].primary_metric)})</small></h2>"
         )
         parts.append(tabulate(table, headers=headers, tablefmt="html"))
+    parts += side_effects_html(report.records, _png)
     if report.failed:
         parts.append("<h2>Failed runs</h2><ul>")
         parts += [f"<li>{html.escape(failure_line(record, report.records))}</li>" for record in report.failed]

@@ -43,7 +43,8 @@ COLUMN_HELP = {
     "model loaded; GPU: torch peak allocated, reset per phase",
     "tuning": "how the hyper-parameters were chosen: 'N trials (P pruned, F failed)' on the dev split by the harness's "
     "tuner (per fold, summed over folds, mean over seeds), 'off' (budget tune=false: the paper's / method's defaults), "
-    "'nothing to tune' (no declared field left free), 'untuned (old record)' for records written before tuning existed",
+    "'nothing to tune' (no declared field left free), 'untuned (old record)' for records written before tuning existed; "
+    "'no signal on dev' when every trial tied on every dev metric (the first trial's values were kept by the tie rule, not chosen)",
     "chosen values": "the tuned values the test split was evaluated with (per fold and seed when they differ); "
     "every trial is in results.json ('trials') and in the record (folds.FOLD.tuning)",
 }
@@ -407,6 +408,7 @@ def tuning_label(records: list[RunRecord]) -> str:
         sum(tuning.get(key) or 0 for tuning in tunings) / len(records) for key in ("trials_run", "trials_pruned", "trials_failed")
     )
     extras = [f"{pruned:g} pruned"] + ([f"{failed:g} failed"] if failed else [])
+    extras += ["no signal on dev: all tied, first kept"] if any(tuning.get("signal") == "no signal on dev" for tuning in tunings) else []
     return f"{run:g} trials ({', '.join(extras)})"
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from lofit_bench.console import RunStatus, redirect_output, verbose
 from lofit_bench.errors import install_warning_format
 from lofit_bench.faults import check_finite_metrics, save_artifacts
+from lofit_bench.fit_effects import BaseMeasures, measure_base, measure_fitted
 from lofit_bench.measure import MemoryMeter, Stopwatch
 from lofit_bench.method import FitContext, Method
 from lofit_bench.models import load_model
@@ -130,12 +131,14 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         objective=task.objective,
         evaluation=task.evaluation,
         metrics=list(task.metrics),
+        secondary_metrics=list(getattr(task, "secondary_metrics", ())),
         primary_metric=task.primary_metric,
         license=task.license,
         split_sizes=task.data_summary(),
     )
     fit_phases: dict[str, float] = {}
     memory: MemoryMeter | None = None
+    base: BaseMeasures | None = None
     artifacts = folder.artifacts(spec.record_stem(folder))
     for fold in task.folds:
 
@@ -152,6 +155,9 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         record.model = record.model or ModelInfo(**lm.describe())  # every fold loads the same model
         base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
         memory = memory or MemoryMeter(lm.device, devices=lm.devices)
+        report("measure base model")
+        with watch.phase("fit_effects"):  # before the method touches the model: the base side of every comparison
+            base = measure_base(lm, task, fold, spec.budget, host, previous=base)
         set_seed(spec.seed)
         fold_record = FoldRecord(split_sizes=task.data_summary()[fold])
         record.folds[fold] = fold_record
@@ -181,6 +187,9 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         fold_record.eval_tokens = scorer.tokens_processed
         fold_record.per_example = list(result.per_example)
         fold_record.evaluation_details = result.details or None
+        report("side effects")
+        with watch.phase("fit_effects"):
+            measure_fitted(base, method, spec.budget, fold_record)
         record.artifacts_error = save_artifacts(method, artifacts / fold) or record.artifacts_error
         fold_record.trainable_parameters = method.trainable_parameters()
         if record.trainable_parameters is None:  # the run's figure is its first fold's; each fold keeps its own
@@ -198,6 +207,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         load_model=seconds.get("load_model", 0.0),
         fit=seconds.get("fit", 0.0),
         evaluate=seconds.get("evaluate", 0.0),
+        fit_effects=seconds.get("fit_effects", 0.0),
         total_s=round(sum(watch.seconds.values()), 3),
         fit_phases=fit_phase_table(fit_phases, watch.seconds.get("fit", 0.0)),
     )

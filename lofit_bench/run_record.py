@@ -78,6 +78,8 @@ class TaskInfo:
     objective: str | None = None
     evaluation: str | None = None
     metrics: list[str] = field(default_factory=list)
+    #: Teacher-forced measures beside ``metrics`` (``Task.secondary_metrics``).
+    secondary_metrics: list[str] = field(default_factory=list)
     primary_metric: str | None = None
     license: str | None = None
     #: fold -> split -> number of examples.
@@ -108,6 +110,62 @@ class ModelInfo:
 
 @_strict
 @dataclass
+class SideEffects:
+    """What the fit changed on held-out text no task uses (:mod:`lofit_bench.side_effects`):
+    KL(base || fitted) of the next-token distributions and the change in cross-entropy, nats."""
+
+    kl_from_base: float
+    cross_entropy_base: float
+    cross_entropy_fitted: float
+    cross_entropy_change: float
+    texts: int
+    tokens: int
+    source: str = ""
+
+
+@_strict
+@dataclass
+class Retention:
+    """Another task scored after the fit with no training on it (``budget.also_eval``), against
+    the base model's score on the same examples (:mod:`lofit_bench.retention`)."""
+
+    metric: str
+    base: float | None
+    fitted: float | None
+    change: float | None
+    examples: int
+    #: Every metric of the task, base and fitted (means over the task's folds).
+    base_metrics: dict[str, float | None] = field(default_factory=dict)
+    fitted_metrics: dict[str, float | None] = field(default_factory=dict)
+
+
+@_strict
+@dataclass
+class Locality:
+    """MQuAKE: held-out single-hop facts whose answer the fit left as the base model gave it."""
+
+    facts: int
+    unchanged: int
+    share_unchanged: float
+
+
+@_strict
+@dataclass
+class InferenceSpeed:
+    """Greedy generation tokens/s on the same prompts and batch (:mod:`lofit_bench.inference_speed`)."""
+
+    base_tokens_per_s: float
+    as_run_tokens_per_s: float
+    #: As it would be served: merged into the weights where the method can merge, else as run.
+    served_tokens_per_s: float
+    served_as: str
+    prompts: int
+    new_tokens: int
+    batch_size: int
+
+
+@_strict
+@dataclass
 class FoldRecord:
     """One fold: its data, what the fit reported, and the test evaluation of the fitted model."""
 
@@ -127,6 +185,12 @@ class FoldRecord:
     evaluation_details: JSONObject | None = None
     #: The fold's trainable parameters (the run's ``trainable_parameters`` is its first fold's).
     trainable_parameters: int | None = None
+    #: What the fit changed on held-out text (None: ``budget.side_effect_texts`` is 0).
+    side_effects: SideEffects | None = None
+    #: task name -> its score after this fit against the base model's (``budget.also_eval``).
+    retention: dict[str, Retention] = field(default_factory=dict)
+    locality: Locality | None = None
+    inference_speed: InferenceSpeed | None = None
 
 
 @_strict
@@ -146,6 +210,8 @@ class Timings:
     load_model: float = 0.0
     fit: float = 0.0
     evaluate: float = 0.0
+    #: Measuring the base and the fitted model beyond the task (side effects, retention, locality).
+    fit_effects: float = 0.0
     total_s: float = 0.0
     #: The fit's parts as the method timed them, plus ``other``.
     fit_phases: dict[str, float] = field(default_factory=dict)

@@ -63,6 +63,8 @@ def plan_sweep(
                 f"task {task_name} provides no training data, but method(s) {', '.join(trained)} train; "
                 "use it with fit-free methods such as zero-shot"
             )
+    for task_class in host.tasks.resolve(list(budget.also_eval)):  # retention tasks (budget.also_eval)
+        task_class().data_summary()
     method_options = method_options or {}
     for name, options in method_options.items():
         if name not in method_classes:

@@ -79,6 +79,11 @@ class Task(ABC):
     evaluation: ClassVar[Literal["multiple_choice", "generation"]]
     metrics: ClassVar[tuple[str, ...]]
     primary_metric: ClassVar[str]
+    #: Teacher-forced measures computed beside ``metrics`` (log-likelihoods, not the paper's
+    #: metric): they move for methods that never produce the answer format, so the tuner
+    #: breaks ties on them after ``metrics``; the report keeps them out of the main table and
+    #: the lm-eval export leaves them out.
+    secondary_metrics: ClassVar[tuple[str, ...]] = ()
     folds: ClassVar[tuple[str, ...]] = ("main",)
     license: ClassVar[str] = ""
 
@@ -160,6 +165,15 @@ class GenerationTask(Task):
     def judge(self, item: Any, generation: Any) -> dict[str, Any]:
         """``item``'s entry for one :class:`~lofit_bench.scoring.Generation`: prediction, gold and metric values."""
 
+    def teacher_forced_requests(self, item: Any) -> list[tuple[str, str]]:
+        """(context, continuation) pairs whose log-likelihoods give ``item``'s
+        ``secondary_metrics``; none by default."""
+        return []
+
+    def judge_teacher_forced(self, item: Any, log_likelihoods: Sequence[float]) -> dict[str, Any]:
+        """``item``'s values of ``secondary_metrics`` from its requests' summed log-probs, in order."""
+        return {}
+
     def items(self, fold: str, split: Split) -> list[Any]:
         self.check_fold(fold)
         if split not in SPLITS:
@@ -189,11 +203,24 @@ class GenerationTask(Task):
             {"id": item.id, **self.judge(item, generation), "generation": generation.new_text}
             for item, generation in zip(items, generations, strict=True)
         ]
+        if self.secondary_metrics:
+            self._add_teacher_forced(scorer, items, per_example, split)
         return EvalResult(
-            metrics={name: mean(entry[name] for entry in per_example) for name in self.metrics},
+            metrics={name: mean(entry[name] for entry in per_example) for name in (*self.metrics, *self.secondary_metrics)},
             example_ids=[item.id for item in items],
             per_example=per_example,
         )
+
+    def _add_teacher_forced(self, scorer: Any, items: list[Any], per_example: list[dict[str, Any]], split: str) -> None:
+        """Score every item's teacher-forced requests in one call and add their values to its entry."""
+        request_lists = [self.teacher_forced_requests(item) for item in items]
+        scores = scorer.loglikelihoods(
+            [request for requests in request_lists for request in requests], description=f"{self.name} {split} (teacher-forced)"
+        )
+        position = 0
+        for item, requests, entry in zip(items, request_lists, per_example, strict=True):
+            entry.update(self.judge_teacher_forced(item, scores[position : position + len(requests)]))
+            position += len(requests)
 
 
 class MultipleChoiceTask(Task):

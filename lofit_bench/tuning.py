@@ -17,8 +17,11 @@ A method declares which config fields may be tuned and over what range
    trial that is below the median of earlier trials at that epoch. A finished trial is scored
    on ``budget.dev_examples`` of the dev split. A trial whose training diverged is a failed
    trial (it spent its share of the budget); the others go on.
-4. The best trial: the task's primary metric on dev, then its other metrics in order, then the
-   earliest trial (so on a full tie the untuned values win). Its fitted state is kept (saved
+4. The best trial: the task's primary metric on dev, then its other metrics in order, then its
+   teacher-forced ``secondary_metrics`` (which move for steering methods that never produce
+   the answer format), then the earliest trial (so on a full tie the untuned values win). When
+   every finished trial ties on every dev metric, the record says so (``signal``: "no signal
+   on dev") and the values are not reported as chosen by dev. Its fitted state is kept (saved
    when it became the best, so a resumed run loads it) and is the model the runner evaluates,
    once, on the test split. The test split is never scored while tuning.
 """
@@ -123,6 +126,11 @@ class Tuner:
         self.state_dir = state_dir
         self.seed = seed
 
+    @property
+    def ranked_metrics(self) -> tuple[str, ...]:
+        """The dev metrics trials are compared on, in order (the primary one is put first by :func:`choose`)."""
+        return (*self.task.metrics, *getattr(self.task, "secondary_metrics", ()))
+
     def tune(self, lm: LoadedModel, template: FitContext) -> Tuned:
         import optuna
 
@@ -145,7 +153,7 @@ class Tuner:
             if outcome is not None:
                 kept = outcome
         trials = study.get_trials(deepcopy=False)
-        best = choose(trials, self.task.metrics, self.task.primary_metric)
+        best = choose(trials, self.ranked_metrics, self.task.primary_metric)
         if kept is not None and kept[0] == best.number:
             method, fit = kept[1], kept[2]
         else:
@@ -211,7 +219,7 @@ class Tuner:
             attributes.update(_trial_facts(fit, intermediate, started, context), dev=dev.metrics, dev_examples=dev.size)
             _set_attributes(trial, attributes)
             study.tell(trial, dev.metrics[metric])
-            if choose(study.get_trials(deepcopy=False), self.task.metrics, metric).number == trial.number:
+            if choose(study.get_trials(deepcopy=False), self.ranked_metrics, metric).number == trial.number:
                 self._save_best(method, trial.number, fit)
                 keep = last
             return (trial.number, method, fit) if keep else None
@@ -289,6 +297,8 @@ class Tuner:
     def _record(self, trials: list, best: Any, resumed: int, budget: Any) -> dict[str, Any]:
         rows = [_trial_row(trial) for trial in _counted(trials)]
         states = [row["state"] for row in rows]
+        signal = dev_signal(rows, self.ranked_metrics)
+        chosen_by = f"tuned on dev (trial {best.number} of {len(rows)})" if signal == "dev" else f"{signal}: the first trial's values kept"
         return {
             "mode": "on",
             "sampler": SAMPLER,
@@ -310,7 +320,8 @@ class Tuner:
             "trials_resumed": resumed,
             "chosen_trial": best.number,
             "chosen": best.user_attrs["values"],
-            "sources": {name: f"tuned on dev (trial {best.number} of {len(rows)})" for name in self.plan.space}
+            "signal": signal,
+            "sources": {name: chosen_by for name in self.plan.space}
             | {name: "config (--method-set)" for name in self.plan.fixed},
         }
 
@@ -339,6 +350,21 @@ def choose(trials: list, metrics: tuple[str, ...] | list[str], primary: str) -> 
         raise Diverged(f"no tuning trial finished ({len(trials)} tried): {'; '.join(errors)}")
     order = [primary, *(name for name in metrics if name != primary)]
     return max(complete, key=lambda trial: (*(float(trial.user_attrs["dev"].get(name, 0.0)) for name in order), -trial.number))
+
+
+NO_SIGNAL = "no signal on dev"
+ONE_TRIAL = "one finished trial"
+
+
+def dev_signal(rows: list[dict[str, Any]], metrics: tuple[str, ...] | list[str]) -> str:
+    """What chose the kept values: ``"dev"`` when the finished trials differ on some dev
+    metric; :data:`NO_SIGNAL` when every finished trial tied on every metric (the tie rule,
+    not dev, kept the first one's values); :data:`ONE_TRIAL` when there was nothing to compare."""
+    complete = [row for row in rows if row["state"] == "complete"]
+    if len(complete) < 2:
+        return ONE_TRIAL
+    scores = {tuple(float((row.get("dev") or {}).get(name, 0.0)) for name in metrics) for row in complete}
+    return "dev" if len(scores) > 1 else NO_SIGNAL
 
 
 def _trial_facts(fit: dict[str, Any] | None, intermediate: dict[int, float], started: float, context: FitContext) -> dict[str, Any]:

@@ -155,6 +155,16 @@ class LoRA(Method):
     def evaluation_model(self) -> nn.Module:
         return self._require_wrapped()
 
+    @contextmanager
+    def merged(self) -> Iterator[bool]:
+        """The adapters added into the base weights (peft's merge_adapter), then taken out again."""
+        model = self._require_wrapped()
+        model.merge_adapter()
+        try:
+            yield True
+        finally:
+            model.unmerge_adapter()
+
     def trainable_parameters(self) -> int:
         """Values of the adapter's tensors: exactly what ``save_pretrained`` writes."""
         if self.peft_model is None:

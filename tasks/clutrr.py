@@ -14,6 +14,11 @@ with ``'s\\n``; the SFT completion is the gold relation (the trainer appends EOS
 Evaluation (``utils/evaluate.py::evaluate_clutrr``): greedy, at most 16 new tokens; the
 prediction is read from the whole decoded sequence by
 :func:`~lofit_bench.metrics.parse_clutrr_answer` and must equal the lowercased gold relation.
+Beside it (``secondary_metrics``, ours): ``relation_choice_accuracy``, the gold relation has
+the highest summed log-probability after the prompt among the closed set of
+:data:`RELATIONS` (the 18 relation words of the data; each scored as the SFT completion is,
+straight after ``'s\\n``). It moves for a method that never produces the answer format.
+
 Example ids are the dataset's story uuids.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,12 @@ PROMPT_TEMPLATE = (
 SPLIT_FILES = {"train": "train.json", "dev": "val.json", "test": "test.json"}
 TRAIN_SIZE = 300
 TRAIN_SEED = 42
+#: Every relation word of the CLUTRR 2-hop data (train pool, dev and test use the same 18).
+RELATIONS = (
+    "aunt", "brother", "daughter", "daughter-in-law", "father", "father-in-law", "granddaughter",
+    "grandfather", "grandmother", "grandson", "mother", "mother-in-law", "nephew", "niece", "sister",
+    "son", "son-in-law", "uncle",
+)
 MAX_NEW_TOKENS = 16
 
 
@@ -111,6 +123,7 @@ class Clutrr(GenerationTask):
     name = "clutrr"
     description = "CLUTRR 2-hop kinship (task_1.2); SFT, exact match of the generated relation"
     metrics = ("exact_match",)
+    secondary_metrics = ("relation_choice_accuracy",)
     primary_metric = "exact_match"
     folds = ("main",)
     license = "CC-BY-NC-4.0 (non-commercial)"
@@ -131,6 +144,14 @@ class Clutrr(GenerationTask):
         prediction = parse_clutrr_answer(generation.full_text)
         gold = story.target_text.lower()
         return {"prediction": prediction, "gold": gold, "exact_match": prediction == gold}
+
+    def teacher_forced_requests(self, story: ClutrrStory) -> list[tuple[str, str]]:
+        return [(story.prompt, relation) for relation in RELATIONS]
+
+    def judge_teacher_forced(self, story: ClutrrStory, log_likelihoods: Sequence[float]) -> dict[str, Any]:
+        """The most likely relation wins (ties: the first in :data:`RELATIONS`, scored wrong unless gold)."""
+        best = max(range(len(RELATIONS)), key=lambda index: (log_likelihoods[index], -index))
+        return {"relation_choice": RELATIONS[best], "relation_choice_accuracy": RELATIONS[best] == story.target_text.lower()}
 
 
 @hookimpl

@@ -20,12 +20,24 @@ Evaluation (``utils/evaluate.py::evaluate_mquake``): greedy, at most 16 new toke
   case-folded and without trailing punctuation, matched against equally normalised golds
   (35.9 % on that output).
 
+Two teacher-forced measures beside them (``secondary_metrics``, ours; they move for a method
+that never produces the answer format, so the tuner can tell its trials apart):
+
+- ``efficacy``: the new answer is more likely than the original one after the prompt (the
+  summed log-probs of ``new_answer`` and ``answer``, each straight after ``A:`` as the SFT
+  completion is): the knowledge-editing standard's efficacy score.
+- ``new_answer_log_prob``: the summed log-probability (nats) of ``new_answer`` there.
+
+Each case's ``single_hops`` (question and original answer of every hop) are kept for the
+locality measure (:mod:`lofit_bench.locality`).
+
 Example ids are ``case-<case_id>``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +65,10 @@ class MquakeCase:
     question: str
     new_answer: str
     new_answer_alias: tuple[str, ...]
+    #: The original (pre-edit) answer of the multi-hop question.
+    answer: str = ""
+    #: (question, original answer) of each single hop of the chain.
+    single_hops: tuple[tuple[str, str], ...] = ()
 
     @property
     def prompt(self) -> str:
@@ -77,6 +93,8 @@ def case_from_record(record: dict[str, Any]) -> MquakeCase:
         question=record["questions"][0],
         new_answer=record["new_answer"],
         new_answer_alias=tuple(record["new_answer_alias"]),
+        answer=str(record.get("answer", "")),
+        single_hops=tuple((str(hop["question"]), str(hop["answer"])) for hop in record.get("single_hops", [])),
     )
 
 
@@ -112,6 +130,7 @@ class Mquake(GenerationTask):
         "MQuAKE-CF-3k single-edit multi-hop questions; SFT, exact match (strict and lenient)"
     )
     metrics = ("exact_match", "exact_match_lenient")
+    secondary_metrics = ("efficacy", "new_answer_log_prob")
     primary_metric = "exact_match"
     folds = ("main",)
     license = "MIT"
@@ -135,6 +154,23 @@ class Mquake(GenerationTask):
             "exact_match": matches_any_strict(prediction, case.golds),
             "exact_match_lenient": matches_any_lenient(prediction, case.golds),
         }
+
+    def locality_facts(self, fold: str, limit: int | None = None) -> list[tuple[str, str]]:
+        """(id, ``Q: <question> A:``) of every distinct single hop of the first ``limit`` test
+        cases: facts no fit trains on (:mod:`lofit_bench.locality`)."""
+        seen: dict[str, str] = {}
+        for case in self.cases(fold, "test")[:limit]:
+            for number, (question, _) in enumerate(case.single_hops):
+                seen.setdefault(question, f"{case.id}-hop-{number}")
+        return [(identifier, f"Q: {question} A:") for question, identifier in seen.items()]
+
+    def teacher_forced_requests(self, case: MquakeCase) -> list[tuple[str, str]]:
+        """The new answer, then the original one, each right after the prompt (as SFT trains it)."""
+        return [(case.prompt, case.new_answer), (case.prompt, case.answer or case.new_answer)]
+
+    def judge_teacher_forced(self, case: MquakeCase, log_likelihoods: Sequence[float]) -> dict[str, Any]:
+        new, original = log_likelihoods
+        return {"efficacy": bool(case.answer) and new > original, "new_answer_log_prob": new}
 
 
 @hookimpl

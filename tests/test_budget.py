@@ -43,6 +43,16 @@ def test_from_dict_applies_overrides() -> None:
     assert Budget.from_dict({"name": "one-seed", "seeds": 7}).seeds == (7,)
 
 
+def test_also_eval_takes_a_list_or_a_comma_separated_string_and_side_effects_can_be_off() -> None:
+    assert Budget.from_dict({"name": "b", "also_eval": "truthfulqa, lm_eval:hellaswag"}).also_eval == (
+        "truthfulqa", "lm_eval:hellaswag"
+    )
+    assert Budget(name="b", also_eval=["clutrr"]).also_eval == ("clutrr",)
+    assert Budget.from_dict(get_budget("demo").to_dict() | {"also_eval": ["mquake"]}).to_dict()["also_eval"] == ["mquake"]
+    assert Budget(name="b", side_effect_texts=0).side_effect_texts == 0
+    assert (get_budget("paper").side_effect_texts, get_budget("smoke").side_effect_texts) == (16, 4)
+
+
 def test_unknown_field_is_a_user_error_listing_the_known() -> None:
     with pytest.raises(UserError, match="unknown budget fields: epoch, lr\\. Known: .*epochs"):
         Budget.from_dict({"name": "typo", "epoch": 3, "lr": 0.1})
@@ -65,6 +75,10 @@ def test_unknown_field_is_a_user_error_listing_the_known() -> None:
         ("warmup_ratio", 1.5),
         ("seeds", []),
         ("seeds", ["a"]),
+        ("side_effect_texts", -1),
+        ("side_effect_texts", "many"),
+        ("also_eval", [3]),
+        ("also_eval", {"truthfulqa": 1}),
     ],
 )
 def test_bad_values_are_user_errors(field: str, value: object) -> None:

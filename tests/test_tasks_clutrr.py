@@ -73,7 +73,7 @@ def test_exact_match_from_planted_generations(reply: str, correct: bool) -> None
     assert scorer.generate_calls == [[CLEO_PROMPT]]
     (entry,) = result.per_example
     assert entry["exact_match"] is correct and entry["gold"] == "grandfather"
-    assert result.metrics == {"exact_match": float(correct)}
+    assert result.metrics == {"exact_match": float(correct), "relation_choice_accuracy": 0.0}  # the fake scores tie: 'aunt' wins
 
 
 def test_accuracy_over_several_stories(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_accuracy_over_several_stories(tmp_path: Path) -> None:
 def test_evaluate_on_the_tiny_model_judges_each_prompts_own_generation() -> None:
     task = Clutrr()
     result = task.evaluate(tiny_scorer(), "main", "test", limit=3)
-    assert set(result.metrics) == {"exact_match"}
+    assert set(result.metrics) == {"exact_match", "relation_choice_accuracy"}
     assert_judges_each_prompts_own_generation(task, result, limit=3)
     assert result.example_ids == task.split_ids("main", "test")[:3]
     assert {"id", "prediction", "gold", "exact_match"} <= set(result.per_example[0])
@@ -124,3 +124,22 @@ def test_registers_itself() -> None:
         "generation",
         "exact_match",
     )
+
+
+def test_relation_choice_accuracy_takes_the_most_likely_of_the_closed_set(tmp_path: Path) -> None:
+    (tmp_path / "test.json").write_text(json.dumps([story("a", "grandfather"), story("b", "aunt")]), encoding="utf-8")
+    planted = {"grandfather": -1.0, "aunt": -3.0}
+    scorer = FakeScorer(score=lambda context, relation: planted.get(relation, -2.0), reply=lambda prompt: "x")
+    result = Clutrr(data_dir=tmp_path).evaluate(scorer, "main", "test")
+    assert [entry["relation_choice"] for entry in result.per_example] == ["grandfather", "grandfather"]
+    assert result.metrics == {"exact_match": 0.0, "relation_choice_accuracy": 0.5}
+    prompt = Clutrr(data_dir=tmp_path).stories("main", "test")[0].prompt
+    assert scorer.loglikelihood_calls[0][:2] == [(prompt, "aunt"), (prompt, "brother")]
+    assert len(scorer.loglikelihood_calls[0]) == 2 * len(clutrr.RELATIONS)
+
+
+def test_the_closed_set_is_every_relation_of_every_split() -> None:
+    task = Clutrr()
+    for split in ("train", "dev", "test"):
+        assert {item.target_text.lower() for item in task.stories("main", split)} <= set(clutrr.RELATIONS)
+    assert len(clutrr.RELATIONS) == 18

@@ -38,6 +38,8 @@ def case(
         "questions": [f"Question {case_id}?", "ignored paraphrase", "ignored paraphrase"],
         "new_answer": new_answer,
         "new_answer_alias": list(aliases),
+        "answer": "Stockholm",
+        "single_hops": [{"question": "What is the capital of Sweden?", "answer": "Stockholm"}],
     }
 
 
@@ -91,7 +93,9 @@ def test_strict_and_lenient_exact_match(
     ]
     (entry,) = result.per_example
     assert (entry["exact_match"], entry["exact_match_lenient"]) == (strict, lenient)
-    assert result.metrics == {"exact_match": float(strict), "exact_match_lenient": float(lenient)}
+    assert result.metrics == {
+        "exact_match": float(strict), "exact_match_lenient": float(lenient), "efficacy": 0.0, "new_answer_log_prob": 0.0
+    }
 
 
 def test_limit_and_accuracy(tmp_path: Path) -> None:
@@ -101,15 +105,35 @@ def test_limit_and_accuracy(tmp_path: Path) -> None:
         FakeScorer(reply=lambda prompt: next(replies)), "main", "test", limit=2
     )
     assert result.example_ids == ["case-1", "case-2"]
-    assert result.metrics == {"exact_match": 0.5, "exact_match_lenient": 1.0}
+    assert {name: result.metrics[name] for name in Mquake.metrics} == {"exact_match": 0.5, "exact_match_lenient": 1.0}
 
 
 def test_evaluate_on_the_tiny_model_judges_each_prompts_own_generation() -> None:
     task = Mquake()
     result = task.evaluate(tiny_scorer(), "main", "test", limit=3)
-    assert set(result.metrics) == {"exact_match", "exact_match_lenient"}
+    assert set(result.metrics) == {"exact_match", "exact_match_lenient", "efficacy", "new_answer_log_prob"}
     assert_judges_each_prompts_own_generation(task, result, limit=3)
     assert result.example_ids == task.split_ids("main", "test")[:3]
+
+
+def test_efficacy_and_the_new_answer_log_prob_are_read_from_planted_log_likelihoods(tmp_path: Path) -> None:
+    write_cases(tmp_path, [case(1), case(2, "Paris", ())])
+    planted = {"Canberra": -2.0, "Paris": -9.0, "Stockholm": -5.0}
+    scorer = FakeScorer(score=lambda context, continuation: planted[continuation], reply=lambda prompt: " no")
+    result = Mquake(data_dir=tmp_path).evaluate(scorer, "main", "test")
+    prompt = "Q: Imagine that The capital of Sweden is Canberra. Question 1? A:"
+    assert scorer.loglikelihood_calls[0][:2] == [(prompt, "Canberra"), (prompt, "Stockholm")]  # no space: as SFT trains it
+    assert [(entry["efficacy"], entry["new_answer_log_prob"]) for entry in result.per_example] == [(True, -2.0), (False, -9.0)]
+    assert result.metrics["efficacy"] == 0.5 and result.metrics["new_answer_log_prob"] == -5.5
+
+
+def test_single_hops_are_read_with_their_original_answers() -> None:
+    first = Mquake().cases("main", "test")[0]
+    assert first.answer == "United States of America"
+    assert first.single_hops == (
+        ("Who is Emily Blunt married to?", "John Krasinski"),
+        ("What is the country of citizenship of John Krasinski?", "United States of America"),
+    )
 
 
 def test_missing_or_malformed_files_raise_user_errors(tmp_path: Path) -> None:

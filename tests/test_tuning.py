@@ -169,6 +169,38 @@ def test_ties_go_to_the_earliest_trial_and_other_metrics_break_them(tmp_path, mo
     assert tuning.choose(trials, ("em", "lenient"), "em").number == 1
 
 
+def test_all_trials_tied_on_every_dev_metric_is_recorded_and_reported_as_no_signal(tmp_path, monkeypatch):
+    from lofit_bench.records import load_records
+    from lofit_bench.report_model import tuning_label
+
+    planted_dev_scores(monkeypatch, [0.0, 0.0, 0.0])  # every metric, secondary ones included, ties at 0
+    [outcome] = sweep(["lora"], ["mquake"], tmp_path)
+    record = tuning_record(outcome)
+    assert record["signal"] == "no signal on dev" and record["chosen_trial"] == 0
+    assert record["sources"]["learning_rate"] == "no signal on dev: the first trial's values kept"
+    [run] = load_records(tmp_path)
+    assert tuning_label([run]) == "3 trials (0 pruned, no signal on dev: all tied, first kept)"
+
+
+def test_the_teacher_forced_metrics_break_ties_after_the_task_metrics(tmp_path, monkeypatch):
+    from lofit_bench.tasks.mquake import Mquake
+
+    planted_dev_scores(monkeypatch, [0.0, 0.0, 0.0])
+    scores = iter([0.2, 0.7, 0.4])
+    real = tuning.evaluate
+
+    def evaluate(method, task, fold, limit, batch_size, progress):
+        result = real(method, task, fold, limit, batch_size, progress)
+        result.metrics["efficacy"] = next(scores)  # exact match ties at 0; efficacy differs
+        return result
+
+    monkeypatch.setattr(tuning, "evaluate", evaluate)
+    assert Mquake.secondary_metrics == ("efficacy", "new_answer_log_prob")
+    record = tuning_record(sweep(["lora"], ["mquake"], tmp_path)[0])
+    assert record["chosen_trial"] == 1 and record["signal"] == "dev"
+    assert tuning.dev_signal([{"state": "complete", "dev": {"em": 0.0}}], ("em",)) == tuning.ONE_TRIAL
+
+
 def tuning_trial_state(name):
     import optuna
 
