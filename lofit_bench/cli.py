@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
-    run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (default auto: fp32 on CPU, bf16 on CUDA)")
+    run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model weights' dtype (default auto: fp32 on CPU; on CUDA fp32 under --precision bf16-mixed, else bf16)")
+    run.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16-mixed"], help="how the frozen model computes: bf16-mixed runs its matmuls in bf16 under autocast, trained tensors and optimizer state fp32 (default auto: bf16-mixed on CUDA, fp32 on CPU)")
     run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
     run.add_argument("--executor", default=None, choices=["process", "inline", "ray"], help="process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]')")
@@ -311,6 +312,7 @@ def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
     from_command.pop("name", None)
     from_file.pop("name", None)
     flags = {"dtype": arguments.dtype, "device": arguments.device, "gpus_per_run": arguments.gpus_per_run,
+             "precision": arguments.precision,
              "trust_remote_code": arguments.trust_remote_code or None}
     values = (
         {key: value for key, value in (("dtype", config.dtype), ("device", config.device)) if value is not None}
