@@ -425,12 +425,15 @@ def labelled_positions_loss(model: nn.Module, inputs: dict[str, Any], num_items_
     targets = inputs["labels"][:, 1:]
     labelled = targets != -100
     keep = labelled.any(dim=0).nonzero().squeeze(1)
+    # On a device-mapped model the hidden states are indexed on the last layer's device: a CPU
+    # index works on any device, one on the input's GPU does not. The loss is computed where
+    # the logits are (the LM head's device), so the targets go there.
     outputs = model(
-        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), logits_to_keep=keep, use_cache=False
+        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), logits_to_keep=keep.cpu(), use_cache=False
     )
     logits = outputs.logits.float()
     total = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
+        logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1).to(logits.device), ignore_index=-100, reduction="sum"
     )
     count = num_items_in_batch if num_items_in_batch is not None else labelled.sum()
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)
