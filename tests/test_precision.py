@@ -18,8 +18,8 @@ from lofit_bench.precision import computing_in, resolve_precision, weights_dtype
 from lofit_bench.records import load_records
 from lofit_bench.report_model import build_report_model
 from lofit_bench.run_record import parse_record
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
 from lofit_bench.run_spec import run_identity
+from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
 
 
 def budget(**changes):
