@@ -6,7 +6,8 @@
 #   1. the model: the bundled SmolLM2-135M when installed, else a random stand-in of its exact
 #      shape built there (lofit_bench/standin_model.py: 30 layers x 9 heads, so head indices hold);
 #   2. LoFiT, LoRA and full fine-tuning under --precision bf16-mixed (the GPU default), and LoFiT
-#      with pure bf16 weights (--dtype bf16: the fp32 edit path), small budget;
+#      with pure bf16 weights (--dtype bf16: the fp32 edit path), small budget, untuned (the
+#      tuner's SQLite storage needs sqlalchemy, whose wheel does not fit the carry);
 #   3. with two or more GPUs, a --jobs 2 sweep and a sharded (--gpus-per-run 2) LoFiT run with
 #      gradient checkpointing and accumulation; with one, says they were skipped;
 #   4. per run: device(s), precision, dtype, peak allocated / reserved memory, step time, accuracy;
@@ -78,7 +79,7 @@ sweep() {  # sweep NAME ARGS...: one lofit-bench sweep; its log beside its folde
     local name="$1"; shift
     echo "== $name: $*"
     if ! "$PYTHON" -m lofit_bench run --tasks clutrr --model "$MODEL" --device "$DEVICE" --budget smoke \
-        --budget-set train_examples=16 --budget-set eval_examples=24 --quiet --out "$RESULTS/$name" "$@" \
+        --budget-set train_examples=16 --budget-set eval_examples=24 --budget-set tune=false --quiet --out "$RESULTS/$name" "$@" \
         > "$RESULTS/$name.log" 2>&1; then
         failed "sweep $name (log: $name.log; its end:)"
         tail -n 15 "$RESULTS/$name.log"
