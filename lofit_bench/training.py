@@ -279,9 +279,9 @@ def _common_arguments(
 
 
 def checkpointing_arguments(config_class: type, enabled: bool) -> dict[str, Any]:
-    """The checkpointing switch under the name ``config_class`` accepts: trl >= 1.13 (with
-    transformers >= 5.2x) calls it ``activation_checkpointing``, older ones
-    ``gradient_checkpointing``; read off the installed signature, not a fixed list. trl turns it
+    """The checkpointing switch under the name ``config_class`` accepts: trl 1.16 calls it
+    ``activation_checkpointing``, trl 1.12 (the lowest declared) ``gradient_checkpointing``;
+    read off the installed signature, not a fixed list. trl turns it
     on by default; here the budget decides. Non-reentrant, so hooks' vectors on a frozen model
     get gradients without inputs that require grad."""
     accepted = inspect.signature(config_class.__init__).parameters
