@@ -47,7 +47,11 @@ failed() { FAILED+=("$1"); echo "gpu_check: FAILED: $1"; }
 echo "== 0. setup"
 SITE="${GPU_CHECK_SITE:-/tmp/lofit-bench-site}"
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-"$PYTHON" benchmarks/gpu_check_setup.py "$PWD" "$SITE" || { failed "setup"; }
+REPO="$PWD"
+"$PYTHON" "$REPO/benchmarks/gpu_check_setup.py" "$REPO" "$SITE" || { failed "setup"; }
+# From here on Python runs outside the checkout: its lofit_bench/ folder (without methods/ and
+# tasks/, which setuptools maps in) must not shadow the installed package.
+cd "$RESULTS"
 "$PYTHON" - <<'PY' || failed "environment"
 import importlib.metadata as m, platform, torch
 names = ["transformers", "trl", "peft", "accelerate", "datasets", "lofit-bench"]
@@ -102,10 +106,10 @@ else
 fi
 
 echo "== 4. the runs and the exactness rules on $DEVICE"
-"$PYTHON" benchmarks/gpu_check_report.py "$DEVICE" "$MODEL" "${SWEEPS[@]}" || failed "run summary or exactness"
+"$PYTHON" "$REPO/benchmarks/gpu_check_report.py" "$DEVICE" "$MODEL" "${SWEEPS[@]}" || failed "run summary or exactness"
 
 echo "== 5. the CLI process never initialises CUDA"
-"$PYTHON" benchmarks/gpu_check_cli.py "$RESULTS/cli" "$MODEL" "$DEVICE" || failed "CLI process check"
+"$PYTHON" "$REPO/benchmarks/gpu_check_cli.py" "$RESULTS/cli" "$MODEL" "$DEVICE" || failed "CLI process check"
 
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then  # the device tool's output folder: records and logs only
     tar -czf "$OUT/gpu-check-records.tar.gz" -C "$RESULTS" --exclude=artifacts --exclude='model-standin-*' \
