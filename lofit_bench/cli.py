@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=_jobs, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
     run.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
-    run.add_argument("--model-args", default=None, metavar="KEY=VALUE,...", help="model options in one place, as lm-eval: pretrained, revision, dtype, device, trust_remote_code, attn_implementation, gpus_per_run, device_map (e.g. pretrained=org/name,revision=main,attn_implementation=sdpa); the flags above override them")
+    run.add_argument("--model-args", default=None, metavar="KEY=VALUE,...", help="model options in one place, as lm-eval: pretrained, revision, dtype, device, trust_remote_code, attn_implementation, gpus_per_run, device_map, precision (e.g. pretrained=org/name,revision=main,attn_implementation=sdpa); the flags above override them")
     run.add_argument("--gpus-per-run", type=int, default=None, metavar="N", help="GPUs each run takes from the free ones (default 1); above 1 the frozen model is sharded over them (accelerate device_map=auto)")
     run.add_argument("--force", action="store_true", help="rerun runs whose record already exists")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
