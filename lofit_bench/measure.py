@@ -6,7 +6,10 @@ own device(s) by index (never "the current device"), reset at the start of each 
 model sharded over several GPUs is measured on each: per device and the sum (``peak_mib`` is
 the highest per-phase sum). On CPU it is the process's peak resident set size (sampled) minus
 the RSS when the phase started, i.e. after the model was loaded. The two are labelled and
-never mixed: a CPU figure is never shown as GPU memory.
+never mixed: a CPU figure is never shown as GPU memory. Each CUDA phase starts with the
+allocator's cache emptied, so its reserved figure is its own, not the last phase's cached
+blocks. A sharded model's ``peak_mib`` sums peaks reached at different times and says so
+(``peak_aggregation``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 MIB = 1024 * 1024
+SUM_OF_DEVICE_PEAKS = "sum of per-device peaks (each reached at its own time: an upper bound on the summed allocation)"
 
 
 def _rss_bytes() -> int:
@@ -92,6 +96,8 @@ class MemoryMeter:
         starts = {}
         for device in devices:
             cuda.synchronize(device)
+            with cuda.device(device):
+                cuda.empty_cache()  # cached blocks of the last phase would count as this one's reserved
             cuda.reset_peak_memory_stats(device)
             starts[device] = cuda.memory_allocated(device)
         try:
@@ -131,6 +137,8 @@ class MemoryMeter:
             result["per_phase_reserved_mib"] = dict(self.reserved_phases)
             result["devices"] = self.cuda_devices
             result["per_device"] = {device: dict(values) for device, values in self.per_device.items()}
+            if len(self.cuda_devices) > 1:
+                result["peak_aggregation"] = SUM_OF_DEVICE_PEAKS
         return result
 
 

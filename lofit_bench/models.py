@@ -207,8 +207,10 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 
-def build_tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, object]:
-    """A 2-layer, 4-head random model of the named family, with the byte-level tokenizer."""
+def build_tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
+    """A 2-layer, 4-head random model of the named family, with the byte-level tokenizer, built
+    in ``dtype`` (the same weights in any dtype: drawn in fp32, rounded once; buffers such as
+    the rotary ``inv_freq`` stay fp32, as a loaded model's do)."""
     import transformers
 
     class_name, extra = TINY_CONFIGS[name]
@@ -230,16 +232,28 @@ def build_tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, object]:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    cast_parameters(model, dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def _tiny_loader(name: str) -> Callable[[Path], tuple[Path | None, nn.Module | None, object]]:
-    def load(cache: Path) -> tuple[Path | None, nn.Module | None, object]:
-        model, tokenizer = build_tiny_model(name)
+def _tiny_loader(name: str) -> Callable[..., tuple[Path | None, nn.Module | None, object]]:
+    def load(cache: Path, dtype: torch.dtype = torch.float32) -> tuple[Path | None, nn.Module | None, object]:
+        model, tokenizer = build_tiny_model(name, dtype=dtype)
         return None, model, tokenizer
 
     return load
+
+
+def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Floating-point parameters to ``dtype``, buffers left alone: ``model.to(dtype)`` would
+    also round the rotary embedding's fp32 ``inv_freq`` (0.33 % relative error in bf16, up to
+    0.4 nats on a long prompt's last token), which ``from_pretrained(dtype=...)`` and a
+    ``device_map`` load keep in fp32."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point() and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)
+    return model
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -315,7 +329,7 @@ def load_model(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    folder, model, tokenizer, source = _resolve(name, revision)
+    folder, model, tokenizer, source = _resolve(name, revision, torch_dtype)
     options: dict[str, Any] = {}
     if attn_implementation:
         options["attn_implementation"] = attn_implementation
@@ -346,10 +360,11 @@ def load_model(
             model.set_attn_implementation(attn_implementation)
         except (ValueError, ImportError) as error:
             raise UserError(f"attn_implementation={attn_implementation!r}: {str(error).splitlines()[0]}") from None
+    cast_parameters(model, torch_dtype)  # built or loaded in torch_dtype already: a no-op then
     if device_map is None:
-        model = model.to(device=torch_device, dtype=torch_dtype)
+        model = model.to(device=torch_device)
     elif getattr(model, "hf_device_map", None) is None:  # built in code: shard it here
-        model = dispatch_built_model(model.to(dtype=torch_dtype), device_map, torch_dtype)
+        model = dispatch_built_model(model, device_map, torch_dtype)
     model = model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -398,11 +413,16 @@ def model_source_kind(name: str, revision: str | None = None) -> str:
     )
 
 
-def _resolve(name: str, revision: str | None) -> tuple[Path | None, nn.Module | None, object, str]:
-    """(folder, model built in code, its tokenizer, source) for a short name, folder or hub id."""
+def _resolve(
+    name: str, revision: str | None, dtype: torch.dtype = torch.float32
+) -> tuple[Path | None, nn.Module | None, object, str]:
+    """(folder, model built in code in ``dtype``, its tokenizer, source) for a short name,
+    folder or hub id."""
     kind = model_source_kind(name, revision)
     if kind == "short":
-        folder, model, tokenizer = MODELS[name].loader(cache_dir())
+        entry = MODELS[name]
+        built_in_code = name in TINY_CONFIGS
+        folder, model, tokenizer = entry.loader(cache_dir(), dtype) if built_in_code else entry.loader(cache_dir())
         return folder, model, tokenizer, f"{name} ({folder})" if folder else f"{name} (built in code)"
     if kind == "folder":
         folder = Path(name).expanduser().resolve()

@@ -222,6 +222,19 @@ def table_groups(summary: list[SummaryRow]) -> list[tuple[str, str, list[Summary
 
 
 # -- the report ------------------------------------------------------------------------------------
+def precisions(records: list[RunRecord]) -> list[str]:
+    """How the runs' models computed (``--precision`` and the weights' dtype), one entry per kind;
+    records from before ``--precision`` computed in their weights' dtype."""
+    kinds = set()
+    for record in records:
+        if record.model is not None:
+            if (record.model.precision or "fp32") == "bf16-mixed":
+                kinds.add(f"bf16-mixed ({record.model.dtype} weights, bf16 autocast)")
+            else:
+                kinds.add(f"{record.model.dtype} weights and matmuls (no autocast)")
+    return sorted(kinds)
+
+
 def header_lines(records: list[RunRecord], finished: list[RunRecord], reference: str | None) -> list[HeaderLine]:
     """What every format states above the tables: models, budgets as used, the reference, warnings."""
     models = sorted({model_label(record, records) for record in finished})
@@ -230,6 +243,7 @@ def header_lines(records: list[RunRecord], finished: list[RunRecord], reference:
         HeaderLine(f"model{'s' if len(models) > 1 else ''}: {', '.join(models) or '-'}"
                    + (" (one table per model; runs of different models are never averaged or paired)" if len(models) > 1 else "")),
         HeaderLine(f"budget: {'; '.join(budgets)}"),
+        HeaderLine(f"precision: {'; '.join(precisions(finished)) or '-'}"),
         HeaderLine(f"p-values against: {reference}" if reference else "p-values: none (no reference method chosen: `lofit-bench report --reference METHOD`)"),
     ]
     options = sorted({

@@ -24,10 +24,12 @@ from lofit_bench.console import RunStatus, redirect_output, verbose
 from lofit_bench.errors import install_warning_format
 from lofit_bench.faults import check_finite_metrics, save_artifacts
 from lofit_bench.fit_effects import BaseMeasures, measure_base, measure_fitted
+from lofit_bench.gpu_environment import gpu_environment, release_model_memory
 from lofit_bench.measure import MemoryMeter, Stopwatch
 from lofit_bench.method import FitContext, Method
 from lofit_bench.models import load_model
 from lofit_bench.plugins import PluginWarning, get_host
+from lofit_bench.precision import computing_in, resolve_precision, weights_dtype
 from lofit_bench.progress import progress_enabled
 from lofit_bench.records import environment
 from lofit_bench.run_folder import RunFolder
@@ -46,7 +48,7 @@ from lofit_bench.run_record import (
     Timings,
     TrainableParameters,
 )
-from lofit_bench.run_spec import RunSpec, run_identity
+from lofit_bench.run_spec import RunSpec, device_kind, run_identity
 from lofit_bench.scoring import Scorer
 from lofit_bench.search_space import declared_space
 from lofit_bench.tuning import BEST_STATE, Tuner, TuningPlan, sqlite_storage
@@ -140,6 +142,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
     memory: MemoryMeter | None = None
     base: BaseMeasures | None = None
     artifacts = folder.artifacts(spec.record_stem(folder))
+    precision = resolve_precision(spec.model.precision, device_kind(spec.model.device), spec.model.dtype)
     for fold in task.folds:
 
         def report(phase: str, fold: str = fold) -> None:
@@ -148,11 +151,13 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         report("load_model")
         with watch.phase("load_model"):
             lm = load_model(
-                spec.model.name, spec.model.dtype, spec.model.device, spec.model.trust_remote_code,
+                spec.model.name, weights_dtype(precision, spec.model.dtype), spec.model.device, spec.model.trust_remote_code,
                 revision=spec.model.revision, attn_implementation=spec.model.attn_implementation,
                 device_map=spec.model.effective_device_map,
             )
-        record.model = record.model or ModelInfo(**lm.describe())  # every fold loads the same model
+        record.model = record.model or ModelInfo(**lm.describe(), precision=precision)  # every fold loads the same model
+        if record.environment is not None and record.environment.gpus is None:
+            record.environment.gpus, record.environment.gpu_driver, record.environment.cuda = gpu_environment(lm.devices)
         base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
         memory = memory or MemoryMeter(lm.device, devices=lm.devices)
         report("measure base model")
@@ -167,7 +172,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
                 on_phase=lambda name: report(f"fit: {name}"),
             )
             report("fit")
-            with memory.phase("fit"), watch.phase("fit"):
+            with memory.phase("fit"), watch.phase("fit"), computing_in(precision, lm.device):
                 method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, folder)
             record.method.config = method.config.to_dict()
             for name, seconds in context.phases.seconds.items():
@@ -178,7 +183,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
             capabilities=method.capabilities,
         )
         report("evaluate")
-        with memory.phase("evaluate"), watch.phase("evaluate"):
+        with memory.phase("evaluate"), watch.phase("evaluate"), computing_in(precision, lm.device):
             result = task.evaluate(scorer, fold, "test", limit=spec.budget.eval_examples)
         check_finite_metrics(result.metrics, fold)
         fold_record.metrics = dict(result.metrics)
@@ -200,7 +205,8 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
                 base_parameters=base_parameters,
             )
         method.remove()
-        del lm, method, scorer
+        del lm, method, scorer, context  # the context holds the model too
+        release_model_memory()  # before the next fold loads its own copy
     record.metrics = _average_over_folds(record.folds)
     seconds = watch.to_dict()
     record.timings = Timings(

@@ -105,7 +105,10 @@ class ModelInfo:
     revision: str | None = None
     commit: str | None = None
     attn_implementation: str | None = None
-    device_map: str | None = None
+    #: module -> device of a sharded model (``hf_device_map``); None when it is on one device.
+    device_map: dict[str, str] | None = None
+    #: fp32, or bf16-mixed (the frozen model's matmuls in bf16 under autocast); None: before it existed.
+    precision: str | None = None
 
 
 @_strict
@@ -239,6 +242,9 @@ class Memory:
     per_phase_reserved_mib: dict[str, float] | None = None
     devices: list[str] | None = None
     per_device: dict[str, JSONObject] | None = None
+    #: What ``peak_mib`` is when several GPUs were measured: the sum of per-device peaks,
+    #: reached at different times (an upper bound on the summed allocation); None: one device.
+    peak_aggregation: str | None = None
 
 
 @_strict
@@ -252,6 +258,10 @@ class Environment:
     versions: dict[str, str | None] = field(default_factory=dict)
     git_commit: str | None = None  # "-dirty" appended when the code differed from the commit
     git_dirty: bool | None = None  # whether it did (None: not a git checkout, or a record written before 0.2)
+    #: The GPU(s) the run used, the NVIDIA driver and torch's CUDA version (None on CPU).
+    gpus: list[str] | None = None
+    gpu_driver: str | None = None
+    cuda: str | None = None
 
 
 @_strict

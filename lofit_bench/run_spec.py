@@ -32,6 +32,7 @@ class ModelSettings:
     attn_implementation: str | None = None  # e.g. eager, sdpa, flash_attention_2
     gpus_per_run: int = 1  # GPUs each run takes; above 1 the frozen model is sharded (device_map)
     device_map: str | None = None  # accelerate's strategy: auto, balanced, balanced_low_0, sequential
+    precision: str = "auto"  # fp32 or bf16-mixed (autocast); auto: bf16-mixed on CUDA, fp32 on CPU
 
     def __post_init__(self) -> None:
         if self.dtype not in MODEL_DTYPES:
@@ -42,6 +43,9 @@ class ModelSettings:
         gpus = self.gpus_per_run
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise UserError(f"gpus_per_run must be a whole number of at least 1, got {gpus!r}")
+        from lofit_bench.precision import resolve_precision
+
+        resolve_precision(self.precision, device_kind(self.device) if self.device != "auto" else "cpu", self.dtype)
         if self.device_map is not None and self.device.startswith("cuda:"):
             raise UserError(f"device_map={self.device_map!r} shards the model over its run's GPUs; drop device={self.device}")
 
@@ -138,8 +142,14 @@ def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[st
     (``--lm-eval-include`` folders) where it reads any. The record keeps it (``identity``) and its hash is the key."""
     host = get_host()
     method_class = host.methods.get(spec.method)
+    from lofit_bench.precision import resolve_precision
+
     settings = asdict(spec.model)
     settings["device"] = device_kind(spec.model.device)
+    # fp32, what every run computed before --precision existed, is left out: those keys stay valid.
+    precision = resolve_precision(settings.pop("precision"), settings["device"], spec.model.dtype)
+    if precision != "fp32":
+        settings["precision"] = precision
     identity = {
         "method": spec.method,
         "method_config": method_class.config_class.from_dict(spec.method_options).to_dict(),

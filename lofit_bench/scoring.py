@@ -220,10 +220,10 @@ class Scorer:
         self.tokens_processed += len(context) - start + int(continuation_mask.sum())
         results = []
         for row, continuation in enumerate(continuations):
-            total = last_log_probs[continuation[0]]
-            if len(continuation) > 1:
-                positions = torch.arange(0, len(continuation) - 1, device=device)
-                targets = torch.tensor(continuation[1:], device=device)
+            total = last_log_probs[continuation[0]].to(log_probs.device)
+            if len(continuation) > 1:  # positions and targets where the log-probs are (a sharded model's last device)
+                positions = torch.arange(0, len(continuation) - 1, device=log_probs.device)
+                targets = torch.tensor(continuation[1:], device=log_probs.device)
                 total = total + log_probs[row, positions, targets].sum()
             results.append(float(total))
         return results

@@ -16,6 +16,7 @@ object is undone by :func:`model_left_as_found`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -265,10 +266,6 @@ def _common_arguments(
         use_cpu=on_cpu,
         bf16=parameter.dtype == torch.bfloat16,
         fp16=parameter.dtype == torch.float16,
-        # trl turns checkpointing on by default; here the budget decides. Non-reentrant, so hooks'
-        # vectors on a frozen model get gradients without inputs that require grad.
-        activation_checkpointing=budget.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if budget.gradient_checkpointing else None,
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
@@ -279,6 +276,17 @@ def _common_arguments(
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
+
+
+def checkpointing_arguments(config_class: type, enabled: bool) -> dict[str, Any]:
+    """The checkpointing switch under the name ``config_class`` accepts: trl 1.16 calls it
+    ``activation_checkpointing``, trl 1.12 (the lowest declared) ``gradient_checkpointing``;
+    read off the installed signature, not a fixed list. trl turns it
+    on by default; here the budget decides. Non-reentrant, so hooks' vectors on a frozen model
+    get gradients without inputs that require grad."""
+    accepted = inspect.signature(config_class.__init__).parameters
+    name = "activation_checkpointing" if "activation_checkpointing" in accepted else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def _build_trainer(
@@ -305,6 +313,7 @@ def _build_trainer(
         if not all(isinstance(example, SFTExample) for example in examples):
             raise TypeError("SFT training needs SFTExample items")
         dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
+        arguments |= checkpointing_arguments(SFTConfig, budget.gradient_checkpointing)
         config = SFTConfig(completion_only_loss=True, packing=False, **arguments)
         trainer_class = harness_trainer(SFTTrainer, TrainerNeeds(extra_loss, tuple(listeners), loss_positions_only=True))
     elif objective == "dpo":
@@ -315,6 +324,7 @@ def _build_trainer(
         dataset = Dataset.from_list(
             [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in examples]
         )
+        arguments |= checkpointing_arguments(DPOConfig, budget.gradient_checkpointing)
         config = DPOConfig(
             beta=DPO_BETA,
             precompute_ref_log_probs=True,
@@ -356,10 +366,11 @@ def _undo_activation_checkpointing(model: nn.Module) -> None:
     for instance in instances:
         if getattr(instance, "_require_grads_hook", None) is not None:
             instance.disable_input_require_grads()
-        if callable(getattr(instance, "activation_checkpointing_disable", None)) and any(
-            getattr(module, "gradient_checkpointing", False) for module in instance.modules()
-        ):
-            instance.activation_checkpointing_disable()
+        disable = getattr(instance, "activation_checkpointing_disable", None) or getattr(
+            instance, "gradient_checkpointing_disable", None
+        )  # the name the installed transformers has (5.2x renamed it)
+        if callable(disable) and any(getattr(module, "gradient_checkpointing", False) for module in instance.modules()):
+            disable()
 
 
 @dataclass(frozen=True)
@@ -414,12 +425,15 @@ def labelled_positions_loss(model: nn.Module, inputs: dict[str, Any], num_items_
     targets = inputs["labels"][:, 1:]
     labelled = targets != -100
     keep = labelled.any(dim=0).nonzero().squeeze(1)
+    # On a device-mapped model the hidden states are indexed on the last layer's device: a CPU
+    # index works on any device, one on the input's GPU does not. The loss is computed where
+    # the logits are (the LM head's device), so the targets go there.
     outputs = model(
-        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), logits_to_keep=keep, use_cache=False
+        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), logits_to_keep=keep.cpu(), use_cache=False
     )
     logits = outputs.logits.float()
     total = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
+        logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1).to(logits.device), ignore_index=-100, reduction="sum"
     )
     count = num_items_in_batch if num_items_in_batch is not None else labelled.sum()
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)

@@ -101,6 +101,7 @@ class LoRA(Method):
         if getattr(lm.model, "peft_config", None):
             raise RuntimeError("the model is already a peft model; remove the other adapter first")
         self.lm = lm
+        self._attributes_before = set(vars(lm.model))
         training = lm.model.training
         with _quiet_peft():
             self.peft_model = get_peft_model(lm.model, self.peft_config())
@@ -192,6 +193,9 @@ class LoRA(Method):
             base = self.peft_model.unload()  # original modules back, unmerged
             if base is not lm.model:
                 raise RuntimeError("peft's unload returned another model than the one wrapped")
+            # peft 0.18 (the lowest declared) leaves ``peft_config`` on the model after unload.
+            for name in set(vars(base)) - self._attributes_before:
+                delattr(base, name)
             self.peft_model = None
         self.lm = None
 

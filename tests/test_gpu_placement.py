@@ -4,6 +4,7 @@ device-mapped model's interventions follow their layer's device."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -348,6 +349,20 @@ class FakeCuda:
         self.allocated = {0: 100 * MIB, 1: 50 * MIB}
         self.peaks = {0: 400 * MIB, 1: 250 * MIB}
         self.reserved = {0: 512 * MIB, 1: 300 * MIB}
+        self.current: int | None = None
+        self.emptied: list[int] = []
+
+    @contextlib.contextmanager
+    def device(self, device):
+        self.current = self._index(device)
+        try:
+            yield
+        finally:
+            self.current = None
+
+    def empty_cache(self) -> None:
+        assert self.current is not None, "empty_cache outside `with cuda.device(...)` empties the wrong GPU"
+        self.emptied.append(self.current)
 
     def _index(self, device) -> int:
         assert isinstance(device, torch.device) and device.type == "cuda", f"counter read without a device: {device!r}"
@@ -370,10 +385,17 @@ class FakeCuda:
 
 
 def test_cuda_memory_is_read_per_device_and_summed() -> None:
-    meter = MemoryMeter("cuda:0", devices=["cuda:0", "cuda:1"], cuda=FakeCuda())
+    cuda = FakeCuda()
+    meter = MemoryMeter("cuda:0", devices=["cuda:0", "cuda:1"], cuda=cuda)
     with meter.phase("fit"):
         pass
+    assert cuda.emptied == [0, 1]  # each phase starts with every device's cache emptied
     record = meter.to_dict()
+    assert record["peak_aggregation"].startswith("sum of per-device peaks")
+    single = MemoryMeter("cuda:0", devices=["cuda:0"], cuda=FakeCuda())
+    with single.phase("fit"):
+        pass
+    assert "peak_aggregation" not in single.to_dict()
     assert record["kind"] == "cuda_peak_allocated"
     assert record["per_device"]["cuda:0"]["peak_allocated_mib"] == 300.0
     assert record["per_device"]["cuda:1"]["peak_allocated_mib"] == 200.0

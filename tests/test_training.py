@@ -304,3 +304,22 @@ def test_trl_leaves_changes_on_the_model_that_model_left_as_found_undoes(biased_
     left, use_cache_left, training_left = instance_state(lm.model)
     assert {"forward", "_is_accelerate_prepared"} <= set(left) - set(before)  # what the guard protects
     assert (use_cache_left, training_left) == (False, True)
+
+
+def test_checkpointing_is_named_as_the_installed_config_accepts() -> None:
+    from trl import DPOConfig, SFTConfig
+
+    from lofit_bench.training import checkpointing_arguments
+
+    class OldConfig:
+        def __init__(self, gradient_checkpointing=True, gradient_checkpointing_kwargs=None): ...
+
+    class NewConfig:
+        def __init__(self, activation_checkpointing=True, activation_checkpointing_kwargs=None, gradient_checkpointing=None): ...
+
+    assert checkpointing_arguments(OldConfig, True) == {"gradient_checkpointing": True,
+                                                         "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    assert checkpointing_arguments(NewConfig, False) == {"activation_checkpointing": False, "activation_checkpointing_kwargs": None}
+    for config_class in (SFTConfig, DPOConfig):  # the installed trl takes what is chosen
+        config = config_class(output_dir="unused", use_cpu=True, report_to="none", **checkpointing_arguments(config_class, False))
+        assert not getattr(config, "activation_checkpointing", config.gradient_checkpointing)
