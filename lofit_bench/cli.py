@@ -21,6 +21,12 @@ EXIT_RUN_FAILED = 1
 EXIT_DISK_FULL = 3  # lofit_bench.errors.DiskFull.exit_code
 
 
+def _formats_help() -> str:
+    from lofit_bench.report_formats import formats_help
+
+    return f"comma-separated report formats to write (default: all): {formats_help()}"
+
+
 def _split_names(value: str) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
@@ -65,6 +71,15 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"lofit-bench: error: {message} (see `{self.prog} --help`)\n")
+
+    def format_help(self) -> str:
+        """Help texts that name registered things (``late_help``) are filled in only when asked for,
+        so plugins load for `--help` of that command, never for every command line."""
+        for action in self._actions:
+            late_help = getattr(action, "late_help", None)
+            if late_help is not None:
+                action.help = late_help()
+        return super().format_help()
 
 
 def _parse_value(text: str) -> Any:
@@ -143,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
     report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against, e.g. lofit (default: none, no p-values)")
+    report.add_argument("--out", type=Path, default=None, metavar="DIR", help="write the report files into DIR instead of RUNS_DIR (RUNS_DIR is left untouched)")
+    formats = report.add_argument("--formats", type=_split_names, default=None, metavar="NAME,...", help="report formats")
+    formats.late_help = _formats_help
 
     compare = commands.add_parser(
         "compare",
@@ -155,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tasks", type=_split_names, default=None, help="comma-separated tasks to compare (default: every task in the folders)")
     compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md and comparison.json into DIR")
 
-    listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
-    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
+    listing = commands.add_parser("list", help="list methods, tasks, models, budgets or report formats", description="List what lofit-bench knows.")
+    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "formats"], help="what to list")
     listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
 
     heads = commands.add_parser(
@@ -321,10 +339,15 @@ def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
 
 def command_report(arguments: argparse.Namespace) -> int:
     from lofit_bench.report import build_report, render_markdown
+    from lofit_bench.report_formats import report_formats
 
-    report = build_report(arguments.runs_dir, reference=arguments.reference)
+    registry = report_formats()
+    names = arguments.formats if arguments.formats is not None else registry.names()
+    files = ", ".join(format_.file_name for format_ in registry.resolve(names))
+    out_dir = arguments.out or arguments.runs_dir
+    report = build_report(arguments.runs_dir, reference=arguments.reference, out_dir=out_dir, formats=names)
     print(render_markdown(report))
-    print(f"\nwrote report.md, report.html, results.csv and results.json in {arguments.runs_dir}")
+    print(f"\nwrote {files} in {out_dir}")
     return 0
 
 
@@ -359,6 +382,11 @@ def command_list(arguments: argparse.Namespace) -> int:
     from lofit_bench.plugins import get_host
 
     host = get_host()
+    if arguments.what == "formats":
+        rows = [[name, host.report_formats.get(name).file_name, host.report_formats.get(name).description,
+                 host.report_formats.owner(name)] for name in host.report_formats]
+        print(tabulate(rows, headers=["format", "file", "description", "plugin"], tablefmt="simple"))
+        return 0
     if arguments.what == "methods":
         for name in host.methods:
             cls = host.methods.get(name)

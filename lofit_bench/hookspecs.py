@@ -9,8 +9,9 @@ receives a ``register`` callback and calls it once per method or task class it p
     def register_methods(register):
         register(BitFit)
 
-Built-in methods and tasks are registered through these same hooks, and so is the built-in
-``lm_eval:`` task-name prefix (:func:`register_task_prefixes`).
+Built-in methods and tasks are registered through these same hooks, and so are the built-in
+``lm_eval:`` task-name prefix (:func:`register_task_prefixes`) and the report formats
+(:func:`register_report_formats`).
 """
 
 from __future__ import annotations
@@ -42,4 +43,15 @@ def register_task_prefixes(register: Callable[[str, Callable[[str], type], str],
     A task name ``prefix:REST`` then resolves to ``resolve(REST)``, a Task subclass built on
     demand (raise :class:`~lofit_bench.errors.UserError` for a REST that names nothing). The
     built-in ``lm_eval:`` prefix turns any lm-eval task into a lofit-bench task this way.
+    """
+
+
+@hookspec
+def register_report_formats(register: Callable[[object], None]) -> None:
+    """Register report formats: ``register(ReportFormat(name, file_name, render, description))``.
+
+    ``render(report)`` turns the one report model (:class:`~lofit_bench.report_model.ReportModel`)
+    into the file's text; ``lofit-bench report`` writes it atomically as ``file_name``. The
+    built-in ``md``, ``csv``, ``json`` and ``html`` formats are registered this way
+    (:mod:`lofit_bench.report_formats`).
     """
