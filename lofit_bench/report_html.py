@@ -125,10 +125,13 @@ def _grid(count: int, columns: int, panel_height: float, sharey: bool = False):
 
 
 def _figure_legend(figure, styles: dict[str, MethodStyle], labels: list[str], extra: list | None = None) -> None:
-    """One legend for the whole figure, above the panels (methods in name order)."""
+    """One legend for the whole figure, in a band at its top that the panels leave free
+    (methods in name order), then the panels laid out below it."""
     handles = legend_handles(styles, sorted(set(labels))) + (extra or [])
     columns = min(len(handles), 6)
-    figure.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=columns, frameon=False)
+    figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=columns, frameon=False)
+    band = (0.32 * math.ceil(len(handles) / columns) + 0.15) / figure.get_figheight()
+    figure.tight_layout(rect=(0, 0, 1, 1 - band), w_pad=3)
 
 
 def _styles_for(rows: list[SummaryRow], styles: dict[str, MethodStyle] | None) -> dict[str, MethodStyle]:
@@ -160,12 +163,16 @@ def scatter_figure(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | 
         axes.plot([x for x, _ in ordered], [y for _, y in ordered], linestyle="--", color="grey", linewidth=1, zorder=2)
         if log:
             axes.set_xscale("log")
+        else:  # lowest ticks at the corner would print over each other
+            from matplotlib.ticker import MaxNLocator
+
+            axes.xaxis.set_major_locator(MaxNLocator(nbins=6, prune="lower"))
+            axes.yaxis.set_major_locator(MaxNLocator(nbins=6, prune="lower"))
         axes.set_xlabel(axis_label)
         axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
         axes.set_title(title)
         axes.grid(alpha=0.3)
     _figure_legend(figure, styles, drawn)
-    figure.tight_layout()
     return figure
 
 
@@ -196,7 +203,7 @@ def bars_figure(rows: list[SummaryRow], styles: dict[str, MethodStyle] | None = 
         axes.set_xlabel(f"{task_rows[0].primary_metric} (%)")
         axes.set_title(title)
         axes.grid(axis="x", alpha=0.3)
-    figure.tight_layout()
+    figure.tight_layout(w_pad=3)
     return figure
 
 
@@ -304,7 +311,6 @@ def tuning_figure(records: list[RunRecord], styles: dict[str, MethodStyle]):
         axes.grid(alpha=0.3)
     pruned = Line2D([], [], color="black", marker="x", linestyle="none", label="pruned (last intermediate score)")
     _figure_legend(figure, styles, drawn, [pruned])
-    figure.tight_layout()
     return figure
 
 
@@ -365,7 +371,6 @@ def training_figure(records: list[RunRecord], styles: dict[str, MethodStyle]):
         axes.grid(alpha=0.3)
     extra = [Line2D([], [], color="black", linestyle="--", label="earlier stage (LoFiT: head selection)")] if staged else []
     _figure_legend(figure, styles, drawn, extra)
-    figure.tight_layout()
     return figure
 
 
