@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("runs_dirs", type=Path, nargs="+", metavar="RUNS_DIR", help="--out folders of runs (two models or more in all)")
     compare.add_argument("--tasks", type=_split_names, default=None, help="comma-separated tasks to compare (default: every task in the folders)")
-    compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md and comparison.json into DIR")
+    compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md, comparison.json and comparison.html (with a rank plot) into DIR")
 
     listing = commands.add_parser("list", help="list methods, tasks, models, budgets or report formats", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "formats"], help="what to list")
@@ -358,7 +358,7 @@ def command_compare(arguments: argparse.Namespace) -> int:
     print(render_markdown(comparison))
     if arguments.out is not None:
         write_comparison(comparison, arguments.out)
-        print(f"\nwrote comparison.md and comparison.json in {arguments.out}")
+        print(f"\nwrote comparison.md, comparison.json and comparison.html in {arguments.out}")
     return 0
 
 
