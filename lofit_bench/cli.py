@@ -27,6 +27,12 @@ def _formats_help() -> str:
     return f"comma-separated report formats to write (default: all): {formats_help()}"
 
 
+def _trackers(value: str) -> list[str]:
+    from lofit_bench.tracking import parse_trackers
+
+    return _checked(parse_trackers, value)
+
+
 def _split_names(value: str) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
@@ -148,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     run.add_argument("--verbose", action="store_true", help="show the runs' own output (library progress bars, logs) instead of writing it to OUT/logs/")
     run.add_argument("--reference", default=None, metavar="METHOD", help="method the report's p-values compare against, e.g. lofit (default: none, no p-values)")
+    run.add_argument("--report-to", type=_trackers, default=None, metavar="TRACKER,...", help="also send each finished run to experiment trackers: mlflow (file store OUT/mlruns, or MLFLOW_TRACKING_URI), tensorboard (OUT/tensorboard), wandb (offline, OUT/wandb); comma-separated; off by default (pip install 'lofit-bench[mlflow]' etc.)")
     run.add_argument("--lm-eval-include", action="append", default=[], type=Path, metavar="PATH", help="a folder of lm-eval task YAMLs for lm_eval:NAME tasks (repeatable)")
 
     report = commands.add_parser(
@@ -282,6 +289,10 @@ def command_run(arguments: argparse.Namespace) -> int:
     # model in their own processes, on their own GPUs.
     for model in models:
         check_model(model.name, model.trust_remote_code, model.revision)
+    if arguments.report_to:
+        from lofit_bench.tracking import check_trackers
+
+        check_trackers(arguments.report_to)
     executor = arguments.executor or config.executor or "process"
     jobs = arguments.jobs if arguments.jobs is not None else config.jobs if config.jobs is not None else 1
     names = ", ".join(model.name for model in models)
@@ -289,6 +300,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     outcomes = run_sweep(
         specs, out_dir, force=arguments.force, progress=arguments.verbose,
         executor=executor, jobs=jobs, ray_address=arguments.ray_address, quiet=arguments.quiet,
+        trackers=arguments.report_to,
     )
     saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(out_dir)]
     if any(outcome.status in ("ok", "skipped") for outcome in saved):
