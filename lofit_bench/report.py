@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lofit_bench.errors import UserError
 from lofit_bench.records import write_text_atomic
 from lofit_bench.report_model import (
     COLUMN_HELP,
@@ -45,10 +46,28 @@ def build_report(
 
         registry = report_formats()
         chosen = registry.resolve(list(formats) if formats is not None else registry.names())
-        rendered = [(report_format.file_name, report_format.render(report)) for report_format in chosen]
+        rendered = [(report_format.file_name, _render(report_format, report, registry.owner(report_format.name)))
+                    for report_format in chosen]
         for file_name, text in rendered:  # every format drawn before any file is replaced
             write_text_atomic((out_dir or runs_dir) / file_name, text)
     return report
+
+
+def _render(report_format, report: ReportModel, owner: str) -> str:
+    """One format's text; a plugin's format that raises is one line naming it (a built-in's
+    error is a bug and keeps its traceback)."""
+    from lofit_bench.report_formats import BUILTIN_FORMATS
+
+    if report_format in BUILTIN_FORMATS:
+        return report_format.render(report)
+    try:
+        text = report_format.render(report)
+    except Exception as error:  # noqa: BLE001 - a plugin's bug is reported, not a traceback
+        raise UserError(f"report format {report_format.name!r} (plugin {owner!r}) failed: {type(error).__name__}: {error}; "
+                        f"no report file was replaced. Leave it out with --formats, or fix the plugin") from error
+    if not isinstance(text, str):
+        raise UserError(f"report format {report_format.name!r} (plugin {owner!r}) returned {type(text).__name__}, not the file's text")
+    return text
 
 
 def render_markdown(report: ReportModel) -> str:

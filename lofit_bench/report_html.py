@@ -199,7 +199,8 @@ def bars_figure(rows: list[SummaryRow], styles: dict[str, MethodStyle] | None = 
                       markersize=7, linestyle="none", gid=method)
             axes.text(100 * mean + top * 0.04, position, format_percent((mean, deviation)), va="center", fontsize=9)
         axes.set_yticks(range(len(methods)), methods)
-        axes.set_xlim(0, top * 1.35)
+        axes.set_xlim(0, top * 1.35)  # room for the values at the bars' ends
+        axes.set_xticks([tick for tick in axes.get_xticks() if 0 <= tick <= min(100, top * 1.35)])
         axes.set_xlabel(f"{task_rows[0].primary_metric} (%)")
         axes.set_title(title)
         axes.grid(axis="x", alpha=0.3)

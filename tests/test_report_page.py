@@ -281,3 +281,35 @@ def test_a_plugin_adds_a_report_format_without_a_core_change(tmp_path, capsys):
     assert "tex (table.tex)" in " ".join(capsys.readouterr().out.split())
     with pytest.raises(UserError, match="unknown report format"):
         build_report(tmp_path, formats=["pdf"])
+
+
+def test_a_plugin_format_that_raises_is_one_line_and_replaces_no_file(tmp_path, capsys):
+    def broken(report):
+        raise KeyError("summary")
+
+    class Plugin:
+        @hookimpl
+        def register_report_formats(self, register):
+            register(ReportFormat("broken", "broken.txt", broken))
+
+    plugins.get_host().register(Plugin(), "broken-plugin")
+    write(tmp_path, [fake_record("lofit", 1, 0.5)])
+    assert main(["report", str(tmp_path), "--formats", "md,broken"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "report format 'broken' (plugin 'broken-plugin') failed: KeyError" in error
+    assert not (tmp_path / "report.md").exists()  # every format is drawn before any file is written
+
+
+def test_the_readme_report_format_plugin_runs(tmp_path):
+    import types
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### A report-format plugin"):]
+    code = section[section.index("```python") + len("```python"): section.index("```", section.index("```python") + 9)]
+    module = types.ModuleType("readme_latex_plugin")
+    exec(compile(code, "README.md", "exec"), module.__dict__)
+    plugins.get_host().register(module, "readme-latex")
+    write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("iti", 1, 0.25)])
+    assert main(["report", str(tmp_path), "--formats", "latex"]) == 0
+    assert (tmp_path / "table.tex").read_text() == "clutrr & iti & 25.0 \\\\\nclutrr & lofit & 50.0 \\\\\n"
