@@ -117,7 +117,8 @@ def _grid(count: int, columns: int, panel_height: float, sharey: bool = False):
     plt = _pyplot()
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH, panel_height * rows), squeeze=False, sharey=sharey)
+    width = FIGURE_WIDTH * max(columns, 1.6) / 3  # one or two panels are not stretched over the page
+    figure, axes = plt.subplots(rows, columns, figsize=(width, panel_height * rows), squeeze=False, sharey=sharey)
     flat = [axes for row in axes for axes in row]
     for unused in flat[count:]:
         unused.set_visible(False)
@@ -338,6 +339,19 @@ def _smoothed(values: list[float]) -> list[float]:
     return out
 
 
+def _log_y(axes) -> None:
+    """A log y axis labelled in plain numbers (``0.3``, not ``3×10^-1``); the 2s and 5s between
+    the powers of ten are labelled too when the data span under two decades (else one or two
+    labels would be left)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    low, high = axes.get_ylim()
+    twos_and_fives = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else "")
+    axes.yaxis.set_minor_formatter(twos_and_fives if high / low < 100 else NullFormatter())
+
+
 def training_figure(records: list[RunRecord], styles: dict[str, MethodStyle]):
     """Training loss per step of each run's final fit (the chosen trial's values), one panel per
     (task, fold, seed); a method's earlier stages dashed. None when no run trained."""
@@ -365,7 +379,7 @@ def training_figure(records: list[RunRecord], styles: dict[str, MethodStyle]):
                           linestyle="-" if last else "--", gid=method)
             drawn.append(method)
         if positive:
-            axes.set_yscale("log")
+            _log_y(axes)
         axes.set_xlabel("step")
         axes.set_ylabel("training loss")
         axes.set_title(panel.title)
