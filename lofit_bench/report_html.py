@@ -442,8 +442,12 @@ def anchor_of(*parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
-def _table(headers: list[str], rows: list[list[str]], best: set[tuple[int, int]] = frozenset(), css: str = "") -> str:
-    head = "".join(f"<th>{html.escape(header)}</th>" for header in headers)
+def _table(headers: list[str], rows: list[list[str]], best: set[tuple[int, int]] = frozenset(), css: str = "",
+           links: list[str | None] | None = None) -> str:
+    """An HTML table; ``best`` marks (row, column) cells, ``links`` makes headers in-page links."""
+    links = links or [None] * len(headers)
+    head = "".join(f'<th><a href="#{link}">{html.escape(header)}</a></th>' if link else f"<th>{html.escape(header)}</th>"
+                   for header, link in zip(headers, links, strict=True))
     body = []
     for row_index, row in enumerate(rows):
         cells = []
@@ -484,8 +488,10 @@ def _summary(page: Page) -> str | None:
     if not page.report.summary:
         return None
     headers, rows, best = summary_table(page.report)
+    links = [None] + [anchor_of("table", model, task) for model, task, _ in page.report.tables()]
     return ("<p>Primary metric (%) per task, mean over seeds (± std with several); the best of each column is "
-            "marked. Methods are ordered by their mean over the tasks they ran.</p>" + _table(headers, rows, best))
+            "marked. Methods are ordered by their mean over the tasks they ran; a task's name leads to its table.</p>"
+            + _table(headers, rows, best, links=links))
 
 
 def _task_tables(page: Page) -> str | None:
