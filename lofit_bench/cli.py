@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="tables from the records of a run folder; writes report.md, report.html, results.csv and results.json",
         description="Print markdown comparison tables (one per model and task) from OUT/records and write "
-        "report.md, report.html, results.csv and results.json into RUNS_DIR.",
+        "the report in every registered format (report.md, report.html, results.csv, results.json and any a "
+        "plugin adds; `lofit-bench list formats`) into RUNS_DIR, or into --out DIR.",
     )
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
     report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against, e.g. lofit (default: none, no p-values)")
