@@ -59,11 +59,11 @@ ul.facts { padding-left: 1.2em; margin: 0.3em 0; }
 .warning { color: #a00; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 1em; }
 .grid figure { margin: 0; } .grid img { width: 100%; border: 1px solid #ddd; }
-.lightbox { display: none; }
-.lightbox:target { display: flex; flex-direction: column; align-items: center; justify-content: center;
-  position: fixed; inset: 0; background: rgba(0, 0, 0, 0.85); z-index: 10; }
-.lightbox:target img { max-width: 95vw; max-height: 88vh; background: white; }
-.lightbox a { color: white; margin: 0.5em; }
+.zoomable .close { display: none; }
+.zoomable:target { display: flex; flex-direction: column; align-items: center; justify-content: center;
+  position: fixed; inset: 0; margin: 0; background: rgba(0, 0, 0, 0.85); z-index: 10; }
+.zoomable:target img { width: auto; max-width: 95vw; max-height: 85vh; background: white; }
+.zoomable:target figcaption, .zoomable:target .close { display: block; color: white; margin: 0.5em; }
 """
 
 
@@ -551,16 +551,15 @@ def _heads(page: Page) -> str | None:
     selected = heatmaps(page.report.runs_dir)
     if not selected:
         return None
-    thumbnails, boxes = [], []
+    thumbnails = []
     for index, (label, image) in enumerate(selected):
+        # A small multiple that a click opens full size (CSS :target, no script, the image inlined once).
         target = f"heads-{index}"
-        source = f"data:image/png;base64,{image}"
-        thumbnails.append(f'<figure><a href="#{target}"><img alt="heads of {html.escape(label)}" src="{source}"></a>'
-                          f"<figcaption>{html.escape(label)}</figcaption></figure>")
-        boxes.append(f'<div class="lightbox" id="{target}"><img alt="heads of {html.escape(label)}, full size" src="{source}">'
-                     f'<a href="#heads">close</a></div>')
+        thumbnails.append(f'<figure class="zoomable" id="{target}"><a href="#{target}"><img alt="heads of {html.escape(label)}" '
+                          f'src="data:image/png;base64,{image}"></a><figcaption>{html.escape(label)}</figcaption>'
+                          '<a class="close" href="#heads">close</a></figure>')
     return ("<p>Head scores by layer and head, chosen heads outlined in red; click a picture for its full size.</p>"
-            f'<div class="grid">{"".join(thumbnails)}</div>' + "".join(boxes))
+            f'<div class="grid">{"".join(thumbnails)}</div>')
 
 
 def _failed(page: Page) -> str | None:
