@@ -7,13 +7,13 @@ import html
 
 from lofit_bench.compare import Comparison, _agreement_lines, _cell_text
 from lofit_bench.plot_style import method_styles
-from lofit_bench.report_html import _figure_legend, _grid, anchor_of, figure_html, html_page
+from lofit_bench.report_html import anchor_of, figure_html, figure_legend, html_page, panel_grid
 
 
 def rank_figure(comparison: Comparison):
     """One panel per task: x the models (in the folders' order), y the rank (1 at the top)."""
     styles = method_styles([method for task in comparison.tasks for method in task.methods])
-    figure, axes_list = _grid(len(comparison.tasks), 3, 3.9)
+    figure, axes_list = panel_grid(len(comparison.tasks), 3, 3.9)
     drawn: list[str] = []
     for axes, task in zip(axes_list, comparison.tasks, strict=True):
         for position, method in enumerate(task.methods):
@@ -32,7 +32,7 @@ def rank_figure(comparison: Comparison):
         axes.set_ylabel(f"rank by {task.primary_metric}")
         axes.set_title(task.task)
         axes.grid(alpha=0.3)
-    _figure_legend(figure, styles, drawn)
+    figure_legend(figure, styles, drawn)
     return figure
 
 

@@ -112,7 +112,7 @@ def _panels(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:
     return [(f"{task} on {model}" if several_models else task, items) for model, task, items in groups]
 
 
-def _grid(count: int, columns: int, panel_height: float, sharey: bool = False):
+def panel_grid(count: int, columns: int, panel_height: float, sharey: bool = False):
     """A figure of ``count`` panels, ``columns`` a row, the unused panels hidden."""
     plt = _pyplot()
     columns = max(1, min(columns, count))
@@ -125,7 +125,7 @@ def _grid(count: int, columns: int, panel_height: float, sharey: bool = False):
     return figure, flat[:count]
 
 
-def _figure_legend(figure, styles: dict[str, MethodStyle], labels: list[str], extra: list | None = None) -> None:
+def figure_legend(figure, styles: dict[str, MethodStyle], labels: list[str], extra: list | None = None) -> None:
     """One legend for the whole figure, in a band at its top that the panels leave free
     (methods in name order), then the panels laid out below it."""
     handles = legend_handles(styles, sorted(set(labels))) + (extra or [])
@@ -148,7 +148,7 @@ def scatter_figure(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | 
     panels = [(title, items) for title, items in panels if items]
     if not panels:
         return None
-    figure, axes_list = _grid(len(panels), 3, 3.9)
+    figure, axes_list = panel_grid(len(panels), 3, 3.9)
     drawn: list[str] = []
     for axes, (title, task_rows) in zip(axes_list, panels, strict=True):
         # Zero trainable parameters cannot sit on a log axis: draw them at 1 and say so.
@@ -173,7 +173,7 @@ def scatter_figure(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | 
         axes.set_ylabel(f"{task_rows[0].primary_metric} (%)")
         axes.set_title(title)
         axes.grid(alpha=0.3)
-    _figure_legend(figure, styles, drawn)
+    figure_legend(figure, styles, drawn)
     return figure
 
 
@@ -183,7 +183,7 @@ def bars_figure(rows: list[SummaryRow], styles: dict[str, MethodStyle] | None = 
     styles = _styles_for(rows, styles)
     panels = _panels(rows)
     methods = sorted({row.method for row in rows}, reverse=True)  # top to bottom in name order
-    figure, axes_list = _grid(len(panels), 3, 0.42 * len(methods) + 1.3, sharey=True)
+    figure, axes_list = panel_grid(len(panels), 3, 0.42 * len(methods) + 1.3, sharey=True)
     for axes, (title, task_rows) in zip(axes_list, panels, strict=True):
         by_method = {row.method: row for row in task_rows}
         top = max([100 * row.primary for row in task_rows] + [1.0])
@@ -290,7 +290,7 @@ def tuning_figure(records: list[RunRecord], styles: dict[str, MethodStyle]):
     panels = _curve_panels(records, tuning_points)
     if not panels:
         return None
-    figure, axes_list = _grid(len(panels), 3, 3.6)
+    figure, axes_list = panel_grid(len(panels), 3, 3.6)
     drawn: list[str] = []
     for axes, panel in zip(axes_list, panels, strict=True):
         for method, points in panel.curves.items():
@@ -312,7 +312,7 @@ def tuning_figure(records: list[RunRecord], styles: dict[str, MethodStyle]):
         axes.set_title(panel.title)
         axes.grid(alpha=0.3)
     pruned = Line2D([], [], color="black", marker="x", linestyle="none", label="pruned (last intermediate score)")
-    _figure_legend(figure, styles, drawn, [pruned])
+    figure_legend(figure, styles, drawn, [pruned])
     return figure
 
 
@@ -360,7 +360,7 @@ def training_figure(records: list[RunRecord], styles: dict[str, MethodStyle]):
     panels = _curve_panels(records, training_losses)
     if not panels:
         return None
-    figure, axes_list = _grid(len(panels), 3, 3.6)
+    figure, axes_list = panel_grid(len(panels), 3, 3.6)
     drawn: list[str] = []
     staged = False
     for axes, panel in zip(axes_list, panels, strict=True):
@@ -385,7 +385,7 @@ def training_figure(records: list[RunRecord], styles: dict[str, MethodStyle]):
         axes.set_title(panel.title)
         axes.grid(alpha=0.3)
     extra = [Line2D([], [], color="black", linestyle="--", label="earlier stage (LoFiT: head selection)")] if staged else []
-    _figure_legend(figure, styles, drawn, extra)
+    figure_legend(figure, styles, drawn, extra)
     return figure
 
 
