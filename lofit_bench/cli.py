@@ -21,6 +21,18 @@ EXIT_RUN_FAILED = 1
 EXIT_DISK_FULL = 3  # lofit_bench.errors.DiskFull.exit_code
 
 
+def _formats_help() -> str:
+    from lofit_bench.report_formats import formats_help
+
+    return f"comma-separated report formats to write (default: all): {formats_help()}"
+
+
+def _trackers(value: str) -> list[str]:
+    from lofit_bench.tracking import parse_trackers
+
+    return _checked(parse_trackers, value)
+
+
 def _split_names(value: str) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
@@ -65,6 +77,15 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"lofit-bench: error: {message} (see `{self.prog} --help`)\n")
+
+    def format_help(self) -> str:
+        """Help texts that name registered things (``late_help``) are filled in only when asked for,
+        so plugins load for `--help` of that command, never for every command line."""
+        for action in self._actions:
+            late_help = getattr(action, "late_help", None)
+            if late_help is not None:
+                action.help = late_help()
+        return super().format_help()
 
 
 def _parse_value(text: str) -> Any:
@@ -135,16 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     run.add_argument("--verbose", action="store_true", help="show the runs' own output (library progress bars, logs) instead of writing it to OUT/logs/")
     run.add_argument("--reference", default=None, metavar="METHOD", help="method the report's p-values compare against, e.g. lofit (default: none, no p-values)")
+    run.add_argument("--report-to", type=_trackers, default=None, metavar="TRACKER,...", help="also send each finished run to experiment trackers: mlflow (file store OUT/mlruns, or MLFLOW_TRACKING_URI), tensorboard (OUT/tensorboard), wandb (offline, OUT/wandb); comma-separated; off by default (pip install 'lofit-bench[mlflow]' etc.)")
     run.add_argument("--lm-eval-include", action="append", default=[], type=Path, metavar="PATH", help="a folder of lm-eval task YAMLs for lm_eval:NAME tasks (repeatable)")
 
     report = commands.add_parser(
         "report",
         help="tables from the records of a run folder; writes report.md, report.html, results.csv and results.json",
         description="Print markdown comparison tables (one per model and task) from OUT/records and write "
-        "report.md, report.html, results.csv and results.json into RUNS_DIR.",
+        "the report in every registered format (report.md, report.html, results.csv, results.json and any a "
+        "plugin adds; `lofit-bench list formats`) into RUNS_DIR, or into --out DIR.",
     )
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
     report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against, e.g. lofit (default: none, no p-values)")
+    report.add_argument("--out", type=Path, default=None, metavar="DIR", help="write the report files into DIR instead of RUNS_DIR (RUNS_DIR is left untouched)")
+    formats = report.add_argument("--formats", type=_split_names, default=None, metavar="NAME,...", help="report formats")
+    formats.late_help = _formats_help
 
     compare = commands.add_parser(
         "compare",
@@ -155,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("runs_dirs", type=Path, nargs="+", metavar="RUNS_DIR", help="--out folders of runs (two models or more in all)")
     compare.add_argument("--tasks", type=_split_names, default=None, help="comma-separated tasks to compare (default: every task in the folders)")
-    compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md and comparison.json into DIR")
+    compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md, comparison.json and comparison.html (with a rank plot) into DIR")
 
-    listing = commands.add_parser("list", help="list methods, tasks, models, budgets or executors", description="List what lofit-bench knows.")
-    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "executors"], help="what to list")
+    listing = commands.add_parser("list", help="list methods, tasks, models, budgets, executors or report formats", description="List what lofit-bench knows.")
+    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "executors", "formats"], help="what to list")
     listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
 
     heads = commands.add_parser(
@@ -271,6 +297,10 @@ def command_run(arguments: argparse.Namespace) -> int:
     # model in their own processes, on their own GPUs.
     for model in models:
         check_model(model.name, model.trust_remote_code, model.revision)
+    if arguments.report_to:
+        from lofit_bench.tracking import check_trackers
+
+        check_trackers(arguments.report_to)
     executor = arguments.executor or config.executor or "process"
     jobs = arguments.jobs if arguments.jobs is not None else config.jobs if config.jobs is not None else 1
     names = ", ".join(model.name for model in models)
@@ -278,6 +308,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     outcomes = run_sweep(
         specs, folder, force=arguments.force, progress=arguments.verbose,
         executor=executor, jobs=jobs, ray_address=arguments.ray_address, quiet=arguments.quiet,
+        trackers=arguments.report_to,
     )
     saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(folder)]
     if any(outcome.status in ("ok", "skipped") for outcome in saved):
@@ -343,10 +374,15 @@ def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
 
 def command_report(arguments: argparse.Namespace) -> int:
     from lofit_bench.report import build_report, render_markdown
+    from lofit_bench.report_formats import report_formats
 
-    report = build_report(arguments.runs_dir, reference=arguments.reference)
+    registry = report_formats()
+    names = arguments.formats if arguments.formats is not None else registry.names()
+    files = ", ".join(format_.file_name for format_ in registry.resolve(names))
+    out_dir = arguments.out or arguments.runs_dir
+    report = build_report(arguments.runs_dir, reference=arguments.reference, out_dir=out_dir, formats=names)
     print(render_markdown(report))
-    print(f"\nwrote report.md, report.html, results.csv and results.json in {arguments.runs_dir}")
+    print(f"\nwrote {files} in {out_dir}")
     return 0
 
 
@@ -357,7 +393,7 @@ def command_compare(arguments: argparse.Namespace) -> int:
     print(render_markdown(comparison))
     if arguments.out is not None:
         write_comparison(comparison, arguments.out)
-        print(f"\nwrote comparison.md and comparison.json in {arguments.out}")
+        print(f"\nwrote comparison.md, comparison.json and comparison.html in {arguments.out}")
     return 0
 
 
@@ -384,6 +420,11 @@ def command_list(arguments: argparse.Namespace) -> int:
     if arguments.what == "executors":
         rows = [[name, host.executors.get(name).description, host.executors.owner(name)] for name in host.executors]
         print(tabulate(rows, headers=["executor", "description", "plugin"], tablefmt="simple"))
+        return 0
+    if arguments.what == "formats":
+        rows = [[name, host.report_formats.get(name).file_name, host.report_formats.get(name).description,
+                 host.report_formats.owner(name)] for name in host.report_formats]
+        print(tabulate(rows, headers=["format", "file", "description", "plugin"], tablefmt="simple"))
         return 0
     if arguments.what == "methods":
         for name in host.methods:

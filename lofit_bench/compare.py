@@ -310,8 +310,12 @@ def render_json(comparison: Comparison) -> dict[str, Any]:
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> None:
-    """``comparison.md`` and ``comparison.json`` in ``out_dir``, each written atomically."""
+    """``comparison.md``, ``comparison.json`` and ``comparison.html`` (with the rank plot) in
+    ``out_dir``, each written atomically."""
+    from lofit_bench.compare_html import render_comparison_html
     from lofit_bench.records import write_json_atomic, write_text_atomic
 
+    page = render_comparison_html(comparison)  # drawn before any file is replaced
     write_text_atomic(out_dir / "comparison.md", render_markdown(comparison) + "\n")
     write_json_atomic(out_dir / "comparison.json", render_json(comparison))
+    write_text_atomic(out_dir / "comparison.html", page)

@@ -9,8 +9,9 @@ receives a ``register`` callback and calls it once per method or task class it p
     def register_methods(register):
         register(BitFit)
 
-Built-in methods, tasks and executors are registered through these same hooks, and so is the
-built-in ``lm_eval:`` task-name prefix (:func:`register_task_prefixes`).
+Built-in methods, tasks and executors are registered through these same hooks, and so are the
+built-in ``lm_eval:`` task-name prefix (:func:`register_task_prefixes`) and the report formats
+(:func:`register_report_formats`).
 """
 
 from __future__ import annotations
@@ -49,3 +50,14 @@ def register_task_prefixes(register: Callable[[str, Callable[[str], type], str],
 def register_executors(register: Callable[[type], None]) -> None:
     """Register executors: call ``register(ExecutorSubclass)`` once per
     :class:`~lofit_bench.executors.Executor` (where a sweep's runs execute: ``--executor NAME``)."""
+
+
+@hookspec
+def register_report_formats(register: Callable[[object], None]) -> None:
+    """Register report formats: ``register(ReportFormat(name, file_name, render, description))``.
+
+    ``render(report)`` turns the one report model (:class:`~lofit_bench.report_model.ReportModel`)
+    into the file's text; ``lofit-bench report`` writes it atomically as ``file_name``. The
+    built-in ``md``, ``csv``, ``json`` and ``html`` formats are registered this way
+    (:mod:`lofit_bench.report_formats`).
+    """

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "lofit_bench.tasks.mquake",
     "lofit_bench.lmeval.tasks",  # the `lm_eval:` task-name prefix (lm-eval imported on use)
     "lofit_bench.executors",  # process, inline, ray
+    "lofit_bench.report_formats",  # md, csv, json, html
 )
 
 
@@ -70,6 +71,7 @@ class PluginHost:
         self.methods: Registry[type] = Registry("method")
         self.tasks: Registry[type] = Registry("task")
         self.executors: Registry[type] = Registry("executor")
+        self.report_formats: Registry = Registry("report format")
         self._info: dict[str, PluginInfo] = {}
         self._loaded = False
 
@@ -208,6 +210,7 @@ class PluginHost:
 
             _call_hook(plugin_name, hook_name, implementation, register)
         self._collect_prefixes(plugin, plugin_name)
+        self._collect_report_formats(plugin, plugin_name)
 
     def _collect_prefixes(self, plugin: object, plugin_name: str) -> None:
         implementation = getattr(plugin, "register_task_prefixes", None)
@@ -221,6 +224,28 @@ class PluginHost:
                 warn_plugin(f"plugin {plugin_name!r} tried to register task prefix {prefix!r}, which is taken; kept the first")
 
         _call_hook(plugin_name, "register_task_prefixes", implementation, register)
+
+    def _collect_report_formats(self, plugin: object, plugin_name: str) -> None:
+        implementation = getattr(plugin, "register_report_formats", None)
+        if implementation is None:
+            return
+        from lofit_bench.report_formats import ReportFormat
+
+        def register(report_format: ReportFormat) -> None:
+            if not isinstance(report_format, ReportFormat) or not callable(report_format.render):
+                warn_plugin(f"plugin {plugin_name!r} registered {report_format!r}, which is not a ReportFormat with a render function")
+                return
+            problem = name_problem(report_format.name) or name_problem(report_format.file_name)
+            if problem is not None:
+                warn_plugin(f"plugin {self._describe(plugin_name)} registered report format {report_format.name!r}, which was skipped: {problem}")
+            elif any(self.report_formats.get(name).file_name == report_format.file_name for name in self.report_formats):
+                warn_plugin(f"plugin {plugin_name!r} registered report format {report_format.name!r}, whose file "
+                            f"{report_format.file_name} another format already writes; kept the first")
+            elif not self.report_formats.add(report_format.name, report_format, owner=plugin_name):
+                warn_plugin(f"plugin {plugin_name!r} tried to register report format {report_format.name!r}, which plugin "
+                            f"{self._describe(self.report_formats.owner(report_format.name))} already registered; kept the first")
+
+        _call_hook(plugin_name, "register_report_formats", implementation, register)
 
     def plugins(self) -> list[PluginInfo]:
         return sorted(self._info.values(), key=lambda info: (not info.builtin, info.name))

@@ -53,12 +53,17 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     non-finite number is written as ``null``, and when the payload is a mapping its places are
     listed under ``NON_FINITE_KEY`` with the value they had (``"metrics.mc2": "NaN"``).
     """
+    write_text_atomic(path, json_text(payload))
+
+
+def json_text(payload: Any) -> str:
+    """``payload`` as the strict JSON text :func:`write_json_atomic` writes (non-finite numbers
+    as ``null``, listed under ``NON_FINITE_KEY``), newline-terminated."""
     found: dict[str, str] = {}
     payload = finite_json(payload, "", found)
     if found and isinstance(payload, dict):
         payload[NON_FINITE_KEY] = found
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-    write_text_atomic(path, text + "\n")
+    return json.dumps(payload, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
 
 
 NON_FINITE_KEY = "non_finite"

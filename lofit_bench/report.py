@@ -1,9 +1,11 @@
 """Reports built from run records only (a report never reloads a model).
 
 ``build_report(runs_dir)`` builds the report's model once (:mod:`lofit_bench.report_model`)
-and renders it as ``report.md`` (tabulate), ``results.csv`` (one row per record),
-``results.json`` (the aggregated table, the rows and every tuning trial) and ``report.html``
-(self-contained, with plots; :mod:`lofit_bench.report_html`), each file written atomically.
+and writes it in every registered format (:mod:`lofit_bench.report_formats`): ``report.md``
+(tabulate), ``results.csv`` (one row per record), ``results.json`` (the aggregated table, the
+rows and every tuning trial), ``report.html`` (self-contained, with plots;
+:mod:`lofit_bench.report_html`) and any format a plugin adds, each file written atomically,
+into the run folder or, with ``out_dir``, elsewhere (the run folder is then left untouched).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lofit_bench.records import write_json_atomic, write_text_atomic
+from lofit_bench.errors import UserError
+from lofit_bench.records import write_text_atomic
 from lofit_bench.report_model import (
     COLUMN_HELP,
     ReportModel,
@@ -29,20 +32,43 @@ from lofit_bench.report_side_effects import side_effects_json, side_effects_mark
 __all__ = ["build_report", "render_csv", "render_json", "render_markdown"]
 
 
-def build_report(runs_dir: Path, write: bool = True, html: bool = True, reference: str | None = None) -> ReportModel:
-    """The report of ``runs_dir``; written in every format unless ``write`` is false."""
+def build_report(
+    runs_dir: Path,
+    write: bool = True,
+    reference: str | None = None,
+    out_dir: Path | None = None,
+    formats: list[str] | None = None,
+) -> ReportModel:
+    """The report of ``runs_dir``, written (unless ``write`` is false) into ``out_dir`` (default:
+    ``runs_dir``) in each of ``formats`` (default: every registered format)."""
     report = build_report_model(runs_dir, reference)
     if write:
-        write_text_atomic(runs_dir / "report.md", render_markdown(report) + "\n")
-        write_text_atomic(runs_dir / "results.csv", render_csv(report))
-        write_json_atomic(runs_dir / "results.json", render_json(report))
-        if html:
-            from lofit_bench.report_html import (
-                write_html_report,  # matplotlib only when it is drawn
-            )
+        from lofit_bench.report_formats import report_formats
 
-            write_html_report(runs_dir, report)
+        registry = report_formats()
+        chosen = registry.resolve(list(formats) if formats is not None else registry.names())
+        rendered = [(report_format.file_name, _render(report_format, report, registry.owner(report_format.name)))
+                    for report_format in chosen]
+        for file_name, text in rendered:  # every format drawn before any file is replaced
+            write_text_atomic((out_dir or runs_dir) / file_name, text)
     return report
+
+
+def _render(report_format, report: ReportModel, owner: str) -> str:
+    """One format's text; a plugin's format that raises is one line naming it (a built-in's
+    error is a bug and keeps its traceback)."""
+    from lofit_bench.report_formats import BUILTIN_FORMATS
+
+    if report_format in BUILTIN_FORMATS:
+        return report_format.render(report)
+    try:
+        text = report_format.render(report)
+    except Exception as error:  # noqa: BLE001 - a plugin's bug is reported, not a traceback
+        raise UserError(f"report format {report_format.name!r} (plugin {owner!r}) failed: {type(error).__name__}: {error}; "
+                        f"no report file was replaced. Leave it out with --formats, or fix the plugin") from error
+    if not isinstance(text, str):
+        raise UserError(f"report format {report_format.name!r} (plugin {owner!r}) returned {type(text).__name__}, not the file's text")
+    return text
 
 
 def render_markdown(report: ReportModel) -> str:

@@ -518,6 +518,8 @@ class ReportModel:
     trials: list[dict[str, Any]]
     #: Record files left out, with why (unreadable, invalid, another schema).
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: The run folder the records came from (artefacts such as head selections are read there).
+    runs_dir: Path | None = None
 
     def tables(self) -> list[tuple[str, str, list[SummaryRow]]]:
         return table_groups(self.summary)
@@ -548,4 +550,5 @@ def build_report_model(runs_dir: Path, reference: str | None = None) -> ReportMo
         timing_rows=timing_rows,
         trials=trial_rows(finished),
         skipped=folder.skipped,
+        runs_dir=runs_dir,
     )

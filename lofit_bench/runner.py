@@ -110,6 +110,7 @@ def run_sweep(
     ray_address: str | None = None,
     quiet: bool = False,
     live: bool | None = None,
+    trackers: list[str] | None = None,
 ) -> list[RunOutcome]:
     """Run every spec, skipping those whose record already says ``ok`` (unless ``force``).
 
@@ -117,7 +118,8 @@ def run_sweep(
     (Ctrl-C, kill -9) loses only the runs in flight, and rerunning it resumes where it stopped.
     See :mod:`lofit_bench.executors` for where runs execute. ``progress`` turns on the runs'
     own progress bars; the console (:mod:`lofit_bench.console`) prints one line per finished
-    run and, on a terminal (``live``), a status line; ``quiet`` prints nothing.
+    run and, on a terminal (``live``), a status line; ``quiet`` prints nothing. Each saved
+    record is also sent to the experiment ``trackers`` (:mod:`lofit_bench.tracking`).
     """
     folder = RunFolder.of(out)
     check_output_folder(folder)
@@ -143,7 +145,12 @@ def run_sweep(
         if jobs > 1 and not in_process:  # jobs finish together: the longest runs go first
             pending = longest_first(pending)
         for spec, record in execute(pending, folder, executor, jobs, progress, ray_address):
-            path = save_record(spec.record_path(folder), record) or Path("(printed on stderr)")
+            saved = save_record(spec.record_path(folder), record)
+            path = saved or Path("(printed on stderr)")
+            if trackers:
+                from lofit_bench.tracking import track_record
+
+                track_record(record, saved, folder.root, trackers)
             if record.ok:
                 summary = ", ".join(_metric_text(name, value) for name, value in (record.metrics or {}).items())
                 console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)")

@@ -122,3 +122,20 @@ def test_cli_prints_and_writes_the_comparison(two_models, tmp_path, capsys):
     assert (out / "comparison.md").read_text().startswith("# lofit-bench: method rankings across models")
     assert main(["compare", str(two_models[0])]) == 2  # one model: a one-line error, not a traceback
     assert "one model only" in capsys.readouterr().err
+
+
+def test_comparison_html_has_a_rank_plot_in_the_reports_method_styles(two_models, tmp_path):
+    from lofit_bench.compare_html import rank_figure
+    from lofit_bench.plot_style import BUILTIN_STYLES
+
+    comparison = compare_folders(list(two_models))
+    figure = rank_figure(comparison)
+    lines = {line.get_gid(): line for line in figure.axes[0].get_lines() if line.get_gid()}
+    assert list(lines["lora"].get_ydata()) == [1, 2] and list(lines["lofit"].get_ydata()) == [2, 1]
+    assert lines["lora"].get_color() == BUILTIN_STYLES["lora"][0]  # the colour lora has in every report
+    assert figure.axes[0].yaxis_inverted()  # rank 1 at the top
+    out = tmp_path / "comparison"
+    assert main(["compare", *map(str, two_models), "--out", str(out)]) == 0
+    page = (out / "comparison.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and 'href="#task-clutrr"' in page and 'id="task-clutrr"' in page
+    assert "lora &gt; lofit on model-a" in page

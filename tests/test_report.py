@@ -241,14 +241,15 @@ def test_scatter_axes_are_labelled_by_their_cost(tmp_path):
     assert figure.axes[0].get_xlabel() == "trainable parameters (log; 0 drawn at 1)"
 
 
-def test_methods_on_one_spot_share_one_label(tmp_path):
+def test_methods_on_one_spot_are_named_in_the_legend(tmp_path):
     from lofit_bench.report_html import scatter_figure
 
     write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("zero-shot", 1, 0.0), fake_record("iti", 1, 0.0)])
     figure = scatter_figure(build_report(tmp_path, write=False).summary, lambda row: row.trainable_parameters,
                             "trainable parameters (log; 0 drawn at 1)", True)
-    labels = sorted(text.get_text() for text in figure.axes[0].texts)
-    assert labels == ["iti, zero-shot", "lofit"]  # not two labels drawn over each other
+    assert len(figure.axes[0].texts) == 0  # no labels to draw over each other: a legend names the methods
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["iti", "lofit", "zero-shot"]
 
 
 def test_report_files_are_replaced_atomically(tmp_path, monkeypatch):
