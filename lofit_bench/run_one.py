@@ -40,6 +40,7 @@ from lofit_bench.run_record import (
     PluginDistribution,
     RunError,
     RunRecord,
+    SharedWorkUse,
     TaskInfo,
     Throughput,
     Timings,
@@ -48,6 +49,7 @@ from lofit_bench.run_record import (
 from lofit_bench.run_spec import RunSpec, run_identity
 from lofit_bench.scoring import Scorer
 from lofit_bench.search_space import declared_space
+from lofit_bench.shared_work import SHARED_FOLDER, SharedWork, run_scope
 from lofit_bench.tuning import BEST_STATE, TUNING_FOLDER, Tuner, TuningPlan, sqlite_storage
 
 ARTIFACTS_FOLDER = "artifacts"
@@ -157,14 +159,21 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
         set_seed(spec.seed)
         fold_record = FoldRecord(split_sizes=task.data_summary()[fold])
         record.folds[fold] = fold_record
+        shared = SharedWork(
+            root=inside(out_dir, out_dir / SHARED_FOLDER) if spec.share_work else None,
+            scope=run_scope(spec.identity or run_identity(spec), fold), owner=spec.record_path(out_dir).stem,
+        )
         with tempfile.TemporaryDirectory(prefix="lofit-bench-") as work:
             context = FitContext(
                 lm, task, fold, spec.budget, spec.seed, Path(work), progress,
-                on_phase=lambda name: report(f"fit: {name}"),
+                on_phase=lambda name: report(f"fit: {name}"), shared_work=shared,
             )
             report("fit")
-            with memory.phase("fit"), watch.phase("fit"):
-                method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, out_dir)
+            try:
+                with memory.phase("fit"), watch.phase("fit"):
+                    method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, out_dir)
+            finally:
+                fold_record.shared_work = [SharedWorkUse(**use) for use in shared.records()]
             record.method.config = method.config.to_dict()
             for name, seconds in context.phases.seconds.items():
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds

@@ -113,6 +113,10 @@ class RunSpec:
     #: Where tuning trials are stored (an Optuna RDB URL); None: a SQLite file in the run's folder.
     #: Not part of the identity: where trials are kept does not change them.
     tune_storage: str | None = None
+    #: Whether the run reads and writes the sweep's shared frozen-model work (``OUT/shared/``,
+    #: :mod:`lofit_bench.shared_work`); False: it computes everything itself
+    #: (``--no-shared-work``). Not part of the identity: a reused value is the one it computes.
+    share_work: bool = True
 
     @property
     def key(self) -> str:

@@ -1,0 +1,155 @@
+"""Shared frozen-model work: computed once per sweep, keyed by content, the same values as a
+run computes alone, safe when processes race for one entry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.shared_work import SHARED_FOLDER, SharedWork
+from tests.method_helpers import small_budget
+
+TINY = ModelSettings("tiny-random-llama", device="cpu")
+
+
+def store(tmp_path, owner="run-a", **scope):
+    return SharedWork(root=tmp_path / SHARED_FOLDER, scope={"model": "m", "fold": "main"} | scope, owner=owner)
+
+
+def counting(calls, value=1.0):
+    def compute():
+        calls.append(1)
+        return {"x": torch.full((2, 3), value)}, {"note": "computed"}
+
+    return compute
+
+
+def test_an_entry_is_computed_once_and_read_back_by_another_run(tmp_path):
+    calls = []
+    first, second = store(tmp_path, "run-a"), store(tmp_path, "run-b")
+    tensors, meta = first.fetch("activations", {"texts": "abc"}, counting(calls))
+    again, again_meta = second.fetch("activations", {"texts": "abc"}, counting(calls, value=2.0))
+    assert len(calls) == 1
+    assert torch.equal(again["x"], torch.ones(2, 3)) and again_meta == meta == {"note": "computed"}
+    assert [(use.kind, use.reused, use.created_by) for use in first.uses] == [("activations", False, "run-a")]
+    assert [(use.kind, use.reused, use.created_by) for use in second.uses] == [("activations", True, "run-a")]
+    assert second.uses[0].key == first.uses[0].key
+
+
+def test_the_key_is_the_content_fields_and_scope(tmp_path):
+    calls = []
+    store(tmp_path).fetch("activations", {"texts": "abc"}, counting(calls))
+    store(tmp_path).fetch("activations", {"texts": "abd"}, counting(calls))  # other texts
+    store(tmp_path, fold="other").fetch("activations", {"texts": "abc"}, counting(calls))  # other fold
+    store(tmp_path, model="n").fetch("activations", {"texts": "abc"}, counting(calls))  # other model
+    store(tmp_path).fetch("iti-probes", {"texts": "abc"}, counting(calls))  # other kind
+    assert len(calls) == 5
+
+
+def test_a_disabled_store_always_computes_and_records_nothing(tmp_path):
+    calls = []
+    disabled = SharedWork()
+    disabled.fetch("activations", {}, counting(calls))
+    disabled.fetch("activations", {}, counting(calls))
+    assert len(calls) == 2 and disabled.uses == [] and not (tmp_path / SHARED_FOLDER).exists()
+
+
+def test_a_failed_computation_leaves_no_entry_and_the_next_run_computes(tmp_path):
+    def crash():
+        raise RuntimeError("killed mid-way")
+
+    with pytest.raises(RuntimeError):
+        store(tmp_path).fetch("lofit-stage1", {"seed": 1}, crash)
+    folder = tmp_path / SHARED_FOLDER / "lofit-stage1"
+    assert [path.name for path in folder.iterdir() if not path.name.endswith(".lock")] == []
+    calls = []
+    store(tmp_path).fetch("lofit-stage1", {"seed": 1}, counting(calls))
+    assert len(calls) == 1
+
+
+def test_racing_writers_compute_one_entry_once(tmp_path):
+    """Two workers ask for one entry at once: the second waits on the first's lock and reads
+    its entry (flock locks separate opens, so threads stand in for processes here)."""
+    calls, results = [], []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.3)
+        return {"x": torch.arange(4.0)}, {}
+
+    def worker(name):
+        results.append(store(tmp_path, name).fetch("activations", {"texts": "same"}, slow)[0]["x"])
+
+    threads = [threading.Thread(target=worker, args=(f"run-{index}",)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and all(torch.equal(result, torch.arange(4.0)) for result in results)
+
+
+def _records(outcomes):
+    assert [outcome.status for outcome in outcomes] == ["ok"] * len(outcomes), [outcome.error for outcome in outcomes]
+    return [json.loads(outcome.path.read_text()) for outcome in outcomes]
+
+
+def _uses(record):
+    return [(use["kind"], use["reused"]) for use in record["folds"]["main"]["shared_work"]]
+
+
+def test_iti_repe_and_lofit_on_iti_heads_read_the_frozen_model_once(builtin_host, tmp_path):
+    budget = small_budget(dev_examples=4, tune=False)
+    specs = plan_sweep(["iti", "repe", "lofit"], ["clutrr"], budget, TINY,
+                       method_options={"lofit": {"head_source": "iti", "stage2_learning_rate": 0.01}})
+    iti, repe, lofit = _records(run_sweep(specs, tmp_path / "shared", progress=False, echo=lambda _: None, executor="inline"))
+    assert _uses(iti) == [("activations", False), ("activations", False), ("iti-probes", False)]  # inner work first
+    assert _uses(repe) == [("activations", True), ("activations", True)]
+    assert _uses(lofit) == [("iti-probes", True)]
+    assert lofit["folds"]["main"]["shared_work"][0]["created_by"] == iti["folds"]["main"]["shared_work"][2]["created_by"]
+
+    alone = [dataclasses.replace(spec, share_work=False) for spec in specs]
+    fresh = _records(run_sweep(alone, tmp_path / "alone", progress=False, echo=lambda _: None, executor="inline"))
+    assert all(record["folds"]["main"]["shared_work"] == [] for record in fresh)
+    for shared_record, fresh_record in zip([iti, repe, lofit], fresh, strict=True):
+        assert shared_record["key"] == fresh_record["key"]  # sharing is not part of a run's identity
+        assert shared_record["metrics"] == fresh_record["metrics"]
+        assert shared_record["folds"]["main"]["per_example"] == fresh_record["folds"]["main"]["per_example"]
+    assert iti["folds"]["main"]["fit"]["heads"] == fresh[0]["folds"]["main"]["fit"]["heads"]
+    assert repe["folds"]["main"]["fit"]["layer_scan"] == fresh[1]["folds"]["main"]["fit"]["layer_scan"]
+    assert lofit["folds"]["main"]["fit"]["heads"] == fresh[2]["folds"]["main"]["fit"]["heads"]
+
+
+def test_a_k_sweep_of_three_lofit_configs_trains_stage_1_once(builtin_host, tmp_path, monkeypatch):
+    from lofit_bench.methods.lofit import LoFiT
+
+    stage1_runs = []
+    original = LoFiT._rank_heads
+
+    def counted(self, *args, **kwargs):
+        stage1_runs.append(self.config.heads)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoFiT, "_rank_heads", counted)
+    budget = small_budget(tune=False)
+    specs = [spec for heads in (2, 3, 4)
+             for spec in plan_sweep(["lofit"], ["clutrr"], budget, TINY, method_options={"lofit": {"heads": heads}})]
+    records = _records(run_sweep(specs, tmp_path / "sweep", progress=False, echo=lambda _: None, executor="inline"))
+    assert stage1_runs == [2]
+    assert [_uses(record) for record in records] == [[("lofit-stage1", False)], [("lofit-stage1", True)], [("lofit-stage1", True)]]
+    paid = [record["folds"]["main"]["fit"]["stages"]["head_selection"]["steps"] for record in records]
+    assert paid[0] > 0 and paid[1:] == [0, 0]  # a reused stage 1 is not paid again
+
+    fresh = _records(run_sweep([dataclasses.replace(specs[1], share_work=False)], tmp_path / "fresh",
+                               progress=False, echo=lambda _: None, executor="inline"))[0]
+    assert stage1_runs == [2, 3]
+    rankings = [record["folds"]["main"]["fit"]["heads"]["ranking"] for record in [*records, fresh]]
+    assert all(ranking == rankings[-1] for ranking in rankings)
+    assert records[1]["folds"]["main"]["fit"]["heads"]["chosen"] == fresh["folds"]["main"]["fit"]["heads"]["chosen"]
+    assert records[1]["metrics"] == fresh["metrics"]
+    assert [len(record["folds"]["main"]["fit"]["heads"]["chosen"]) for record in records] == [2, 3, 4]
