@@ -238,9 +238,27 @@ def header_lines(records: list[RunRecord], finished: list[RunRecord], reference:
     })
     if options:
         lines.append(HeaderLine(f"method options set for these runs (the rest are the methods' defaults): {'; '.join(options)}"))
+    tuning = tuning_scheme(finished)
+    if tuning:
+        lines.append(HeaderLine(tuning))
     lines += [HeaderLine(text, warning=True) for text in budget_differences(records)]
     lines += [HeaderLine(text, warning=True) for text in version_differences(records)]
     return lines
+
+
+def tuning_scheme(finished: list[RunRecord]) -> str | None:
+    """Which ``--tune-per`` the tuned runs used, for a report with several seeds of a method."""
+    tunings = [tuning for record in finished for tuning in fold_tunings(record).values() if tuning and tuning.get("mode") == "on" and (tuning.get("trials_run") or tuning.get("reused"))]
+    seeds = {record.seed for record in finished}
+    if not tunings or len(seeds) < 2:
+        return None
+    per_fold = [tuning for tuning in tunings if tuning.get("tune_per") == "fold"]
+    if not per_fold:
+        return "tuning: every seed tuned its own values (--tune-per seed)"
+    first = sorted({str(tuning.get("tuned_on_seed")) for tuning in per_fold})
+    text = (f"tuning: once per (method, task, fold) on seed {', '.join(first)}; the other seeds train once with "
+            "those values (--tune-per fold)")
+    return text if len(per_fold) == len(tunings) else text + "; some runs tuned every seed (--tune-per seed): a mix"
 
 
 def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
@@ -401,13 +419,22 @@ def tuning_label(records: list[RunRecord]) -> str:
         return "off"
     if modes != {"on"}:
         return "mixed: " + ", ".join(sorted(str(mode) for mode in modes))
-    if all(not tuning.get("trials_run") for tuning in tunings):
+    reused = [tuning for tuning in tunings if tuning.get("reused")]
+    if all(not tuning.get("trials_run") for tuning in tunings) and not reused:
         return "nothing to tune"
-    run, pruned, failed = (  # summed over folds, mean over seeds
-        sum(tuning.get(key) or 0 for tuning in tunings) / len(records) for key in ("trials_run", "trials_pruned", "trials_failed")
+    tuned_records = [record for record in records if not any(tuning.get("reused") for tuning in fold_tunings(record).values())]
+    tuned = [tuning for tuning in tunings if not tuning.get("reused")]
+    if not tuned_records:  # only the seeds that reused another seed's values are here
+        seeds = sorted({tuning.get("tuned_on_seed") for tuning in reused})
+        return f"values tuned on seed {', '.join(map(str, seeds))} (--tune-per fold)"
+    run, pruned, failed = (  # summed over folds, mean over the seeds that tuned
+        sum(tuning.get(key) or 0 for tuning in tuned) / len(tuned_records) for key in ("trials_run", "trials_pruned", "trials_failed")
     )
     extras = [f"{pruned:g} pruned"] + ([f"{failed:g} failed"] if failed else [])
-    return f"{run:g} trials ({', '.join(extras)})"
+    label = f"{run:g} trials ({', '.join(extras)})"
+    if reused:
+        label += f"; once per fold, {len(records) - len(tuned_records)} other seed(s) reuse the values (--tune-per fold)"
+    return label
 
 
 def chosen_label(records: list[RunRecord]) -> str:

@@ -77,6 +77,8 @@ class ModelSettings:
 
 
 MODEL_DTYPES = ("auto", "fp32", "bf16", "fp16")
+#: ``--tune-per``: tune once per (method, task, fold) on the first seed, or on every seed.
+TUNE_PER = ("fold", "seed")
 
 
 def _typed_model_argument(key: str, value: Any, annotation: str) -> Any:
@@ -117,6 +119,11 @@ class RunSpec:
     #: :mod:`lofit_bench.shared_work`); False: it computes everything itself
     #: (``--no-shared-work``). Not part of the identity: a reused value is the one it computes.
     share_work: bool = True
+    #: The seed whose tuning this run uses (``--tune-per fold``): the values are tuned once per
+    #: (method, task, fold) on the first seed's run, and every other seed trains once with them.
+    #: None: the run tunes with its own seed (``--tune-per seed``, or a one-seed sweep). Part of
+    #: the identity of a run whose seed differs from it (its values come from another seed).
+    tuning_seed: int | None = None
 
     @property
     def key(self) -> str:
@@ -147,7 +154,7 @@ def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[st
         "model": settings,
         "model_fingerprint": model_fingerprint or model_source_fingerprint(spec.model),
         "seed": spec.seed,
-    }
+    } | ({"tuned_on_seed": spec.tuning_seed} if spec.tuning_seed is not None and spec.tuning_seed != spec.seed else {})
 
 
 def _plugin_identity(host: Any, plugin: str) -> str:

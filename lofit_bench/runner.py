@@ -24,7 +24,7 @@ from lofit_bench.plugins import get_host
 from lofit_bench.preflight import check_before_runs
 from lofit_bench.records import RECORDS_FOLDER, read_record, save_record
 from lofit_bench.run_one import ARTIFACTS_FOLDER, execute_run
-from lofit_bench.run_spec import ModelSettings, RunSpec, model_source_fingerprint, run_identity
+from lofit_bench.run_spec import TUNE_PER, ModelSettings, RunSpec, model_source_fingerprint, run_identity
 from lofit_bench.schedule import longest_first
 
 __all__ = [
@@ -49,9 +49,16 @@ def plan_sweep(
     seeds: list[int] | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
     tune_storage: str | None = None,
+    tune_per: str = "fold",
+    share_work: bool = True,
 ) -> list[RunSpec]:
     """Validate every name up front (one clear error for all unknown ones), then expand.
-    ``tune_storage``: an Optuna storage URL for every run's trials (None: SQLite per run)."""
+    ``tune_storage``: an Optuna storage URL for every run's trials (None: SQLite per run).
+    ``tune_per``: ``fold`` tunes each (method, task, fold) once, on the first seed, and the
+    other seeds train once with its values; ``seed`` tunes every seed. ``share_work`` False:
+    no run reads or writes the shared frozen-model work (``--no-shared-work``)."""
+    if tune_per not in TUNE_PER:
+        raise UserError(f"unknown --tune-per {tune_per!r}; use one of {', '.join(TUNE_PER)}")
     host = get_host()
     method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
     for task_name, task_class in zip(tasks, host.tasks.resolve(tasks), strict=True):
@@ -69,11 +76,15 @@ def plan_sweep(
         method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
     check_before_runs(method_classes, method_options, budget, model, seeds)
     model_fingerprint = model_source_fingerprint(model)
+    seed_list = list(dict.fromkeys(seeds or list(budget.seeds)))
+    tuning_seed = seed_list[0] if tune_per == "fold" and budget.tune and len(seed_list) > 1 else None
     specs = [
-        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})), tune_storage=tune_storage)
+        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})), tune_storage=tune_storage,
+                share_work=share_work,
+                tuning_seed=tuning_seed if method_classes[method].search_space(set(method_options.get(method, {}))) else None)
         for method in dict.fromkeys(methods)
         for task in dict.fromkeys(tasks)
-        for seed in dict.fromkeys(seeds or list(budget.seeds))
+        for seed in seed_list
     ]
     return [dataclasses.replace(spec, identity=run_identity(spec, model_fingerprint)) for spec in specs]
 

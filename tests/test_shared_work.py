@@ -153,3 +153,55 @@ def test_a_k_sweep_of_three_lofit_configs_trains_stage_1_once(builtin_host, tmp_
     assert records[1]["folds"]["main"]["fit"]["heads"]["chosen"] == fresh["folds"]["main"]["fit"]["heads"]["chosen"]
     assert records[1]["metrics"] == fresh["metrics"]
     assert [len(record["folds"]["main"]["fit"]["heads"]["chosen"]) for record in records] == [2, 3, 4]
+
+
+# -- --tune-per fold: seeds that do not re-tune ------------------------------------------------------
+def _tuning(record):
+    return record["folds"]["main"]["tuning"]
+
+
+def test_tune_per_fold_tunes_the_first_seed_once_and_other_seeds_train_with_its_values(builtin_host, tmp_path, monkeypatch):
+    from lofit_bench.tuning import Tuner
+
+    tunings = []
+    original = Tuner.tune
+
+    def counted(self, lm, template):
+        tunings.append((self.seed, template.seed))
+        return original(self, lm, template)
+
+    monkeypatch.setattr(Tuner, "tune", counted)
+    budget = small_budget(dev_examples=4, trials=2)
+    specs = plan_sweep(["iti"], ["clutrr"], budget, TINY, seeds=[42, 43, 44])
+    assert [spec.tuning_seed for spec in specs] == [42, 42, 42]
+    first, second, third = _records(run_sweep(specs, tmp_path / "fold", progress=False, echo=lambda _: None, executor="inline"))
+    assert tunings == [(42, 42)]
+    assert _tuning(first)["trials_run"] == 2 and _tuning(first)["tune_per"] == "fold"
+    for record in (second, third):
+        tuning = _tuning(record)
+        assert tuning["reused"] and tuning["tuned_on_seed"] == 42 and tuning["trials_run"] == 0
+        assert tuning["chosen"] == _tuning(first)["chosen"]
+        assert tuning["tuned_by"] == first["folds"]["main"]["shared_work"][-1]["created_by"]
+        assert record["folds"]["main"]["fit"]["hyperparameters"]["alpha"] == tuning["chosen"]["alpha"]
+        assert record["identity"]["tuned_on_seed"] == 42
+        assert ("tuned-values", True) in _uses(record)
+    assert "tuned_on_seed" not in first["identity"]
+
+    per_seed = plan_sweep(["iti"], ["clutrr"], budget, TINY, seeds=[42, 43], tune_per="seed")
+    assert [spec.tuning_seed for spec in per_seed] == [None, None]
+    assert per_seed[0].key == specs[0].key and per_seed[1].key != specs[1].key
+
+
+def test_the_values_do_not_depend_on_which_seed_runs_first(builtin_host, tmp_path):
+    """Under --jobs N a later seed may reach the tuning first: it then tunes as the first seed
+    would, and the first seed's run trains once with those values: the same result."""
+    budget = small_budget(dev_examples=4, trials=2)
+    specs = plan_sweep(["iti"], ["clutrr"], budget, TINY, seeds=[42, 43])
+    later, first = _records(run_sweep(specs[::-1], tmp_path / "reversed", progress=False, echo=lambda _: None, executor="inline"))
+    assert _tuning(first)["reused"] and _tuning(first)["tuned_on_seed"] == 42
+    assert _tuning(first)["tuned_by"] == later["folds"]["main"]["shared_work"][-1]["created_by"]
+    alone = _records(run_sweep(plan_sweep(["iti"], ["clutrr"], budget, TINY, seeds=[42]), tmp_path / "alone",
+                               progress=False, echo=lambda _: None, executor="inline"))[0]
+    assert _tuning(first)["chosen"] == _tuning(later)["chosen"] == _tuning(alone)["chosen"]
+    assert first["metrics"] == alone["metrics"]
+    assert first["folds"]["main"]["per_example"] == alone["folds"]["main"]["per_example"]
