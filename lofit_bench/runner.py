@@ -24,7 +24,13 @@ from lofit_bench.plugins import get_host
 from lofit_bench.preflight import check_before_runs
 from lofit_bench.records import RECORDS_FOLDER, read_record, save_record
 from lofit_bench.run_one import ARTIFACTS_FOLDER, execute_run
-from lofit_bench.run_spec import TUNE_PER, ModelSettings, RunSpec, model_source_fingerprint, run_identity
+from lofit_bench.run_spec import (
+    TUNE_PER,
+    ModelSettings,
+    RunSpec,
+    model_source_fingerprint,
+    run_identity,
+)
 from lofit_bench.schedule import longest_first
 
 __all__ = [
