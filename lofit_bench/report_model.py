@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,12 @@ COLUMN_HELP = {
     "model loaded; GPU: torch peak allocated, reset per phase",
     "tuning": "how the hyper-parameters were chosen: 'N trials (P pruned, F failed)' on the dev split by the harness's "
     "tuner (per fold, summed over folds, mean over seeds), 'off' (budget tune=false: the paper's / method's defaults), "
-    "'nothing to tune' (no declared field left free), 'untuned (old record)' for records written before tuning existed",
+    "'nothing to tune' (no declared field left free), 'untuned (old record)' for records written before tuning existed; "
+    "with --tune-per fold the seeds that reused the first seed's values are counted apart ('once per fold, N other "
+    "seed(s) reuse the values')",
+    "shared work": "(timing table) frozen-model work the run reused from another run of the sweep, with the seconds "
+    "its computation took there, and what it computed for the others (OUT/shared/: activations, iti-probes, "
+    "lofit-stage1, tuned-values)",
     "chosen values": "the tuned values the test split was evaluated with (per fold and seed when they differ); "
     "every trial is in results.json ('trials') and in the record (folds.FOLD.tuning)",
 }
@@ -292,7 +297,7 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
 
 def timing_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
     """One row per finished run: loading, each part of the fit as the method timed it, evaluation."""
-    headers = ["model", "method", "task", "seed", "load s", "fit s", "fit parts (s)", "eval s", "total s"]
+    headers = ["model", "method", "task", "seed", "load s", "fit s", "fit parts (s)", "shared work", "eval s", "total s"]
     finished = [record for record in records if record.ok]
     rows = []
     for record in finished:
@@ -301,9 +306,28 @@ def timing_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
             model_label(record, finished), method_label(record, finished), record.task.name, str(record.seed),
             f"{timings.load_model:.1f}", f"{timings.fit:.1f}",
             ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.fit_phases.items()) or "-",
-            f"{timings.evaluate:.1f}", f"{timings.total_s:.1f}",
+            shared_work_label(record), f"{timings.evaluate:.1f}", f"{timings.total_s:.1f}",
         ])
     return headers, rows
+
+
+def shared_work_label(record: RunRecord) -> str:
+    """What the run's folds reused from the sweep's shared work and what they computed for the
+    others (:mod:`lofit_bench.shared_work`), e.g. ``reused activations x2 (41 s saved); computed iti-probes``."""
+    reused: Counter[str] = Counter()
+    computed: Counter[str] = Counter()
+    saved = 0.0
+    for fold in record.folds.values():
+        for use in fold.shared_work:
+            (reused if use.reused else computed)[use.kind] += 1
+            saved += (use.compute_s or 0.0) if use.reused else 0.0
+
+    def listing(counts: Counter[str]) -> str:
+        return ", ".join(f"{kind} x{count}" if count > 1 else kind for kind, count in counts.items())
+
+    parts = ([f"reused {listing(reused)} ({saved:.0f} s saved)"] if reused else []) + (
+        [f"computed {listing(computed)}"] if computed else [])
+    return "; ".join(parts) or "-"
 
 
 def failure_line(record: RunRecord, records: list[RunRecord]) -> str:

@@ -10,12 +10,10 @@ import time
 
 import pytest
 import torch
+from method_helpers import TINY, small_budget
 
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.runner import plan_sweep, run_sweep
 from lofit_bench.shared_work import SHARED_FOLDER, SharedWork
-from tests.method_helpers import small_budget
-
-TINY = ModelSettings("tiny-random-llama", device="cpu")
 
 
 def store(tmp_path, owner="run-a", **scope):
