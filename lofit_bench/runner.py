@@ -31,7 +31,7 @@ from lofit_bench.run_spec import (
     model_source_fingerprint,
     run_identity,
 )
-from lofit_bench.schedule import longest_first
+from lofit_bench.schedule import expected_cost, longest_first
 
 __all__ = [
     "ARTIFACTS_FOLDER", "ModelSettings", "RunOutcome", "RunSpec", "check_output_folder", "execute_run",
@@ -136,7 +136,8 @@ def run_sweep(
     labels = {spec.key: f"{spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})" for spec in specs}
     outcomes: dict[str, RunOutcome] = {}
     pending = []
-    console = SweepConsole(len(specs), out_dir, echo=(lambda *_: None) if quiet else echo, live=False if quiet else live)
+    console = SweepConsole(len(specs), out_dir, echo=(lambda *_: None) if quiet else echo, live=False if quiet else live,
+                           costs=_expected_costs(specs, out_dir), jobs=jobs if executor != "inline" else 1)
     with console:
         for spec in specs:
             path = spec.record_path(out_dir)
@@ -157,7 +158,8 @@ def run_sweep(
             path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
             if record.ok:
                 summary = ", ".join(_metric_text(name, value) for name, value in (record.metrics or {}).items())
-                console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)")
+                console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)",
+                                 seconds=record.timings.total_s)
                 outcomes[spec.key] = RunOutcome(spec, "ok", path)
             else:
                 error = record.error
@@ -172,6 +174,16 @@ def run_sweep(
                     "stopped. Free space and rerun the same command: finished runs are skipped and the rest resume"
                 )
     return [outcomes[spec.key] for spec in specs]
+
+
+def _expected_costs(specs: list[RunSpec], out_dir: Path) -> dict[str, float]:
+    """Record stem -> expected cost (the schedule's) for the console's ETA; {} when a cost
+    cannot be computed (the ETA then falls back to the sweep's pace)."""
+    sizes: dict[tuple, int] = {}
+    try:
+        return {spec.record_path(out_dir).stem: expected_cost(spec, sizes) for spec in specs}
+    except Exception:  # noqa: BLE001 - the ETA is a courtesy; a sweep never fails for it
+        return {}
 
 
 def _finished(path: Path) -> bool:
