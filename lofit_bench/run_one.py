@@ -293,9 +293,13 @@ def _fit_with_tuning_of_first_seed(
     fields = {"run": first.key, "fold": fold}
     if context.on_phase is not None:  # waits here while another process tunes the first seed
         context.on_phase(f"values tuned on seed {first.seed}")
-    _, meta = context.shared_work.fetch("tuned-values", fields, tune)
-    use = context.shared_work.uses[-1] if context.shared_work.enabled else None
-    tuned_by = use.created_by if use is not None else spec.record_path(out_dir).stem
+    shared = context.shared_work
+    if not shared.enabled:  # --no-shared-work shares no frozen-model work, but the seeds still share one tuning
+        shared = dataclasses.replace(shared, root=inside(out_dir, out_dir / SHARED_FOLDER), uses=[])
+    _, meta = shared.fetch("tuned-values", fields, tune)
+    if shared is not context.shared_work:
+        context.shared_work.uses.append(shared.uses[-1])
+    tuned_by = shared.uses[-1].created_by
     first_record = meta["record"]
     if kept:  # this run is the first seed's and tuned here: its chosen trial is the model
         return kept["method"], kept["fit"], first_record | {"tune_per": "fold", "tuned_on_seed": first.seed}

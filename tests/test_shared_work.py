@@ -203,3 +203,16 @@ def test_the_values_do_not_depend_on_which_seed_runs_first(builtin_host, tmp_pat
     assert _tuning(first)["chosen"] == _tuning(later)["chosen"] == _tuning(alone)["chosen"]
     assert first["metrics"] == alone["metrics"]
     assert first["folds"]["main"]["per_example"] == alone["folds"]["main"]["per_example"]
+
+
+def test_without_shared_work_the_seeds_still_share_one_tuning(builtin_host, tmp_path, monkeypatch):
+    from lofit_bench.tuning import Tuner
+
+    tunings = []
+    original = Tuner.tune
+    monkeypatch.setattr(Tuner, "tune", lambda self, lm, template: tunings.append(self.seed) or original(self, lm, template))
+    specs = plan_sweep(["iti"], ["clutrr"], small_budget(dev_examples=4, trials=2), TINY, seeds=[42, 43], share_work=False)
+    first, second = _records(run_sweep(specs, tmp_path, progress=False, echo=lambda _: None, executor="inline"))
+    assert tunings == [42]
+    assert _uses(first) == [("tuned-values", False)] and _uses(second) == [("tuned-values", True)]
+    assert _tuning(second)["chosen"] == _tuning(first)["chosen"]
