@@ -224,11 +224,12 @@ class LoFiT(HeadInterventionMethod):
         if kind == "lofit":
             key = ("lofit stage 1", settings["stage1_learning_rate"], settings["l1_lambda"], self.config.init_std,
                    settings["weight_decay"])
-            reused_before, shared_before = len(context.reused), len(context.shared_work.uses)
+            reused_before = len(context.reused)
             with context.phase("head_selection"):
-                ranking, head_selection = context.reuse(key, lambda: self._shared_stage1(context, settings, examples))
-            computed_here = any(not use.reused for use in context.shared_work.uses[shared_before:])
-            if len(context.reused) > reused_before or (len(context.shared_work.uses) > shared_before and not computed_here):
+                ranking, head_selection, trained_here = context.reuse(
+                    key, lambda: self._shared_stage1(context, settings, examples)
+                )
+            if len(context.reused) > reused_before or not trained_here:
                 # this fold's stage 1 ran in an earlier trial, or in another run of the sweep: not paid again
                 head_selection = dataclasses.replace(head_selection, steps=0, seconds=0.0, tokens=0)
             self.selection = HeadSelection.for_layout(
@@ -289,10 +290,11 @@ class LoFiT(HeadInterventionMethod):
     # -- the two stages --------------------------------------------------------------------
     def _shared_stage1(
         self, context: FitContext, settings: dict[str, Any], examples: list
-    ) -> tuple[list[tuple[int, int, float]], TrainResult]:
+    ) -> tuple[list[tuple[int, int, float]], TrainResult, bool]:
         """Stage 1 through the sweep's shared work: runs with the same model, task, fold, data,
-        seed, stage-1 values and training budget (any K, any stage-2 values or head count) train
-        one stage 1 and read its head norms back (:mod:`lofit_bench.shared_work`)."""
+        seed, stage-1 values and training budget (any K, any stage-2 values) train one stage 1
+        and read its head norms back (:mod:`lofit_bench.shared_work`). Returns the ranking, the
+        stage's training facts and whether it was trained here (else another run paid for it)."""
         fields = {
             "examples": examples_hash(examples), "objective": context.task.objective, "seed": context.seed,
             "stage1_learning_rate": settings["stage1_learning_rate"], "l1_lambda": settings["l1_lambda"],
@@ -300,12 +302,15 @@ class LoFiT(HeadInterventionMethod):
             "budget": {name: value for name, value in context.budget.to_dict().items() if name not in NOT_STAGE1_BUDGET},
         }
 
+        trained: list[bool] = []
+
         def compute() -> tuple[dict[str, Any], dict[str, Any]]:
             norms, result = self._rank_heads(context, settings, examples)
+            trained.append(True)
             return {"head_norms": norms}, {"training": asdict(result)}
 
         tensors, meta = context.shared_work.fetch("lofit-stage1", fields, compute)
-        return rank_heads(tensors["head_norms"]), TrainResult(**meta["training"])
+        return rank_heads(tensors["head_norms"]), TrainResult(**meta["training"]), bool(trained)
 
     def _rank_heads(self, context: FitContext, settings: dict[str, Any], examples: list) -> tuple[Any, TrainResult]:
         """Stage 1: train A on every head with the L1 penalty; the head scores ||A||_2 [L, H]."""
