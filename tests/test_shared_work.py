@@ -216,3 +216,23 @@ def test_without_shared_work_the_seeds_still_share_one_tuning(builtin_host, tmp_
     assert tunings == [42]
     assert _uses(first) == [("tuned-values", False)] and _uses(second) == [("tuned-values", True)]
     assert _tuning(second)["chosen"] == _tuning(first)["chosen"]
+
+
+def test_the_command_line_passes_tune_per_and_no_shared_work_to_the_plan(builtin_host, tmp_path, monkeypatch):
+    from lofit_bench import runner
+    from lofit_bench.cli import main
+
+    planned = []
+    monkeypatch.setattr(runner, "run_sweep", lambda specs, *args, **kwargs: planned.extend(specs) or [])
+    base = ["run", "--methods", "iti", "--tasks", "clutrr", "--model", "tiny-random-llama", "--device", "cpu",
+            "--budget", "smoke", "--seeds", "1,2", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert [(spec.tuning_seed, spec.share_work) for spec in planned] == [(1, True), (1, True)]  # the default: fold
+    planned.clear()
+    assert main([*base, "--tune-per", "seed", "--no-shared-work", "--out", str(tmp_path / "b")]) == 0
+    assert [(spec.tuning_seed, spec.share_work) for spec in planned] == [(None, False), (None, False)]
+    planned.clear()
+    config = tmp_path / "sweep.toml"
+    config.write_text('tune_per = "seed"\n')
+    assert main([*base, "--config", str(config), "--out", str(tmp_path / "c")]) == 0
+    assert [spec.tuning_seed for spec in planned] == [None, None]
