@@ -3,7 +3,8 @@ CLUTRR in one sweep, with the shared store and without it (``--no-shared-work``)
 
 Counts the frozen-model activation passes (calls of
 :func:`lofit_bench.activations.last_token_activations` and the texts they read) and sums the
-three runs' fit seconds (``timings.fit``) in each arm; prints both and their ratio. Both arms
+three runs' fit seconds (``timings.fit``) and their frozen-model parts (ITI's probes, RepE's
+layer scan, LoFiT's head selection) in each arm; prints both and their ratios. Both arms
 run in this process (inline executor), alternating for ``--rounds`` rounds, on the same
 machine, so the ratio is the figure to read; seconds alone depend on what else the cores do.
 With tuning on, the fit also scores the dev split (which no store saves); ``--budget-set
@@ -27,6 +28,8 @@ os.environ.setdefault("LOFIT_BENCH_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 METHODS = ["iti", "repe", "lofit"]
+#: The fit parts that read the frozen model (what the store can save); LoFiT's bias tuning is not one.
+FROZEN_PHASES = ("probes", "layer_scan", "head_selection")
 LOFIT_ON_ITI_HEADS = {"lofit": {"head_source": "iti"}}
 
 
@@ -46,7 +49,7 @@ def measure(model: str, budget_name: str, overrides: dict, out: Path, rounds: in
 
     activations.last_token_activations = counted
     arms = {"without store": False, "with store": True}
-    results: dict = {arm: {"fit_s_total_per_round": []} for arm in arms}
+    results: dict = {arm: {"fit_s_total_per_round": [], "frozen_work_s_per_round": []} for arm in arms}
     try:
         for round_number in range(rounds):  # ABAB...: the cores' load drifts, so the arms alternate
             for arm, share in arms.items():
@@ -66,11 +69,17 @@ def measure(model: str, budget_name: str, overrides: dict, out: Path, rounds: in
                     "metrics": {record["method"]["name"]: record["metrics"] for record in records},
                 }
                 results[arm]["fit_s_total_per_round"].append(round(sum(record["timings"]["fit"] for record in records), 2))
+                frozen = sum(seconds for record in records for name, seconds in record["timings"]["fit_phases"].items()
+                             if name in FROZEN_PHASES)
+                results[arm]["frozen_work_s_per_round"].append(round(frozen, 2))
     finally:
         activations.last_token_activations = original
     without, shared = results["without store"], results["with store"]
     results["fit_time_ratio_with_over_without"] = round(
         sum(shared["fit_s_total_per_round"]) / sum(without["fit_s_total_per_round"]), 3
+    )
+    results["frozen_work_ratio_with_over_without"] = round(
+        sum(shared["frozen_work_s_per_round"]) / sum(without["frozen_work_s_per_round"]), 3
     )
     results["same_metrics"] = shared["metrics"] == without["metrics"]
     return results
