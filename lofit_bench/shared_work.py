@@ -115,9 +115,13 @@ class SharedWork:
         entry = folder / key
         with _exclusive(folder / f"{key}.lock"):
             if (entry / ENTRY_FILE).exists():
-                value, facts = _read(entry)
-                self.uses.append(SharedUse(kind, key, True, facts.get("created_by"), facts.get("compute_s")))
-                return value
+                try:
+                    value, facts = _read(entry)
+                except Exception:  # noqa: BLE001 - a damaged entry (a file deleted by hand) is computed again
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    self.uses.append(SharedUse(kind, key, True, facts.get("created_by"), facts.get("compute_s")))
+                    return value
             started = time.perf_counter()
             tensors, meta = compute()
             seconds = round(time.perf_counter() - started, 3)

@@ -236,3 +236,15 @@ def test_the_command_line_passes_tune_per_and_no_shared_work_to_the_plan(builtin
     config.write_text('tune_per = "seed"\n')
     assert main([*base, "--config", str(config), "--out", str(tmp_path / "c")]) == 0
     assert [spec.tuning_seed for spec in planned] == [None, None]
+
+
+def test_a_damaged_entry_is_computed_again(tmp_path):
+    calls = []
+    first = store(tmp_path)
+    first.fetch("activations", {"texts": "abc"}, counting(calls))
+    entry = tmp_path / SHARED_FOLDER / "activations" / first.uses[0].key
+    (entry / "tensors.safetensors").unlink()
+    again = store(tmp_path, "run-b")
+    tensors, _ = again.fetch("activations", {"texts": "abc"}, counting(calls, value=1.0))
+    assert len(calls) == 2 and not again.uses[0].reused and torch.equal(tensors["x"], torch.ones(2, 3))
+    assert (entry / "tensors.safetensors").exists()
