@@ -248,3 +248,16 @@ def test_a_damaged_entry_is_computed_again(tmp_path):
     tensors, _ = again.fetch("activations", {"texts": "abc"}, counting(calls, value=1.0))
     assert len(calls) == 2 and not again.uses[0].reused and torch.equal(tensors["x"], torch.ones(2, 3))
     assert (entry / "tensors.safetensors").exists()
+
+
+def test_parallel_runs_in_their_own_processes_train_one_stage_1(builtin_host, tmp_path):
+    """--jobs 2, two K values at once: one process trains stage 1, the other waits on its lock and reads it."""
+    specs = [spec for heads in (2, 3) for spec in
+             plan_sweep(["lofit"], ["clutrr"], small_budget(tune=False), TINY, method_options={"lofit": {"heads": heads}})]
+    records = _records(run_sweep(specs, tmp_path, progress=False, echo=lambda _: None, executor="process", jobs=2))
+    uses = [use for record in records for use in record["folds"]["main"]["shared_work"]]
+    assert sorted(use["reused"] for use in uses) == [False, True]
+    assert len({use["key"] for use in uses}) == 1
+    rankings = [record["folds"]["main"]["fit"]["heads"]["ranking"] for record in records]
+    assert rankings[0] == rankings[1]
+    assert [path.name for path in (tmp_path / SHARED_FOLDER / "lofit-stage1").iterdir() if path.is_dir()] == [uses[0]["key"]]
