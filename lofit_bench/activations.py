@@ -31,6 +31,7 @@ from torch import nn
 
 from lofit_bench.errors import UserError
 from lofit_bench.models import LoadedModel
+from lofit_bench.shared_work import SharedWork, content_hash
 from lofit_bench.task import PreferenceExample, SFTExample, TrainingExample
 
 SITES = ("heads", "residual")
@@ -186,8 +187,20 @@ def pair_activations(
     sites: Sequence[str] = SITES,
     batch_size: int = 8,
     max_length: int | None = None,
+    shared: SharedWork | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(positive, negative) last-token activations of each pair, per site, aligned by pair."""
+    """(positive, negative) last-token activations of each pair, per site, aligned by pair.
+
+    With an enabled ``shared`` store, every site is read in the one pass and kept there under
+    the texts' hash, so ITI, RepE and LoFiT's ``head_source=iti`` of one sweep read the frozen
+    model once per set of pairs (the hooks only read: the values are the same either way)."""
     texts = [pair.positive for pair in pairs] + [pair.negative for pair in pairs]
-    values = last_token_activations(lm, texts, sites, batch_size, max_length)
+    if shared is not None and shared.enabled:
+        fields = {"texts": content_hash(texts), "count": len(texts), "batch_size": batch_size, "max_length": max_length}
+        values, _ = shared.fetch(
+            "activations", fields, lambda: (last_token_activations(lm, texts, SITES, batch_size, max_length), {})
+        )
+        values = {site: values[site] for site in sites}
+    else:
+        values = last_token_activations(lm, texts, sites, batch_size, max_length)
     return {site: (tensor[: len(pairs)], tensor[len(pairs) :]) for site, tensor in values.items()}

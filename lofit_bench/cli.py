@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--also-eval", type=_split_names, default=None, metavar="TASK,...", help="after each fit, also score these tasks with no training on them (built-in, plugin or lm_eval:NAME) against the base model (retention; the budget field also_eval)")
     run.add_argument("--tune", choices=["on", "off"], default=None, help="tune every method's declared search space on the dev split with the budget's trials (on, the paper budget's default: the same tuning effort for every method) or use the paper's / methods' default values (off); a budget field, so reports flag a mix")
     run.add_argument("--tune-storage", default=None, metavar="URL", help="Optuna storage URL for the tuning trials, e.g. postgresql://user@host/db when runs spread over a Ray cluster (default: one SQLite file per run under OUT/tuning/)")
+    run.add_argument("--tune-per", choices=["fold", "seed"], default=None, help="fold (default): tune each (method, task, fold) once, on the first seed's run, and train every other seed once with those values (the paper's protocol; a second seed costs one fit, not a second search); seed: every seed tunes its own values")
+    run.add_argument("--no-shared-work", action="store_true", help="every run computes its frozen-model work itself (activations, ITI probes, LoFiT stage 1) instead of sharing it through OUT/shared/ (the results are the same; for measuring or debugging)")
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
@@ -282,7 +284,9 @@ def command_run(arguments: argparse.Namespace) -> int:
     _check_executor(arguments.executor or config.executor or "process", arguments.ray_address)
     specs = [
         spec for model in models
-        for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage)
+        for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage,
+                               tune_per=arguments.tune_per or config.tune_per or "fold",
+                               share_work=not arguments.no_shared_work)
     ]
     from lofit_bench.run_folder import RunFolder
 

@@ -64,12 +64,15 @@ class RunStatus:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.started: float | None = None
 
     def set(self, phase: str) -> None:
         if self.path is None:
             return
+        now = time.time()
+        self.started = self.started or now
         try:
-            write_text_atomic(self.path, json.dumps({"phase": phase, "since": time.time(), "pid": os.getpid()}))
+            write_text_atomic(self.path, json.dumps({"phase": phase, "since": now, "started": self.started, "pid": os.getpid()}))
         except OSError:  # the console is a courtesy; a run never fails for it
             self.path = None
 
@@ -82,6 +85,27 @@ def read_status(path: Path) -> dict | None:
 
 
 # -- the sweep's side ------------------------------------------------------------------------
+def cost_model(took: list[tuple[float, float]]) -> tuple[float, float | None] | None:
+    """(a, b) of ``seconds = a + b * cost`` fitted to finished runs' (cost, seconds) by least
+    squares, both kept >= 0; b None when every finished run had cost 0 (nothing is known yet of
+    what a unit of cost takes). None when nothing finished."""
+    if not took:
+        return None
+    costs = [cost for cost, _ in took]
+    seconds = [value for _, value in took]
+    mean_cost, mean_seconds = sum(costs) / len(costs), sum(seconds) / len(seconds)
+    spread = sum((cost - mean_cost) ** 2 for cost in costs)
+    if spread == 0:
+        return (mean_seconds, None) if mean_cost == 0 else (0.0, mean_seconds / mean_cost)
+    b = sum((cost - mean_cost) * (value - mean_seconds) for cost, value in took) / spread
+    a = mean_seconds - b * mean_cost
+    if b < 0:
+        return mean_seconds, 0.0
+    if a < 0:
+        return 0.0, sum(cost * value for cost, value in took) / sum(cost * cost for cost in costs)
+    return a, b
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
@@ -103,8 +127,14 @@ class SweepConsole:
         live: bool | None = None,
         refresh_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        costs: dict[str, float] | None = None,
+        jobs: int = 1,
     ) -> None:
         self.total = total
+        #: record stem -> the run's expected cost (:func:`lofit_bench.schedule.expected_cost`), for the ETA.
+        self.costs = dict(costs or {})
+        self.jobs = max(1, jobs)
+        self.took: list[tuple[float, float]] = []  # (expected cost, seconds) of each run finished here
         self.folder = folder
         self.echo = echo
         self.stream = stream or sys.stderr
@@ -129,9 +159,12 @@ class SweepConsole:
         with self._lock:
             self.running[stem] = label
 
-    def finished(self, stem: str, label: str, text: str) -> None:
+    def finished(self, stem: str, label: str, text: str, seconds: float | None = None) -> None:
+        """A run ended; ``seconds``: what it took (its record's total; None for a failed run)."""
         with self._lock:
             self.running.pop(stem, None)
+            if seconds is not None and stem in self.costs:
+                self.took.append((self.costs[stem], seconds))
         self.done += 1
         self.ran += 1
         eta = self.eta()
@@ -140,11 +173,37 @@ class SweepConsole:
         self.folder.status(stem).unlink(missing_ok=True)
 
     def eta(self) -> float | None:
-        """Seconds left at the sweep's pace so far (wall time per finished run, process start-up
-        and parallel runs included); None before the first run ends."""
+        """Seconds left; None before the first run ends.
+
+        With the runs' expected costs (the schedule's, :mod:`lofit_bench.schedule`): each run
+        left is expected to take ``a + b * cost`` seconds, ``a`` and ``b`` fitted to what the
+        finished runs actually took, a running run what is left of that; their sum is shared by
+        the ``jobs`` running at a time. Runs of very different costs (a zero-shot row next to a
+        tuned LoFiT) then no longer count the same, as they do at the plain pace (wall time per
+        finished run x runs left), which is the fallback when the costs are not known or the
+        finished runs say nothing yet about the cost of those left.
+        """
         if not self.ran:
             return None
-        return (self.clock() - self.started) / self.ran * (self.total - self.done)
+        pace = (self.clock() - self.started) / self.ran * (self.total - self.done)
+        with self._lock:
+            running = dict(self.running)
+            took = list(self.took)
+        left = [stem for stem in self.costs if stem in running]
+        if not took or any(stem not in self.costs for stem in running):
+            return pace
+        model = cost_model(took)
+        if model is None or (model[1] is None and any(self.costs[stem] > 0 for stem in left)):
+            return pace
+        a, b = model
+        now = time.time()
+        seconds = 0.0
+        for stem in left:
+            expected = a + (b or 0.0) * self.costs[stem]
+            status = read_status(self.folder.status(stem))
+            started = float(status.get("started", now)) if status else now
+            seconds += max(0.0, expected - (now - started))
+        return seconds / min(self.jobs, max(1, len(left)))
 
     # -- the live line
     def status_line(self) -> str:

@@ -24,6 +24,7 @@ from lofit_bench.errors import UserError
 from lofit_bench.measure import Stopwatch
 from lofit_bench.prompt_positions import find_prompt_listeners
 from lofit_bench.search_space import TUNE_KEY, Space, declared_space
+from lofit_bench.shared_work import SharedWork
 
 if TYPE_CHECKING:
     from lofit_bench.budget import Budget
@@ -150,6 +151,9 @@ class FitContext:
     shared: dict[Any, Any] = field(default_factory=dict)
     #: Keys of :meth:`reuse` calls this fit answered from ``shared`` (recorded per trial).
     reused: list[str] = field(default_factory=list)
+    #: Frozen-model work shared across the runs of a sweep (:mod:`lofit_bench.shared_work`):
+    #: ``shared_work.fetch(kind, fields, compute)``. Disabled (computes every time) by default.
+    shared_work: SharedWork = field(default_factory=SharedWork)
 
     def reuse(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """``compute()``, once per fold: a later tuning trial with the same ``key`` gets the

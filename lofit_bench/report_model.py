@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,12 @@ COLUMN_HELP = {
     "tuning": "how the hyper-parameters were chosen: 'N trials (P pruned, F failed)' on the dev split by the harness's "
     "tuner (per fold, summed over folds, mean over seeds), 'off' (budget tune=false: the paper's / method's defaults), "
     "'nothing to tune' (no declared field left free), 'untuned (old record)' for records written before tuning existed; "
-    "'no signal on dev' when every trial tied on every dev metric (the first trial's values were kept by the tie rule, not chosen)",
+    "'no signal on dev' when every trial tied on every dev metric (the first trial's values were kept by the tie rule, not chosen); "
+    "with --tune-per fold the seeds that reused the first seed's values are counted apart ('once per fold, N other "
+    "seed(s) reuse the values')",
+    "shared work": "(timing table) frozen-model work the run reused from another run of the sweep, with the seconds "
+    "its computation took there, and what it computed for the others (OUT/shared/: activations, iti-probes, "
+    "lofit-stage1, tuned-values)",
     "chosen values": "the tuned values the test split was evaluated with (per fold and seed when they differ); "
     "every trial is in results.json ('trials') and in the record (folds.FOLD.tuning)",
 }
@@ -253,9 +258,27 @@ def header_lines(records: list[RunRecord], finished: list[RunRecord], reference:
     })
     if options:
         lines.append(HeaderLine(f"method options set for these runs (the rest are the methods' defaults): {'; '.join(options)}"))
+    tuning = tuning_scheme(finished)
+    if tuning:
+        lines.append(HeaderLine(tuning))
     lines += [HeaderLine(text, warning=True) for text in budget_differences(records)]
     lines += [HeaderLine(text, warning=True) for text in version_differences(records)]
     return lines
+
+
+def tuning_scheme(finished: list[RunRecord]) -> str | None:
+    """Which ``--tune-per`` the tuned runs used, for a report with several seeds of a method."""
+    tunings = [tuning for record in finished for tuning in fold_tunings(record).values() if tuning and tuning.get("mode") == "on" and (tuning.get("trials_run") or tuning.get("reused"))]
+    seeds = {record.seed for record in finished}
+    if not tunings or len(seeds) < 2:
+        return None
+    per_fold = [tuning for tuning in tunings if tuning.get("tune_per") == "fold"]
+    if not per_fold:
+        return "tuning: every seed tuned its own values (--tune-per seed)"
+    first = sorted({str(tuning.get("tuned_on_seed")) for tuning in per_fold})
+    text = (f"tuning: once per (method, task, fold) on seed {', '.join(first)}; the other seeds train once with "
+            "those values (--tune-per fold)")
+    return text if len(per_fold) == len(tunings) else text + "; some runs tuned every seed (--tune-per seed): a mix"
 
 
 def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
@@ -289,7 +312,7 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
 
 def timing_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
     """One row per finished run: loading, each part of the fit as the method timed it, evaluation."""
-    headers = ["model", "method", "task", "seed", "load s", "fit s", "fit parts (s)", "eval s", "total s"]
+    headers = ["model", "method", "task", "seed", "load s", "fit s", "fit parts (s)", "shared work", "eval s", "total s"]
     finished = [record for record in records if record.ok]
     rows = []
     for record in finished:
@@ -298,9 +321,28 @@ def timing_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
             model_label(record, finished), method_label(record, finished), record.task.name, str(record.seed),
             f"{timings.load_model:.1f}", f"{timings.fit:.1f}",
             ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.fit_phases.items()) or "-",
-            f"{timings.evaluate:.1f}", f"{timings.total_s:.1f}",
+            shared_work_label(record), f"{timings.evaluate:.1f}", f"{timings.total_s:.1f}",
         ])
     return headers, rows
+
+
+def shared_work_label(record: RunRecord) -> str:
+    """What the run's folds reused from the sweep's shared work and what they computed for the
+    others (:mod:`lofit_bench.shared_work`), e.g. ``reused activations x2 (41 s saved); computed iti-probes``."""
+    reused: Counter[str] = Counter()
+    computed: Counter[str] = Counter()
+    saved = 0.0
+    for fold in record.folds.values():
+        for use in fold.shared_work:
+            (reused if use.reused else computed)[use.kind] += 1
+            saved += (use.compute_s or 0.0) if use.reused else 0.0
+
+    def listing(counts: Counter[str]) -> str:
+        return ", ".join(f"{kind} x{count}" if count > 1 else kind for kind, count in counts.items())
+
+    parts = ([f"reused {listing(reused)} ({saved:.0f} s saved)"] if reused else []) + (
+        [f"computed {listing(computed)}"] if computed else [])
+    return "; ".join(parts) or "-"
 
 
 def failure_line(record: RunRecord, records: list[RunRecord]) -> str:
@@ -416,14 +458,23 @@ def tuning_label(records: list[RunRecord]) -> str:
         return "off"
     if modes != {"on"}:
         return "mixed: " + ", ".join(sorted(str(mode) for mode in modes))
-    if all(not tuning.get("trials_run") for tuning in tunings):
+    reused = [tuning for tuning in tunings if tuning.get("reused")]
+    if all(not tuning.get("trials_run") for tuning in tunings) and not reused:
         return "nothing to tune"
-    run, pruned, failed = (  # summed over folds, mean over seeds
-        sum(tuning.get(key) or 0 for tuning in tunings) / len(records) for key in ("trials_run", "trials_pruned", "trials_failed")
+    tuned_records = [record for record in records if not any(tuning.get("reused") for tuning in fold_tunings(record).values())]
+    tuned = [tuning for tuning in tunings if not tuning.get("reused")]
+    if not tuned_records:  # only the seeds that reused another seed's values are here
+        seeds = sorted({tuning.get("tuned_on_seed") for tuning in reused})
+        return f"values tuned on seed {', '.join(map(str, seeds))} (--tune-per fold)"
+    run, pruned, failed = (  # summed over folds, mean over the seeds that tuned
+        sum(tuning.get(key) or 0 for tuning in tuned) / len(tuned_records) for key in ("trials_run", "trials_pruned", "trials_failed")
     )
     extras = [f"{pruned:g} pruned"] + ([f"{failed:g} failed"] if failed else [])
     extras += ["no signal on dev: all tied, first kept"] if any(tuning.get("signal") == "no signal on dev" for tuning in tunings) else []
-    return f"{run:g} trials ({', '.join(extras)})"
+    label = f"{run:g} trials ({', '.join(extras)})"
+    if reused:
+        label += f"; once per fold, {len(records) - len(tuned_records)} other seed(s) reuse the values (--tune-per fold)"
+    return label
 
 
 def chosen_label(records: list[RunRecord]) -> str:

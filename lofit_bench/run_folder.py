@@ -7,6 +7,7 @@ needs instead of composing it from a bare folder.
       logs/<record stem>.log                          a run's own output (library bars, logs)
       tuning/<record stem>.sqlite3                    its tuning trials (Optuna); and
       tuning/<record stem>/<fold>/best/               the best trial's state until it is tested
+      shared/<kind>/<content hash>/                   frozen-model work computed once per sweep
       .status/<record stem>.json                      a running run's phase, for the console
       .lofit-bench.lock                               the sweep holding the folder
       report.md, report.html, results.csv, results.json
@@ -33,6 +34,7 @@ class RunFolder:
     ARTIFACTS = "artifacts"
     LOGS = "logs"
     TUNING = "tuning"
+    SHARED = "shared"
     STATUS = ".status"
     LOCK = ".lofit-bench.lock"
 
@@ -75,6 +77,11 @@ class RunFolder:
 
     def tuning_state(self, stem: str, fold: str, state: str) -> Path:
         return self.inside(self.root / self.TUNING / stem / fold / state)
+
+    @property
+    def shared(self) -> Path:
+        """Where runs of the sweep keep work they share (:mod:`lofit_bench.shared_work`)."""
+        return self.inside(self.root / self.SHARED)
 
     @property
     def lock_file(self) -> Path:

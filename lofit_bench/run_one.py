@@ -43,6 +43,7 @@ from lofit_bench.run_record import (
     PluginDistribution,
     RunError,
     RunRecord,
+    SharedWorkUse,
     TaskInfo,
     Throughput,
     Timings,
@@ -51,7 +52,9 @@ from lofit_bench.run_record import (
 from lofit_bench.run_spec import RunSpec, device_kind, run_identity
 from lofit_bench.scoring import Scorer
 from lofit_bench.search_space import declared_space
-from lofit_bench.tuning import BEST_STATE, Tuner, TuningPlan, sqlite_storage
+from lofit_bench.shared_work import SharedWork, run_scope
+from lofit_bench.tune_per_fold import fit_with_values_of_first_seed, run_tuner
+from lofit_bench.tuning import TuningPlan
 
 
 def fit_phase_table(phases: dict[str, float], fit_seconds: float) -> dict[str, float]:
@@ -166,14 +169,21 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         set_seed(spec.seed)
         fold_record = FoldRecord(split_sizes=task.data_summary()[fold])
         record.folds[fold] = fold_record
+        shared = SharedWork(
+            root=folder.shared if spec.share_work else None,
+            scope=run_scope(spec.identity or run_identity(spec), fold), owner=spec.record_stem(folder),
+        )
         with tempfile.TemporaryDirectory(prefix="lofit-bench-") as work:
             context = FitContext(
                 lm, task, fold, spec.budget, spec.seed, Path(work), progress,
-                on_phase=lambda name: report(f"fit: {name}"),
+                on_phase=lambda name: report(f"fit: {name}"), shared_work=shared,
             )
             report("fit")
-            with memory.phase("fit"), watch.phase("fit"), computing_in(precision, lm.device):
-                method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, folder)
+            try:
+                with memory.phase("fit"), watch.phase("fit"), computing_in(precision, lm.device):
+                    method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, folder)
+            finally:
+                fold_record.shared_work = [SharedWorkUse(**use) for use in shared.records()]
             record.method.config = method.config.to_dict()
             for name, seconds in context.phases.seconds.items():
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds
@@ -248,15 +258,9 @@ def fit_method(
             fixed = ", ".join(sorted(declared_space(method_class.config_class))) or "no field"
             note = {"mode": "on", "trials_run": 0, "note": f"nothing to tune (declares {fixed}; set by the user or none)"}
         return method, method.fit(context), note
-    stem = spec.record_stem(folder)
-    tuner = Tuner(
-        method_class, plan, task, fold,
-        storage=spec.tune_storage or sqlite_storage(folder, stem),
-        study_name=f"{stem}-{fold}",
-        state_dir=folder.tuning_state(stem, fold, BEST_STATE),
-        seed=spec.seed,
-    )
-    tuned = tuner.tune(lm, context)
+    if spec.tuning_seed is not None:
+        return fit_with_values_of_first_seed(spec, method_class, plan, task, fold, lm, context, folder)
+    tuned = run_tuner(spec, method_class, plan, task, fold, folder).tune(lm, context)
     return tuned.method, tuned.fit, tuned.record
 
 

@@ -169,6 +169,23 @@ class InferenceSpeed:
 
 @_strict
 @dataclass
+class SharedWorkUse:
+    """One entry of the sweep's shared frozen-model work a fold asked for
+    (:mod:`lofit_bench.shared_work`): computed by this run, or reused from another's."""
+
+    #: ``activations``, ``iti-probes``, ``lofit-stage1``, ``tuned-values`` or a plugin's kind.
+    kind: str
+    #: The entry's content key (``OUT/shared/<kind>/<key>``).
+    key: str
+    reused: bool
+    #: The record name of the run that computed it.
+    created_by: str | None = None
+    #: Seconds its computation took (what a reuse saved).
+    compute_s: float | None = None
+
+
+@_strict
+@dataclass
 class FoldRecord:
     """One fold: its data, what the fit reported, and the test evaluation of the fitted model."""
 
@@ -194,6 +211,8 @@ class FoldRecord:
     retention: dict[str, Retention] = field(default_factory=dict)
     locality: Locality | None = None
     inference_speed: InferenceSpeed | None = None
+    #: Shared frozen-model work the fit asked for, computed here or reused (in order).
+    shared_work: list[SharedWorkUse] = field(default_factory=list)
 
 
 @_strict

@@ -82,6 +82,8 @@ class ModelSettings:
 
 
 MODEL_DTYPES = ("auto", "fp32", "bf16", "fp16")
+#: ``--tune-per``: tune once per (method, task, fold) on the first seed, or on every seed.
+TUNE_PER = ("fold", "seed")
 
 
 def _typed_model_argument(key: str, value: Any, annotation: str) -> Any:
@@ -118,6 +120,15 @@ class RunSpec:
     #: Where tuning trials are stored (an Optuna RDB URL); None: a SQLite file in the run's folder.
     #: Not part of the identity: where trials are kept does not change them.
     tune_storage: str | None = None
+    #: Whether the run reads and writes the sweep's shared frozen-model work (``OUT/shared/``,
+    #: :mod:`lofit_bench.shared_work`); False: it computes everything itself
+    #: (``--no-shared-work``). Not part of the identity: a reused value is the one it computes.
+    share_work: bool = True
+    #: The seed whose tuning this run uses (``--tune-per fold``): the values are tuned once per
+    #: (method, task, fold) on the first seed's run, and every other seed trains once with them.
+    #: None: the run tunes with its own seed (``--tune-per seed``, or a one-seed sweep). Part of
+    #: the identity of a run whose seed differs from it (its values come from another seed).
+    tuning_seed: int | None = None
 
     @property
     def key(self) -> str:
@@ -160,7 +171,7 @@ def run_identity(spec: RunSpec, model_fingerprint: str | None = None) -> dict[st
         "model": settings,
         "model_fingerprint": model_fingerprint or model_source_fingerprint(spec.model),
         "seed": spec.seed,
-    }
+    } | ({"tuned_on_seed": spec.tuning_seed} if spec.tuning_seed is not None and spec.tuning_seed != spec.seed else {})
     task_source = host.tasks.get(spec.task).source_fingerprint()
     if task_source is not None:  # only where a task reads files from outside its plugin: other keys stay as they were
         identity["task_source"] = task_source

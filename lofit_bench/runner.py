@@ -25,8 +25,14 @@ from lofit_bench.preflight import check_before_runs
 from lofit_bench.records import read_record, save_record
 from lofit_bench.run_folder import RunFolder
 from lofit_bench.run_one import execute_run
-from lofit_bench.run_spec import ModelSettings, RunSpec, model_source_fingerprint, run_identity
-from lofit_bench.schedule import longest_first
+from lofit_bench.run_spec import (
+    TUNE_PER,
+    ModelSettings,
+    RunSpec,
+    model_source_fingerprint,
+    run_identity,
+)
+from lofit_bench.schedule import expected_cost, longest_first
 
 __all__ = [
     "ModelSettings", "RunFolder", "RunOutcome", "RunSpec", "check_output_folder", "execute_run",
@@ -50,9 +56,16 @@ def plan_sweep(
     seeds: list[int] | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
     tune_storage: str | None = None,
+    tune_per: str = "fold",
+    share_work: bool = True,
 ) -> list[RunSpec]:
     """Validate every name up front (one clear error for all unknown ones), then expand.
-    ``tune_storage``: an Optuna storage URL for every run's trials (None: SQLite per run)."""
+    ``tune_storage``: an Optuna storage URL for every run's trials (None: SQLite per run).
+    ``tune_per``: ``fold`` tunes each (method, task, fold) once, on the first seed, and the
+    other seeds train once with its values; ``seed`` tunes every seed. ``share_work`` False:
+    no run reads or writes the shared frozen-model work (``--no-shared-work``)."""
+    if tune_per not in TUNE_PER:
+        raise UserError(f"unknown --tune-per {tune_per!r}; use one of {', '.join(TUNE_PER)}")
     host = get_host()
     method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
     for task_name, task_class in zip(tasks, host.tasks.resolve(tasks), strict=True):
@@ -72,11 +85,15 @@ def plan_sweep(
         method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
     check_before_runs(method_classes, method_options, budget, model, seeds)
     model_fingerprint = model_source_fingerprint(model)
+    seed_list = list(dict.fromkeys(seeds or list(budget.seeds)))
+    tuning_seed = seed_list[0] if tune_per == "fold" and budget.tune and len(seed_list) > 1 else None
     specs = [
-        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})), tune_storage=tune_storage)
+        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})), tune_storage=tune_storage,
+                share_work=share_work,
+                tuning_seed=tuning_seed if method_classes[method].search_space(set(method_options.get(method, {}))) else None)
         for method in dict.fromkeys(methods)
         for task in dict.fromkeys(tasks)
-        for seed in dict.fromkeys(seeds or list(budget.seeds))
+        for seed in seed_list
     ]
     return [dataclasses.replace(spec, identity=run_identity(spec, model_fingerprint)) for spec in specs]
 
@@ -127,7 +144,8 @@ def run_sweep(
     labels = {spec.key: f"{spec.method} on {spec.task} (seed {spec.seed}, {spec.model.name})" for spec in specs}
     outcomes: dict[str, RunOutcome] = {}
     pending = []
-    console = SweepConsole(len(specs), folder, echo=(lambda *_: None) if quiet else echo, live=False if quiet else live)
+    console = SweepConsole(len(specs), folder, echo=(lambda *_: None) if quiet else echo, live=False if quiet else live,
+                           costs=_expected_costs(specs, folder), jobs=jobs if not in_process else 1)
     with console:
         for spec in specs:
             path = spec.record_path(folder)
@@ -153,7 +171,8 @@ def run_sweep(
                 track_record(record, saved, folder.root, trackers)
             if record.ok:
                 summary = ", ".join(_metric_text(name, value) for name, value in (record.metrics or {}).items())
-                console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)")
+                console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)",
+                                 seconds=record.timings.total_s)
                 outcomes[spec.key] = RunOutcome(spec, "ok", path)
             else:
                 error = record.error
@@ -168,6 +187,16 @@ def run_sweep(
                     "stopped. Free space and rerun the same command: finished runs are skipped and the rest resume"
                 )
     return [outcomes[spec.key] for spec in specs]
+
+
+def _expected_costs(specs: list[RunSpec], folder: RunFolder) -> dict[str, float]:
+    """Record stem -> expected cost (the schedule's) for the console's ETA; {} when a cost
+    cannot be computed (the ETA then falls back to the sweep's pace)."""
+    sizes: dict[tuple, int] = {}
+    try:
+        return {spec.record_stem(folder): expected_cost(spec, sizes) for spec in specs}
+    except Exception:  # noqa: BLE001 - the ETA is a courtesy; a sweep never fails for it
+        return {}
 
 
 def _finished(path: Path) -> bool:

@@ -10,8 +10,9 @@ a guarantee (the tuned main comparison: 66 minutes for 128 run-minutes on two jo
 A run's expected cost is only used for this order and is never recorded: the method's
 :attr:`~lofit_bench.method.Method.relative_cost` (its fit's seconds per training character
 next to LoRA's, measured on the bundled model) times the characters of training text the
-budget lets it read over the task's folds, times the trials it gets when it is tuned. Runs of
-equal cost keep the order they were given in.
+budget lets it read over the task's folds, times the trials it gets when it is tuned (with
+``--tune-per fold`` only the first seed's run tunes; the other seeds fit once, so they start
+after it and wait less for its values). Runs of equal cost keep the order they were given in.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def expected_cost(spec: RunSpec, sizes: dict[tuple, int] | None = None) -> float
     if key not in sizes:
         sizes[key] = training_characters(spec.task, spec.budget.train_examples)
     tuned = spec.budget.tune and bool(method_class.search_space(set(spec.method_options)))
+    tuned = tuned and (spec.tuning_seed is None or spec.tuning_seed == spec.seed)  # --tune-per fold: others fit once
     return method_class.relative_cost * sizes[key] * spec.budget.epochs * (spec.budget.trials if tuned else 1)
 
 

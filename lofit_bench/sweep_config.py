@@ -44,6 +44,7 @@ class SweepConfig:
     budget_overrides: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: list[int] | None = None
+    tune_per: str | None = None  # as --tune-per: fold or seed
     out: str | None = None
     dtype: str | None = None
     device: str | None = None
@@ -113,6 +114,8 @@ def _check_field(name: str, value: Any) -> Any:
         return value
     if name == "seeds":
         return validate.seeds(value)
+    if name == "tune_per":
+        return validate.choice(value, "tune_per", ("fold", "seed"))
     if name == "out":
         return validate.text(value, "out (a folder)")
     if name == "dtype":

@@ -81,6 +81,7 @@ from lofit_bench.interventions import (
 from lofit_bench.method import FitContext, MethodConfig
 from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import Choice, LogUniform
+from lofit_bench.shared_work import SharedWork, examples_hash
 from lofit_bench.task import TrainingExample
 
 SHIFTS_FILE = "iti_shifts.safetensors"
@@ -212,11 +213,44 @@ def read_probes(
     validation_fraction: float = 0.2,
     batch_size: int = 8,
     max_length: int | None = None,
+    shared: SharedWork | None = None,
 ) -> ProbeReading:
     """Collect head activations of the contrast pairs, train the probes, find the directions.
 
-    ``validation`` None holds out ``validation_fraction`` of the training pairs instead.
+    ``validation`` None holds out ``validation_fraction`` of the training pairs instead. With
+    an enabled ``shared`` store the reading (and the activations under it) is computed once per
+    sweep: ITI's runs and LoFiT's ``head_source=iti`` with the same data and seed share it.
     """
+    if shared is None or not shared.enabled:
+        return _read_probes(lm, training, validation, seed, direction, validation_fraction, batch_size, max_length)
+    fields = {
+        "training": examples_hash(training), "validation": None if validation is None else examples_hash(validation),
+        "seed": seed, "direction": direction,
+        "validation_fraction": None if validation is not None else validation_fraction,
+        "batch_size": batch_size, "max_length": max_length,
+    }
+
+    def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        reading = _read_probes(lm, training, validation, seed, direction, validation_fraction, batch_size, max_length, shared)
+        tensors = {"accuracy": reading.accuracy, "directions": reading.directions, "sigma": reading.sigma}
+        meta = {"train_pairs": reading.train_pairs, "validation_pairs": reading.validation_pairs, "validation": reading.validation}
+        return tensors, meta
+
+    tensors, meta = shared.fetch("iti-probes", fields, compute)
+    return ProbeReading(tensors["accuracy"], tensors["directions"], tensors["sigma"], **meta)
+
+
+def _read_probes(
+    lm: LoadedModel,
+    training: Sequence[TrainingExample],
+    validation: Sequence[TrainingExample] | None,
+    seed: int,
+    direction: str,
+    validation_fraction: float,
+    batch_size: int,
+    max_length: int | None,
+    shared: SharedWork | None = None,
+) -> ProbeReading:
     pairs = contrast_pairs(training, seed)
     if validation is None:
         pairs, held_out = split_pairs(pairs, validation_fraction, seed)
@@ -226,8 +260,8 @@ def read_probes(
         where = "dev"
     if not pairs or not held_out:
         raise UserError("ITI needs at least one training pair and one held-out pair")
-    train_positive, train_negative = pair_activations(lm, pairs, ("heads",), batch_size, max_length)["heads"]
-    held_positive, held_negative = pair_activations(lm, held_out, ("heads",), batch_size, max_length)["heads"]
+    train_positive, train_negative = pair_activations(lm, pairs, ("heads",), batch_size, max_length, shared)["heads"]
+    held_positive, held_negative = pair_activations(lm, held_out, ("heads",), batch_size, max_length, shared)["heads"]
     accuracy, probe_weights = probe_accuracies(
         train_positive, train_negative, held_positive, held_negative, seed, keep_probes=direction == "probe"
     )
@@ -246,14 +280,16 @@ def iti_head_ranking(
     seed: int,
     batch_size: int = 8,
     max_length: int | None = None,
+    shared: SharedWork | None = None,
 ) -> list[tuple[int, int, float]]:
     """ITI's head ranking: (layer, head, held-out probe accuracy) for every head, best first.
 
     The ranking LoFiT's "ITI heads" ablation (paper Table 2) tunes its biases on. ``training``
     and ``validation`` are a task's training examples (the train and dev splits); validation
-    None holds out 20 % of the training pairs.
+    None holds out 20 % of the training pairs. ITI's default probes, so with an enabled
+    ``shared`` store an ITI run of the same sweep, task, fold and seed computes them once.
     """
-    return read_probes(lm, training, validation, seed, batch_size=batch_size, max_length=max_length).ranking()
+    return read_probes(lm, training, validation, seed, batch_size=batch_size, max_length=max_length, shared=shared).ranking()
 
 
 class ITI(HeadInterventionMethod):
@@ -285,7 +321,7 @@ class ITI(HeadInterventionMethod):
         with context.phase("probes"):
             reading = context.reuse(key, lambda: read_probes(
                 lm, context.training_examples(), validation, context.seed, config.direction,
-                config.validation_fraction, context.budget.eval_batch_size, context.budget.max_length,
+                config.validation_fraction, context.budget.eval_batch_size, context.budget.max_length, context.shared_work,
             ))
         self.reading = reading
         ranking = reading.ranking()

@@ -75,6 +75,7 @@ from lofit_bench.interventions import (
 )
 from lofit_bench.method import FitContext, MethodConfig, resolve_paper_defaults
 from lofit_bench.search_space import LogUniform
+from lofit_bench.shared_work import examples_hash
 from lofit_bench.training import OptimizerSettings, TrainResult, train
 
 STATE_FILE = "lofit_vectors.safetensors"
@@ -95,6 +96,11 @@ PAPER_TABLE_6 = {
     "mquake": PaperSettings(l1_lambda=1e-3, stage1_learning_rate=5e-3, stage2_learning_rate=1e-2),
     "clutrr": PaperSettings(l1_lambda=5e-3, stage1_learning_rate=5e-4, stage2_learning_rate=1e-2),
 }
+
+#: Budget fields stage 1 does not depend on (evaluation, tuning and the preset's name): runs
+#: that differ only in them share one stage 1.
+NOT_STAGE1_BUDGET = frozenset({"name", "dev_examples", "eval_examples", "eval_batch_size", "seeds", "trials", "tune",
+                               "prune_examples"})
 
 #: Where stage 2's heads come from (paper Table 2, Figure 2).
 HEAD_SOURCES: dict[str, str] = {
@@ -220,8 +226,11 @@ class LoFiT(HeadInterventionMethod):
                    settings["weight_decay"])
             reused_before = len(context.reused)
             with context.phase("head_selection"):
-                ranking, head_selection = context.reuse(key, lambda: self._rank_heads(context, settings, examples))
-            if len(context.reused) > reused_before:  # this fold's stage 1 ran in an earlier trial: not paid again
+                ranking, head_selection, trained_here = context.reuse(
+                    key, lambda: self._shared_stage1(context, settings, examples)
+                )
+            if len(context.reused) > reused_before or not trained_here:
+                # this fold's stage 1 ran in an earlier trial, or in another run of the sweep: not paid again
                 head_selection = dataclasses.replace(head_selection, steps=0, seconds=0.0, tokens=0)
             self.selection = HeadSelection.for_layout(
                 lm.layout, source="lofit", chosen=[(layer, head) for layer, head, _ in ranking[:k]],
@@ -231,10 +240,10 @@ class LoFiT(HeadInterventionMethod):
             from lofit_bench.methods.iti import iti_head_ranking
 
             with context.phase("head_selection"):
-                ranking = iti_head_ranking(
+                ranking = context.reuse(("iti ranking",), lambda: iti_head_ranking(
                     lm, examples, context.dev_examples(), context.seed, context.budget.eval_batch_size,
-                    context.budget.max_length,
-                )
+                    context.budget.max_length, context.shared_work,
+                ))
             self.selection = HeadSelection.for_layout(
                 lm.layout, source="iti", chosen=[(layer, head) for layer, head, _ in ranking[:k]],
                 ranking=ranking, score="ITI probe accuracy on the dev pairs",
@@ -279,10 +288,32 @@ class LoFiT(HeadInterventionMethod):
         return sum(vector.numel() for vector in self.attachment.intervention.vectors("shift"))
 
     # -- the two stages --------------------------------------------------------------------
-    def _rank_heads(
+    def _shared_stage1(
         self, context: FitContext, settings: dict[str, Any], examples: list
-    ) -> tuple[list[tuple[int, int, float]], TrainResult]:
-        """Stage 1: train A on every head with the L1 penalty; rank heads by ||A||_2."""
+    ) -> tuple[list[tuple[int, int, float]], TrainResult, bool]:
+        """Stage 1 through the sweep's shared work: runs with the same model, task, fold, data,
+        seed, stage-1 values and training budget (any K, any stage-2 values) train one stage 1
+        and read its head norms back (:mod:`lofit_bench.shared_work`). Returns the ranking, the
+        stage's training facts and whether it was trained here (else another run paid for it)."""
+        fields = {
+            "examples": examples_hash(examples), "objective": context.task.objective, "seed": context.seed,
+            "stage1_learning_rate": settings["stage1_learning_rate"], "l1_lambda": settings["l1_lambda"],
+            "init_std": self.config.init_std, "weight_decay": settings["weight_decay"],
+            "budget": {name: value for name, value in context.budget.to_dict().items() if name not in NOT_STAGE1_BUDGET},
+        }
+
+        trained: list[bool] = []
+
+        def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+            norms, result = self._rank_heads(context, settings, examples)
+            trained.append(True)
+            return {"head_norms": norms}, {"training": asdict(result)}
+
+        tensors, meta = context.shared_work.fetch("lofit-stage1", fields, compute)
+        return rank_heads(tensors["head_norms"]), TrainResult(**meta["training"]), bool(trained)
+
+    def _rank_heads(self, context: FitContext, settings: dict[str, Any], examples: list) -> tuple[Any, TrainResult]:
+        """Stage 1: train A on every head with the L1 penalty; the head scores ||A||_2 [L, H]."""
         lm = self.require_prepared()
         scales = HeadIntervention(lm.layout, scale=True).init_normal_(self.config.init_std, seed=context.seed)
         l1_lambda = settings["l1_lambda"]
@@ -294,7 +325,7 @@ class LoFiT(HeadInterventionMethod):
                 extra_loss=(lambda: l1_lambda * scales.l1_norm("scale")) if l1_lambda else None,
                 progress=context.progress, capabilities=self.capabilities,
             )
-        return rank_heads(scales.head_norms("scale")), result
+        return scales.head_norms("scale").detach().float().cpu(), result
 
     def _train_biases(
         self, context: FitContext, heads: list[Head], examples: list, learning_rate: float, weight_decay: float

@@ -72,6 +72,7 @@ from lofit_bench.errors import UserError
 from lofit_bench.method import Capabilities, FitContext, Method, MethodConfig
 from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import IntRange, LogUniform
+from lofit_bench.shared_work import SharedWork
 from lofit_bench.task import TrainingExample
 
 VECTOR_FILE = "repe_vector.safetensors"
@@ -323,14 +324,17 @@ def scan_layers(
     seed: int,
     batch_size: int = 8,
     max_length: int | None = None,
+    shared: SharedWork | None = None,
 ) -> LayerScan:
-    """Reading vectors from the training pairs, scored on the validation pairs, every layer."""
+    """Reading vectors from the training pairs, scored on the validation pairs, every layer.
+    With an enabled ``shared`` store the activations are read once per sweep (ITI reads the
+    same pairs)."""
     pairs, held_out = contrast_pairs(training, seed), contrast_pairs(validation, seed + 1, answer_pool=training)
     if len(pairs) < 2 or not held_out:
         raise UserError("RepE needs at least two training pairs and one dev pair")
-    positive, negative = pair_activations(lm, pairs, ("residual",), batch_size, max_length)["residual"]
+    positive, negative = pair_activations(lm, pairs, ("residual",), batch_size, max_length, shared)["residual"]
     directions = reading_vectors(positive, negative, seed)
-    held_positive, held_negative = pair_activations(lm, held_out, ("residual",), batch_size, max_length)["residual"]
+    held_positive, held_negative = pair_activations(lm, held_out, ("residual",), batch_size, max_length, shared)["residual"]
     accuracy, margin = separation(held_positive, held_negative, directions)
     return LayerScan(directions, accuracy, margin, len(pairs), len(held_out))
 
@@ -392,7 +396,7 @@ class RepE(Method):
         with context.phase("layer_scan"):
             scan = context.reuse(("repe layer scan",), lambda: scan_layers(
                 lm, context.training_examples(), context.dev_examples(), context.seed,
-                context.budget.eval_batch_size, context.budget.max_length,
+                context.budget.eval_batch_size, context.budget.max_length, context.shared_work,
             ))
         if config.layer is not None:
             if config.layer >= lm.layout.n_layers:

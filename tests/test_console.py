@@ -76,3 +76,41 @@ def test_quiet_prints_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""
     assert len(list((out / "records").glob("*.json"))) == 1
+
+
+def test_the_eta_uses_the_runs_expected_costs_fitted_to_what_finished_runs_took(tmp_path):
+    import time
+
+    import pytest
+
+    from lofit_bench.console import cost_model
+    from lofit_bench.records import write_text_atomic
+
+    now = [0.0]
+    costs = {"zero": 0.0, "a": 1.0, "b": 2.0, "c": 4.0, "d": 4.0}
+    console = SweepConsole(total=5, folder=RunFolder(tmp_path), echo=lambda _: None, stream=io.StringIO(), live=False,
+                           clock=lambda: now[0], costs=costs, jobs=2)
+    for stem in costs:
+        console.submitted(stem, stem)
+    now[0] = 30.0
+    console.finished("zero", "zero-shot", "done", seconds=5.0)
+    assert console.eta() == 30.0 / 1 * 4  # cost 0 only: nothing known of a unit of cost yet, the pace
+    console.finished("a", "a", "done", seconds=15.0)
+    console.finished("b", "b", "done", seconds=25.0)
+    assert cost_model(console.took) == pytest.approx((5.0, 10.0))  # 5 s + 10 s per unit of cost, exactly
+    assert console.eta() == pytest.approx((45.0 + 45.0) / 2)  # c and d: 45 s each, two at a time
+    write_text_atomic(RunFolder(tmp_path).status("c"), json.dumps({"phase": "fit", "since": time.time(), "started": time.time() - 30}))
+    assert console.eta() == pytest.approx((15.0 + 45.0) / 2, abs=1)  # c ran 30 of its 45 s
+    console.finished("c", "c", "done", seconds=45.0)
+    assert console.eta() == pytest.approx(45.0, abs=1)  # the last run alone: one job busy
+
+
+def test_the_cost_model_stays_non_negative():
+    from lofit_bench.console import cost_model
+
+    assert cost_model([]) is None
+    assert cost_model([(0.0, 4.0), (0.0, 6.0)]) == (5.0, None)
+    assert cost_model([(2.0, 10.0), (2.0, 30.0)]) == (0.0, 10.0)
+    assert cost_model([(1.0, 30.0), (3.0, 10.0)]) == (20.0, 0.0)  # dearer runs were quicker: no slope
+    a, b = cost_model([(1.0, 1.0), (3.0, 9.0)])  # the line would cross below 0 at cost 0: through the origin
+    assert a == 0.0 and b == (1.0 + 27.0) / 10.0

@@ -279,3 +279,24 @@ def test_a_record_of_a_newer_schema_or_invalid_shape_is_reported_in_the_report(t
     markdown = render_markdown(report)
     assert "left out 1.json: a record of schema 2, newer than this lofit-bench reads (1); upgrade lofit-bench" in markdown
     assert "left out 2.json: not a valid run record: metrcs: Unexpected keyword argument" in markdown
+
+
+def test_the_report_says_what_runs_reused_and_which_tuning_scheme_was_used(tmp_path):
+    tuned = {"mode": "on", "trials_run": 4, "trials_pruned": 1, "trials_failed": 0, "chosen": {"alpha": 5.0},
+             "tune_per": "fold", "tuned_on_seed": 42}
+    reused = {"mode": "on", "trials_run": 0, "trials_pruned": 0, "trials_failed": 0, "chosen": {"alpha": 5.0},
+              "tune_per": "fold", "tuned_on_seed": 42, "reused": True}
+    first, second = fake_record("iti", 42, 0.5), fake_record("iti", 43, 0.7)
+    first["folds"]["main"] |= {"tuning": tuned, "shared_work": [
+        {"kind": "activations", "key": "a", "reused": False, "created_by": "iti-42", "compute_s": 3.0},
+        {"kind": "iti-probes", "key": "b", "reused": False, "created_by": "iti-42", "compute_s": 9.0}]}
+    second["folds"]["main"] |= {"tuning": reused, "shared_work": [
+        {"kind": "tuned-values", "key": "c", "reused": True, "created_by": "iti-42", "compute_s": 40.0},
+        {"kind": "activations", "key": "a", "reused": True, "created_by": "iti-42", "compute_s": 3.0},
+        {"kind": "activations", "key": "d", "reused": True, "created_by": "iti-42", "compute_s": 2.0}]}
+    write(tmp_path, [first, second])
+    text = render_markdown(build_report(tmp_path))
+    assert "tuning: once per (method, task, fold) on seed 42; the other seeds train once with those values (--tune-per fold)" in text
+    assert "4 trials (1 pruned); once per fold, 1 other seed(s) reuse the values (--tune-per fold)" in text
+    assert "computed activations, iti-probes" in text
+    assert "reused tuned-values, activations x2 (45 s saved)" in text

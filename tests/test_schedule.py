@@ -62,3 +62,14 @@ def test_sweep_submits_longest_first_only_when_runs_go_in_parallel(monkeypatch, 
     assert names(seen) == names(expected)
     if longest:
         assert names(seen)[0] == ("lora", "clutrr") and names(seen) != names(specs)
+
+
+def test_with_tune_per_fold_the_first_seed_tunes_and_starts_before_the_others():
+    tuned = get_budget("paper")
+    (untuned,) = plan_sweep(["lora"], ["mquake"], tuned.replace(tune=False), TINY)
+    first, second = plan_sweep(["lora"], ["mquake"], tuned, TINY, seeds=[42, 43])
+    assert expected_cost(first) == pytest.approx(tuned.trials * expected_cost(untuned))
+    assert expected_cost(second) == pytest.approx(expected_cost(untuned))  # one fit with the first seed's values
+    assert [spec.seed for spec in longest_first([second, first])] == [42, 43]
+    per_seed = plan_sweep(["lora"], ["mquake"], tuned, TINY, seeds=[42, 43], tune_per="seed")
+    assert [expected_cost(spec) for spec in per_seed] == pytest.approx([expected_cost(first)] * 2)
