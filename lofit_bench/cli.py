@@ -94,6 +94,23 @@ def _method_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _grid(items: list[str], what: str, dotted: bool) -> dict[str, Any]:
+    """``--grid METHOD.FIELD=[v1,v2]`` (method -> field -> values) or ``--budget-axis FIELD=[v1,v2]``."""
+    from lofit_bench.sweep_grid import check_axis_values
+
+    result: dict[str, Any] = {}
+    for key, values in _key_values(items, what).items():
+        check_axis_values(key, values, what)
+        if not dotted:
+            result[key] = values
+            continue
+        method, separator, field = key.partition(".")
+        if not separator or not field:
+            raise UserError(f"{what} {key}=[...] must name METHOD.FIELD, e.g. lofit.heads=[0.03,0.1,0.2]")
+        result.setdefault(method, {})[field] = values
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="lofit-bench",
@@ -118,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tune", choices=["on", "off"], default=None, help="tune every method's declared search space on the dev split with the budget's trials (on, the paper budget's default: the same tuning effort for every method) or use the paper's / methods' default values (off); a budget field, so reports flag a mix")
     run.add_argument("--tune-storage", default=None, metavar="URL", help="Optuna storage URL for the tuning trials, e.g. postgresql://user@host/db when runs spread over a Ray cluster (default: one SQLite file per run under OUT/tuning/)")
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
+    run.add_argument("--grid", action="append", default=[], metavar="METHOD.FIELD=[V1,V2,...]", help="run one config per value (a JSON list) of a method field, e.g. lofit.heads=[0.03,0.1,0.2]; several --grid give every combination; each config is its own record and report row, and the report plots along the field (repeatable)")
+    run.add_argument("--budget-axis", action="append", default=[], metavar="FIELD=[V1,V2,...]", help="vary a budget field on purpose, e.g. train_examples=[16,32,64]: one run per value, plotted against it in the report instead of flagged as a mixed budget (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (default auto: fp32 on CPU, bf16 on CUDA)")
@@ -247,11 +266,16 @@ def command_run(arguments: argparse.Namespace) -> int:
     method_options = dict(config.method_options)
     for name, options in _method_options(arguments.method_set).items():
         method_options[name] = method_options.get(name, {}) | options
+    method_grid = {name: dict(grid) for name, grid in config.method_grid.items()}
+    for name, grid in _grid(arguments.grid, "--grid", dotted=True).items():
+        method_grid[name] = method_grid.get(name, {}) | grid
+    budget_axis = config.budget_axis | _grid(arguments.budget_axis, "--budget-axis", dotted=False)
     models = _model_settings(arguments, config)
     seeds = arguments.seeds or config.seeds
     specs = [
         spec for model in models
-        for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage)
+        for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage,
+                               method_grid=method_grid, budget_axis=budget_axis)
     ]
     out_dir = arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_folder(out_dir)

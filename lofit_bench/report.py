@@ -24,6 +24,7 @@ from lofit_bench.report_model import (
     failure_line,
     task_table,
 )
+from lofit_bench.report_sections import render_markdown_sections
 
 __all__ = ["build_report", "render_csv", "render_json", "render_markdown"]
 
@@ -50,6 +51,7 @@ def render_markdown(report: ReportModel) -> str:
     lines = [f"# {report.title}", ""]
     lines += [f"- **warning: {line.text}**" if line.warning else f"- {line.text}" for line in report.header]
     lines.append("")
+    lines += render_markdown_sections([section for section in report.sections if section.top])
     for model, task, rows in report.tables():
         headers, table = task_table(rows)
         sizes = sorted({row.test_examples for row in rows})
@@ -59,6 +61,7 @@ def render_markdown(report: ReportModel) -> str:
             tabulate(table, headers=headers, tablefmt="github"),
             "",
         ]
+    lines += render_markdown_sections([section for section in report.sections if not section.top])
     if report.timing_rows:
         lines += [
             "## Where the time went (wall seconds per run)",

@@ -19,6 +19,7 @@ from lofit_bench.report_model import (
     table_groups,
     task_table,
 )
+from lofit_bench.report_sections import Section
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -147,6 +148,22 @@ def heatmaps(runs_dir: Path) -> list[tuple[str, str]]:
     return images
 
 
+def html_sections(sections: list[Section]) -> list[str]:
+    """Extra sections (:mod:`lofit_bench.report_sections`) as HTML: tables, notes, plots."""
+    from tabulate import tabulate
+
+    parts = []
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        parts += [f"<p>{html.escape(note)}</p>" for note in section.notes]
+        for table in section.tables:
+            parts.append(f"<h3>{html.escape(table.caption)}</h3>" + tabulate(table.rows, headers=table.headers, tablefmt="html"))
+        for draw, caption in section.plots:
+            parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(draw())}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return parts
+
+
 def write_html_report(runs_dir: Path, report: ReportModel) -> Path:
     from tabulate import tabulate
 
@@ -155,6 +172,7 @@ def write_html_report(runs_dir: Path, report: ReportModel) -> Path:
     for line in report.header:
         css = ' class="warning"' if line.warning else ""
         parts.append(f"<p{css}>{'warning: ' if line.warning else ''}{html.escape(line.text)}</p>")
+    parts += html_sections([section for section in report.sections if section.top])
     for model, task, rows in report.tables():
         headers, table = task_table(rows)
         parts.append(
@@ -179,6 +197,7 @@ def write_html_report(runs_dir: Path, report: ReportModel) -> Path:
             if figure is not None:
                 parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(figure)}">'
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts += html_sections([section for section in report.sections if not section.top])
     selected = heatmaps(runs_dir)
     if selected:
         parts.append("<h2>Selected attention heads</h2>")

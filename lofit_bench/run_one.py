@@ -73,6 +73,7 @@ def empty_record(spec: RunSpec) -> RunRecord:
         budget=spec.budget.to_dict(),
         model_settings=asdict(spec.model),
         identity=spec.identity if spec.identity is not None else run_identity(spec),
+        axes=list(spec.axes),
         environment=Environment(**environment()),
         started_at=_now(),
         pid=os.getpid(),

@@ -113,6 +113,10 @@ class RunSpec:
     #: Where tuning trials are stored (an Optuna RDB URL); None: a SQLite file in the run's folder.
     #: Not part of the identity: where trials are kept does not change them.
     tune_storage: str | None = None
+    #: The sweep's declared axes this run lies on (``lofit.heads``, ``train_examples``;
+    #: :mod:`lofit_bench.sweep_grid`). Not part of the identity: declaring an axis changes
+    #: how the report reads a result, not the result.
+    axes: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:

@@ -26,6 +26,7 @@ from lofit_bench.records import RECORDS_FOLDER, read_record, save_record
 from lofit_bench.run_one import ARTIFACTS_FOLDER, execute_run
 from lofit_bench.run_spec import ModelSettings, RunSpec, model_source_fingerprint, run_identity
 from lofit_bench.schedule import longest_first
+from lofit_bench.sweep_grid import budget_points, declared_axes, method_configs
 
 __all__ = [
     "ARTIFACTS_FOLDER", "ModelSettings", "RunOutcome", "RunSpec", "check_output_folder", "execute_run",
@@ -49,9 +50,13 @@ def plan_sweep(
     seeds: list[int] | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
     tune_storage: str | None = None,
+    method_grid: dict[str, dict[str, list[Any]]] | None = None,
+    budget_axis: dict[str, list[Any]] | None = None,
 ) -> list[RunSpec]:
     """Validate every name up front (one clear error for all unknown ones), then expand.
-    ``tune_storage``: an Optuna storage URL for every run's trials (None: SQLite per run)."""
+    ``tune_storage``: an Optuna storage URL for every run's trials (None: SQLite per run).
+    ``method_grid`` (method -> field -> values) gives one config per combination and
+    ``budget_axis`` (budget field -> values) one budget per point (:mod:`lofit_bench.sweep_grid`)."""
     host = get_host()
     method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
     for task_name, task_class in zip(tasks, host.tasks.resolve(tasks), strict=True):
@@ -63,15 +68,26 @@ def plan_sweep(
                 "use it with fit-free methods such as zero-shot"
             )
     method_options = method_options or {}
-    for name, options in method_options.items():
-        if name not in method_classes:
-            raise UserError(f"options were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
-        method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
-    check_before_runs(method_classes, method_options, budget, model, seeds)
+    method_grid = method_grid or {}
+    budget_axis = budget_axis or {}
+    for what, given in (("options", method_options), ("a grid", method_grid)):
+        for name in given:
+            if name not in method_classes:
+                raise UserError(f"{what} were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
+    configs = {name: method_configs(method_options.get(name, {}), method_grid.get(name, {})) for name in method_classes}
+    budgets = [Budget.from_dict(point) for point in budget_points(budget.to_dict(), budget_axis)]
+    for name, options_list in configs.items():
+        for options in options_list:
+            method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
+            for point in budgets:
+                check_before_runs({name: method_classes[name]}, {name: options}, point, model, seeds)
     model_fingerprint = model_source_fingerprint(model)
     specs = [
-        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})), tune_storage=tune_storage)
+        RunSpec(method, task, seed, point, model, dict(options), tune_storage=tune_storage,
+                axes=declared_axes(method, method_grid.get(method, {}), budget_axis))
         for method in dict.fromkeys(methods)
+        for options in configs[method]
+        for point in budgets
         for task in dict.fromkeys(tasks)
         for seed in dict.fromkeys(seeds or list(budget.seeds))
     ]
