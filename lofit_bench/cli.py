@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (default auto: fp32 on CPU, bf16 on CUDA)")
     run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
+    run.add_argument("--study", default=None, metavar="NAME|FILE", help="run one of the paper's experiments (`lofit-bench list studies`: table1, table2, figure2, table3, figure4, figure5, appendix-g) or a study file; the report opens with its table beside the paper's numbers; --model, --budget, --seeds and the other flags override the study's values")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
     run.add_argument("--executor", default=None, choices=["process", "inline", "ray"], help="process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]')")
     run.add_argument("--jobs", type=_jobs, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
@@ -174,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tasks", type=_split_names, default=None, help="comma-separated tasks to compare (default: every task in the folders)")
     compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md and comparison.json into DIR")
 
-    listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
-    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
+    listing = commands.add_parser("list", help="list methods, tasks, models, budgets or studies", description="List what lofit-bench knows.")
+    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "studies"], help="what to list")
     listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
 
     heads = commands.add_parser(
@@ -252,7 +253,16 @@ def command_run(arguments: argparse.Namespace) -> int:
 
     if arguments.lm_eval_include:
         os.environ["LOFIT_BENCH_LM_EVAL_INCLUDE"] = os.pathsep.join(str(path.resolve()) for path in arguments.lm_eval_include)
-    config = load_sweep_config(arguments.config) if arguments.config else SweepConfig()
+    study = None
+    if arguments.study:
+        from lofit_bench.studies import find_study
+
+        if arguments.config:
+            raise UserError("--study and --config both describe the sweep; give one (a study is a sweep file with a [study] table)")
+        study = find_study(arguments.study)
+        config = study.config
+    else:
+        config = load_sweep_config(arguments.config) if arguments.config else SweepConfig()
     methods = arguments.methods or config.methods
     tasks = arguments.tasks or config.tasks
     if not methods or not tasks:
@@ -282,6 +292,8 @@ def command_run(arguments: argparse.Namespace) -> int:
     from lofit_bench.lock import out_folder_lock
 
     arguments.cleanup.enter_context(out_folder_lock(out_dir))  # before the models are checked: a second sweep on OUT refuses at once
+    if study is not None:
+        study.write(out_dir)  # the report shows the study's table and the paper's numbers
     # Check each model before any run, from its config alone: an unknown, unreachable or unsupported
     # model fails here, with exit code 2, instead of as N failed runs (and the bundled model's cache is
     # built once). Nothing is loaded and CUDA is never initialised in this process: runs load the
@@ -383,6 +395,18 @@ def command_list(arguments: argparse.Namespace) -> int:
     from lofit_bench.plugins import get_host
 
     host = get_host()
+    if arguments.what == "studies":
+        from lofit_bench.studies import load_study
+
+        rows = []
+        for name, (path, owner) in host.studies.items():
+            study = load_study(path)
+            config = study.config
+            rows.append([name, study.title, ", ".join(config.methods), ", ".join(config.tasks), config.budget or "paper",
+                         ",".join(map(str, config.seeds or [])) or "budget's", owner])
+        print(tabulate(rows, headers=["study", "what it reproduces", "methods", "tasks", "budget", "seeds", "plugin"], tablefmt="simple"))
+        print("\nrun one: lofit-bench run --study NAME [--model M] [--budget B] --out DIR (a study file path works too)")
+        return 0
     if arguments.what == "methods":
         for name in host.methods:
             cls = host.methods.get(name)

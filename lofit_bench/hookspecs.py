@@ -43,3 +43,11 @@ def register_task_prefixes(register: Callable[[str, Callable[[str], type], str],
     demand (raise :class:`~lofit_bench.errors.UserError` for a REST that names nothing). The
     built-in ``lm_eval:`` prefix turns any lm-eval task into a lofit-bench task this way.
     """
+
+
+@hookspec
+def register_studies(register: Callable[[object], None]) -> None:
+    """Register studies (an experiment as a sweep plus its table): call ``register(path)``
+    once per study file (TOML/YAML/JSON with a ``[study]`` table; see
+    :mod:`lofit_bench.studies`). ``lofit-bench list studies`` lists them and
+    ``lofit-bench run --study NAME`` runs one."""

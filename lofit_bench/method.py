@@ -150,6 +150,9 @@ class FitContext:
     shared: dict[Any, Any] = field(default_factory=dict)
     #: Keys of :meth:`reuse` calls this fit answered from ``shared`` (recorded per trial).
     reused: list[str] = field(default_factory=list)
+    #: Other runs' outputs this run reads, resolved by the sweep (``heads:TASK`` -> a heads.json;
+    #: LoFiT's ``head_source=run:TASK``). See :attr:`lofit_bench.run_spec.RunSpec.inputs`.
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def reuse(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """``compute()``, once per fold: a later tuning trial with the same ``key`` gets the

@@ -50,12 +50,14 @@ def axis_series(records: list[RunRecord], axis: str) -> dict[tuple[str, str], di
 
 
 def axis_sections(records: list[RunRecord]) -> list[Section]:
+    """One section per numeric declared axis (None counts: a budget's "all")."""
     axes = sorted({axis for record in records for axis in record.axes})
     sections = []
     for axis in axes:
         series = axis_series(records, axis)
-        if not series:
-            continue
+        values = [x for by_series in series.values() for points in by_series.values() for x in points]
+        if not series or not all(x is None or (isinstance(x, int | float) and not isinstance(x, bool)) for x in values):
+            continue  # a plot needs numbers along the axis (a grid of names is in the tables above)
         section = Section(f"Primary metric against {axis} (declared axis)")
         for (model, task), by_series in sorted(series.items()):
             values = sorted({x for points in by_series.values() for x in points}, key=_order)

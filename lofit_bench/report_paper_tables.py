@@ -21,8 +21,8 @@ from lofit_bench.report_model import format_count, method_label, model_label
 from lofit_bench.report_sections import Section, Table
 from lofit_bench.run_record import RunRecord
 from lofit_bench.stats import paired_bootstrap_p_value, per_example_values
+from lofit_bench.studies import STUDY_FILE
 
-STUDY_FILE = "study.json"
 #: Tasks whose every metric is a paper column (TruthfulQA: MC1 and MC2); others show their primary metric.
 ALL_METRIC_TASKS = ("truthfulqa",)
 #: The paper's column order; other tasks follow by name.
@@ -145,7 +145,7 @@ def study_paper_table(study: dict[str, Any]) -> Table | None:
 def _paper_value(value: Any) -> str:
     if value is None:
         return "-"
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
+    return str(value)
 
 
 def paper_table_sections(runs_dir: Path, records: list[RunRecord]) -> list[Section]:

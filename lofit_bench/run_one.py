@@ -161,7 +161,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
         with tempfile.TemporaryDirectory(prefix="lofit-bench-") as work:
             context = FitContext(
                 lm, task, fold, spec.budget, spec.seed, Path(work), progress,
-                on_phase=lambda name: report(f"fit: {name}"),
+                on_phase=lambda name: report(f"fit: {name}"), inputs=dict(spec.inputs),
             )
             report("fit")
             with memory.phase("fit"), watch.phase("fit"):

@@ -117,6 +117,10 @@ class RunSpec:
     #: :mod:`lofit_bench.sweep_grid`). Not part of the identity: declaring an axis changes
     #: how the report reads a result, not the result.
     axes: tuple[str, ...] = ()
+    #: Other runs' outputs this run reads (``heads:TASK`` -> a heads.json), filled by the sweep
+    #: once those runs finished (:func:`lofit_bench.run_inputs.resolve_inputs`). Not part of
+    #: the identity: the option that asks for them (``head_source=run:TASK``) is.
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

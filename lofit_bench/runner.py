@@ -23,6 +23,7 @@ from lofit_bench.lock import holding_out_folder_lock
 from lofit_bench.plugins import get_host
 from lofit_bench.preflight import check_before_runs
 from lofit_bench.records import RECORDS_FOLDER, read_record, save_record
+from lofit_bench.run_inputs import check_sources, resolve_inputs, source_task
 from lofit_bench.run_one import ARTIFACTS_FOLDER, execute_run
 from lofit_bench.run_spec import ModelSettings, RunSpec, model_source_fingerprint, run_identity
 from lofit_bench.schedule import longest_first
@@ -91,6 +92,7 @@ def plan_sweep(
         for task in dict.fromkeys(tasks)
         for seed in dict.fromkeys(seeds or list(budget.seeds))
     ]
+    check_sources(specs)
     return [dataclasses.replace(spec, identity=run_identity(spec, model_fingerprint)) for spec in specs]
 
 
@@ -150,9 +152,11 @@ def run_sweep(
             where = "in this process" if executor == "inline" else f"{executor} executor, {jobs} at a time"
             logs = "" if executor == "inline" or verbose() else f"; each run's own output goes to {out_dir / LOGS_FOLDER}"
             echo(f"running {len(pending)} run(s) ({where}{logs})")
+        # Runs that read another run's heads (head_source=run:TASK) go once their source finished.
+        waves = [[spec for spec in pending if source_task(spec) is None], [spec for spec in pending if source_task(spec)]]
         if jobs > 1 and executor != "inline":  # jobs finish together: the longest runs go first
-            pending = longest_first(pending)
-        for spec, record in execute(pending, out_dir, executor, jobs, progress, ray_address):
+            waves = [longest_first(wave) for wave in waves]
+        for spec, record in _execute_waves(waves, specs, out_dir, executor, jobs, progress, ray_address):
             path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
             if record.ok:
                 summary = ", ".join(_metric_text(name, value) for name, value in (record.metrics or {}).items())
@@ -171,6 +175,16 @@ def run_sweep(
                     "stopped. Free space and rerun the same command: finished runs are skipped and the rest resume"
                 )
     return [outcomes[spec.key] for spec in specs]
+
+
+def _execute_waves(waves: list[list[RunSpec]], specs: list[RunSpec], out_dir: Path, *arguments: Any):
+    """Each wave's (spec, record) pairs, a wave starting when the one before it ended; a later
+    wave's runs get their inputs from the earlier waves' records."""
+    for index, wave in enumerate(waves):
+        if index:
+            wave = [resolve_inputs(spec, specs, out_dir) for spec in wave]
+        if wave:
+            yield from execute(wave, out_dir, *arguments)
 
 
 def _finished(path: Path) -> bool:
