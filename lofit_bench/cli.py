@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     heads = commands.add_parser(
         "heads",
-        help="the attention heads LoFiT chose in a run: ranking, chosen heads and a layer x head heatmap",
-        description="Print the head ranking and chosen heads of every LoFiT run in RUN_DIR and write "
-        "a layer x head heatmap (heads_heatmap.png) next to each saved heads.json.",
+        help="the attention heads LoFiT chose in a run: ranking, chosen heads, a layer x head heatmap and their overlap across seeds and tasks",
+        description="Print the head ranking and chosen heads of every LoFiT run in RUN_DIR, write "
+        "a layer x head heatmap (heads_heatmap.png) next to each saved heads.json, and print the mean Jaccard "
+        "similarity of the chosen head sets across seeds and tasks (paper Appendix G).",
     )
     heads.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out folder of a run (or one heads.json)")
     heads.add_argument("--top", type=_top, default=20, help="how many ranked heads to print (default 20)")
@@ -444,12 +445,25 @@ def command_plugins(arguments: argparse.Namespace) -> int:
 
 
 def command_heads(arguments: argparse.Namespace) -> int:
-    from lofit_bench.heads import HEATMAP_FILE, HeadSelection, describe, draw_heatmap, selections_in
+    from tabulate import tabulate
 
-    for label, path in selections_in(arguments.run_dir):
+    from lofit_bench.head_overlap import overlap_tables
+    from lofit_bench.heads import HEATMAP_FILE, HeadSelection, describe, draw_heatmap, selections_in
+    from lofit_bench.records import load_records
+
+    tables = overlap_tables(load_records(arguments.run_dir)) if arguments.run_dir.is_dir() else []
+    try:
+        found = selections_in(arguments.run_dir)
+    except UserError:
+        if not tables:
+            raise
+        found = []
+    for label, path in found:
         selection = HeadSelection.load(path)
         print(f"## {label}\n{describe(selection, arguments.top)}")
         print(f"heatmap: {draw_heatmap(selection, path.parent / HEATMAP_FILE, title=label)}\n")
+    for table in tables:  # paper Appendix G
+        print(f"## {table.caption}\n{tabulate(table.rows, headers=table.headers, tablefmt='simple', disable_numparse=True)}\n")
     return 0
 
 

@@ -157,7 +157,7 @@ def html_sections(sections: list[Section]) -> list[str]:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         parts += [f"<p>{html.escape(note)}</p>" for note in section.notes]
         for table in section.tables:
-            parts.append(f"<h3>{html.escape(table.caption)}</h3>" + tabulate(table.rows, headers=table.headers, tablefmt="html"))
+            parts.append(f"<h3>{html.escape(table.caption)}</h3>" + tabulate(table.rows, headers=table.headers, tablefmt="html", disable_numparse=True))
         for draw, caption in section.plots:
             parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(draw())}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")

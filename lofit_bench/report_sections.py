@@ -57,5 +57,5 @@ def render_markdown_sections(sections: list[Section]) -> list[str]:
         for table in section.tables:
             if table.caption:
                 lines += [f"**{table.caption}**", ""]
-            lines += [tabulate(table.rows, headers=table.headers, tablefmt="github"), ""]
+            lines += [tabulate(table.rows, headers=table.headers, tablefmt="github", disable_numparse=True), ""]
     return lines
