@@ -162,3 +162,56 @@ def test_run_task_without_its_source_in_the_sweep_fails_before_any_run(capsys, t
     code = main(["run", "--methods", "lofit", "--tasks", "mquake", "--method-set", 'lofit.head_source="run:clutrr"',
                  "--model", "tiny-random-llama", "--budget", "smoke", "--out", str(tmp_path)])
     assert code == 2 and "add clutrr to --tasks" in capsys.readouterr().err
+
+
+STUDY_CHECKS = {
+    "table1": "**paper: Llama-2-7B (Yin et al. 2024, Table 1)**",
+    "table2": '| lofit [head_source="probe-layers"]',
+    "figure2": '| lofit [head_source="run:mquake"]',
+    "table3": "**paper: Llama-2-7B (Yin et al. 2024, Table 3)**",
+    "figure4": "## Primary metric against train_examples (declared axis)",
+    "figure5": "## Primary metric against lofit.heads (declared axis)",
+    "appendix-g": "## Head overlap (Jaccard, paper Appendix G)",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("builtin_plugins_only")
+@pytest.mark.parametrize("name", sorted(STUDY_CHECKS))
+def test_every_study_runs_end_to_end_on_the_tiny_model(name, tmp_path, capsys):
+    """Each built-in study, whole (its methods, tasks, grid and axis; one seed, two for
+    appendix-g's overlap across seeds), on the tiny model with the smoke budget, untuned."""
+    out = tmp_path / name
+    arguments = ["run", "--study", name, "--model", "tiny-random-llama", "--budget", "smoke", "--tune", "off",
+                 "--budget-set", "eval_examples=2", "--seeds", "42,43" if name == "appendix-g" else "42",
+                 "--executor", "inline", "--quiet", "--out", str(out)]
+    if name == "figure4":
+        arguments += ["--budget-axis", "train_examples=[4,8]"]
+    assert main(arguments) == 0, capsys.readouterr().err
+    records = [json.loads(path.read_text()) for path in (out / "records").glob("*.json")]
+    assert records and all(record["status"] == "ok" for record in records)
+    markdown = (out / "report.md").read_text()
+    assert f"## Study {name}: " in markdown and STUDY_CHECKS[name] in markdown
+
+
+def _readme_block(after: str, language: str) -> str:
+    readme = (BUILTIN_FOLDER.parents[2] / "README.md").read_text()
+    return readme.split(after, 1)[1].split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.usefixtures("builtin_plugins_only")
+def test_the_readmes_study_file_and_sweep_file_load_and_plan(tmp_path):
+    study_file = tmp_path / "my-study.toml"
+    study_file.write_text(_readme_block("A study file (here with", "toml"))
+    study = load_study(study_file)
+    assert study.name == "my-study" and study.compare_against == "lofit [heads=0.03]"
+    config = study.config
+    specs = plan_sweep(config.methods, config.tasks, get_budget("smoke"), TINY, config.seeds, config.method_options,
+                       method_grid=config.method_grid)
+    assert len(specs) == 6  # zero-shot + two LoFiT configs, two seeds
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(_readme_block("- **Sweep files.**", "toml"))
+    from lofit_bench.sweep_config import load_sweep_config
+
+    sweep = load_sweep_config(sweep_file)
+    assert sweep.method_grid == {"iti": {"alpha": [5.0, 15.0]}} and sweep.budget_axis == {"train_examples": [50, 100]}
