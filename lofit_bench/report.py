@@ -89,6 +89,11 @@ def render_json(report: ReportModel) -> dict[str, Any]:
         "summary": [asdict(row) for row in report.summary],
         "runs": report.rows,
         "trials": report.trials,
+        "sections": [
+            {"title": section.title, "notes": section.notes,
+             "tables": [{"caption": table.caption, "headers": table.headers, "rows": table.rows} for table in section.tables]}
+            for section in report.sections
+        ],
     }
 
 

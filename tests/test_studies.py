@@ -123,6 +123,8 @@ def test_paper_shaped_table_has_task_columns_avg_params_and_seed_spread(tmp_path
     assert "| lofit     | 60.0 ± 14.1      | 70.0 ± 14.1      | 40.0 ± 14.1          | 56.7 ± 14.1 | 4.10K      | 0.003%     | 2       |" in summary
     assert "| zero-shot | -                | -                | 10.0                 | -           | 4.10K      | 0.003%     | 1       |" in summary
     assert markdown.index("## Summary in the paper's layout") < markdown.index("## clutrr on")  # at the top
+    sections = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert sections[0]["tables"][0]["rows"][0][:4] == ["lofit", "60.0 ± 14.1", "70.0 ± 14.1", "40.0 ± 14.1"]
 
 
 def test_significance_marks_against_the_studys_row(tmp_path):
