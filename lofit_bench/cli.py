@@ -274,10 +274,12 @@ def command_run(arguments: argparse.Namespace) -> int:
         overrides["tune"] = arguments.tune == "on"
     if overrides:
         budget = Budget.from_dict(budget.to_dict() | overrides)
-    method_options = dict(config.method_options)
+    # --methods narrowing a sweep file or study keeps only the file's options of those methods
+    kept = set(methods)
+    method_options = {name: options for name, options in config.method_options.items() if name in kept}
     for name, options in _method_options(arguments.method_set).items():
         method_options[name] = method_options.get(name, {}) | options
-    method_grid = {name: dict(grid) for name, grid in config.method_grid.items()}
+    method_grid = {name: dict(grid) for name, grid in config.method_grid.items() if name in kept}
     for name, grid in _grid(arguments.grid, "--grid", dotted=True).items():
         method_grid[name] = method_grid.get(name, {}) | grid
     budget_axis = config.budget_axis | _grid(arguments.budget_axis, "--budget-axis", dotted=False)

@@ -160,6 +160,19 @@ def test_figure2_transfer_runs_the_source_first_and_tunes_on_its_heads(tmp_path,
 
 
 @pytest.mark.usefixtures("builtin_plugins_only")
+def test_methods_narrow_a_study_and_drop_the_options_of_the_others(capsys, tmp_path):
+    out = tmp_path / "narrow"
+    code = main(["run", "--study", "table1", "--methods", "zero-shot", "--tasks", "clutrr", "--model", "tiny-random-llama",
+                 "--budget", "smoke", "--budget-set", "eval_examples=2", "--seeds", "1", "--executor", "inline", "--quiet",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert [path.name.split("--")[0] for path in (out / "records").glob("*.json")] == ["zero-shot"]
+    markdown = (out / "report.md").read_text()
+    assert "| zero-shot | 0.0                  | 0.0   |" in markdown  # ours: CLUTRR only
+    assert "| zero-shot | 28.4             | 43.4             | 18.9                 | 64.7                 | 38.8  |" in markdown
+
+
+@pytest.mark.usefixtures("builtin_plugins_only")
 def test_run_task_without_its_source_in_the_sweep_fails_before_any_run(capsys, tmp_path):
     code = main(["run", "--methods", "lofit", "--tasks", "mquake", "--method-set", 'lofit.head_source="run:clutrr"',
                  "--model", "tiny-random-llama", "--budget", "smoke", "--out", str(tmp_path)])
