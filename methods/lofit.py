@@ -207,8 +207,6 @@ class LoFiT(HeadInterventionMethod):
     @classmethod
     def check_before_runs(cls, config: MethodConfig, shape: Any) -> None:
         k = resolve_head_count(config.heads, shape.total_heads)
-        if config.head_source_kind == "probe-layers" and k > shape.total_heads:
-            raise UserError(f"lofit.heads={config.heads} is more than the model's {shape.total_heads} heads")
         if config.head_source_kind == "file":
             path = find_heads_file(Path(config.head_source.partition(":")[2]))
             origin = HeadSelection.load(path)
