@@ -169,6 +169,22 @@ BUDGETS: dict[str, Budget] = {
         trials=1,
         prune_examples=None,
     ),
+    # The studies (`lofit-bench run --study NAME --budget study-cpu`) on a 2-core CPU, where
+    # `paper` does not fit (TruthfulQA's DPO runs, four tuning trials, five configs of LoFiT):
+    # the paper's protocol on 128 training examples per fold, 3 epochs, 2 trials on 50 dev
+    # examples, every test example.
+    "study-cpu": Budget(
+        name="study-cpu",
+        train_examples=128,
+        dev_examples=50,
+        eval_examples=None,
+        epochs=3,
+        batch_size=8,
+        eval_batch_size=16,
+        max_length=400,
+        trials=2,
+        prune_examples=None,
+    ),
     # Proves the machinery end to end in a few minutes on 2 cores (tests, CI, plugin authors).
     "smoke": Budget(
         name="smoke",

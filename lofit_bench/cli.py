@@ -115,6 +115,23 @@ def _method_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _grid(items: list[str], what: str, dotted: bool) -> dict[str, Any]:
+    """``--grid METHOD.FIELD=[v1,v2]`` (method -> field -> values) or ``--budget-axis FIELD=[v1,v2]``."""
+    from lofit_bench.sweep_grid import check_axis_values
+
+    result: dict[str, Any] = {}
+    for key, values in _key_values(items, what).items():
+        check_axis_values(key, values, what)
+        if not dotted:
+            result[key] = values
+            continue
+        method, separator, field = key.partition(".")
+        if not separator or not field:
+            raise UserError(f"{what} {key}=[...] must name METHOD.FIELD, e.g. lofit.heads=[0.03,0.1,0.2]")
+        result.setdefault(method, {})[field] = values
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="lofit-bench",
@@ -142,11 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tune-per", choices=["fold", "seed"], default=None, help="fold (default): tune each (method, task, fold) once, on the first seed's run, and train every other seed once with those values (the paper's protocol; a second seed costs one fit, not a second search); seed: every seed tunes its own values")
     run.add_argument("--no-shared-work", action="store_true", help="every run computes its frozen-model work itself (activations, ITI probes, LoFiT stage 1) instead of sharing it through OUT/shared/ (the results are the same; for measuring or debugging)")
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
+    run.add_argument("--grid", action="append", default=[], metavar="METHOD.FIELD=[V1,V2,...]", help="run one config per value (a JSON list) of a method field, e.g. lofit.heads=[0.03,0.1,0.2]; several --grid give every combination; each config is its own record and report row, and the report plots along the field (repeatable)")
+    run.add_argument("--budget-axis", action="append", default=[], metavar="FIELD=[V1,V2,...]", help="vary a budget field on purpose, e.g. train_examples=[16,32,64]: one run per value, plotted against it in the report instead of flagged as a mixed budget (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model weights' dtype (default auto: fp32 on CPU; on CUDA fp32 under --precision bf16-mixed, else bf16)")
     run.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16-mixed"], help="how the frozen model computes: bf16-mixed runs its matmuls in bf16 under autocast, trained tensors and optimizer state fp32 (default auto: bf16-mixed on CUDA, fp32 on CPU)")
     run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
+    run.add_argument("--study", default=None, metavar="NAME|FILE", help="run one of the paper's experiments (`lofit-bench list studies`: table1, table2, figure2, table3, figure4, figure5, appendix-g) or a study file; the report opens with its table beside the paper's numbers; --model, --budget, --seeds and the other flags override the study's values")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
     run.add_argument("--executor", default=None, metavar="NAME", help="where runs execute (`lofit-bench list executors`): process (default): each run in its own child process; inline: in this process (debugging); ray: on a Ray cluster (pip install 'lofit-bench[ray]'); or a plugin's")
     run.add_argument("--jobs", type=_jobs, default=None, help="runs at a time for the process and ray executors (default 1; on GPUs each run takes its own free GPU(s), and waits for one when none is free)")
@@ -185,15 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tasks", type=_split_names, default=None, help="comma-separated tasks to compare (default: every task in the folders)")
     compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md, comparison.json and comparison.html (with a rank plot) into DIR")
 
-    listing = commands.add_parser("list", help="list methods, tasks, models, budgets, executors or report formats", description="List what lofit-bench knows.")
-    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "executors", "formats"], help="what to list")
+    listing = commands.add_parser("list", help="list methods, tasks, models, budgets, studies, executors or report formats", description="List what lofit-bench knows.")
+    listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "studies", "executors", "formats"], help="what to list")
     listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
 
     heads = commands.add_parser(
         "heads",
-        help="the attention heads LoFiT chose in a run: ranking, chosen heads and a layer x head heatmap",
-        description="Print the head ranking and chosen heads of every LoFiT run in RUN_DIR and write "
-        "a layer x head heatmap (heads_heatmap.png) next to each saved heads.json.",
+        help="the attention heads LoFiT chose in a run: ranking, chosen heads, a layer x head heatmap and their overlap across seeds and tasks",
+        description="Print the head ranking and chosen heads of every LoFiT run in RUN_DIR, write "
+        "a layer x head heatmap (heads_heatmap.png) next to each saved heads.json, and print the mean Jaccard "
+        "similarity of the chosen head sets across seeds and tasks (paper Appendix G).",
     )
     heads.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out folder of a run (or one heads.json)")
     heads.add_argument("--top", type=_top, default=20, help="how many ranked heads to print (default 20)")
@@ -263,7 +284,16 @@ def command_run(arguments: argparse.Namespace) -> int:
 
     if arguments.lm_eval_include:
         os.environ["LOFIT_BENCH_LM_EVAL_INCLUDE"] = os.pathsep.join(str(path.resolve()) for path in arguments.lm_eval_include)
-    config = load_sweep_config(arguments.config) if arguments.config else SweepConfig()
+    study = None
+    if arguments.study:
+        from lofit_bench.studies import find_study
+
+        if arguments.config:
+            raise UserError("--study and --config both describe the sweep; give one (a study is a sweep file with a [study] table)")
+        study = find_study(arguments.study)
+        config = study.config
+    else:
+        config = load_sweep_config(arguments.config) if arguments.config else SweepConfig()
     methods = arguments.methods or config.methods
     tasks = arguments.tasks or config.tasks
     if not methods or not tasks:
@@ -276,9 +306,15 @@ def command_run(arguments: argparse.Namespace) -> int:
         overrides["also_eval"] = arguments.also_eval
     if overrides:
         budget = Budget.from_dict(budget.to_dict() | overrides)
-    method_options = dict(config.method_options)
+    # --methods narrowing a sweep file or study keeps only the file's options of those methods
+    kept = set(methods)
+    method_options = {name: options for name, options in config.method_options.items() if name in kept}
     for name, options in _method_options(arguments.method_set).items():
         method_options[name] = method_options.get(name, {}) | options
+    method_grid = {name: dict(grid) for name, grid in config.method_grid.items() if name in kept}
+    for name, grid in _grid(arguments.grid, "--grid", dotted=True).items():
+        method_grid[name] = method_grid.get(name, {}) | grid
+    budget_axis = config.budget_axis | _grid(arguments.budget_axis, "--budget-axis", dotted=False)
     models = _model_settings(arguments, config)
     seeds = arguments.seeds or config.seeds
     _check_executor(arguments.executor or config.executor or "process", arguments.ray_address)
@@ -286,7 +322,8 @@ def command_run(arguments: argparse.Namespace) -> int:
         spec for model in models
         for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage,
                                tune_per=arguments.tune_per or config.tune_per or "fold",
-                               share_work=not arguments.no_shared_work)
+                               share_work=not arguments.no_shared_work,
+                               method_grid=method_grid, budget_axis=budget_axis)
     ]
     from lofit_bench.run_folder import RunFolder
 
@@ -295,6 +332,8 @@ def command_run(arguments: argparse.Namespace) -> int:
     from lofit_bench.lock import out_folder_lock
 
     arguments.cleanup.enter_context(out_folder_lock(folder))  # before the models are checked: a second sweep on OUT refuses at once
+    if study is not None:
+        study.write(folder.root)  # the report shows the study's table and the paper's numbers
     # Check each model before any run, from its config alone: an unknown, unreachable or unsupported
     # model fails here, with exit code 2, instead of as N failed runs (and the bundled model's cache is
     # built once). Nothing is loaded and CUDA is never initialised in this process: runs load the
@@ -430,6 +469,18 @@ def command_list(arguments: argparse.Namespace) -> int:
                  host.report_formats.owner(name)] for name in host.report_formats]
         print(tabulate(rows, headers=["format", "file", "description", "plugin"], tablefmt="simple"))
         return 0
+    if arguments.what == "studies":
+        from lofit_bench.studies import load_study
+
+        rows = []
+        for name, (path, owner) in host.studies.items():
+            study = load_study(path)
+            config = study.config
+            rows.append([name, study.title, ", ".join(config.methods), ", ".join(config.tasks), config.budget or "paper",
+                         ",".join(map(str, config.seeds or [])) or "budget's", owner])
+        print(tabulate(rows, headers=["study", "what it reproduces", "methods", "tasks", "budget", "seeds", "plugin"], tablefmt="simple"))
+        print("\nrun one: lofit-bench run --study NAME [--model M] [--budget B] --out DIR (a study file path works too)")
+        return 0
     if arguments.what == "methods":
         for name in host.methods:
             cls = host.methods.get(name)
@@ -467,12 +518,25 @@ def command_plugins(arguments: argparse.Namespace) -> int:
 
 
 def command_heads(arguments: argparse.Namespace) -> int:
-    from lofit_bench.heads import HEATMAP_FILE, HeadSelection, describe, draw_heatmap, selections_in
+    from tabulate import tabulate
 
-    for label, path in selections_in(arguments.run_dir):
+    from lofit_bench.head_overlap import overlap_tables
+    from lofit_bench.heads import HEATMAP_FILE, HeadSelection, describe, draw_heatmap, selections_in
+    from lofit_bench.records import load_records
+
+    tables = overlap_tables(load_records(arguments.run_dir)) if arguments.run_dir.is_dir() else []
+    try:
+        found = selections_in(arguments.run_dir)
+    except UserError:
+        if not tables:
+            raise
+        found = []
+    for label, path in found:
         selection = HeadSelection.load(path)
         print(f"## {label}\n{describe(selection, arguments.top)}")
         print(f"heatmap: {draw_heatmap(selection, path.parent / HEATMAP_FILE, title=label)}\n")
+    for table in tables:  # paper Appendix G
+        print(f"## {table.caption}\n{tabulate(table.rows, headers=table.headers, tablefmt='simple', disable_numparse=True)}\n")
     return 0
 
 

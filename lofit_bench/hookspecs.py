@@ -61,3 +61,11 @@ def register_report_formats(register: Callable[[object], None]) -> None:
     built-in ``md``, ``csv``, ``json`` and ``html`` formats are registered this way
     (:mod:`lofit_bench.report_formats`).
     """
+
+
+@hookspec
+def register_studies(register: Callable[[object], None]) -> None:
+    """Register studies (an experiment as a sweep plus its table): call ``register(path)``
+    once per study file (TOML/YAML/JSON with a ``[study]`` table; see
+    :mod:`lofit_bench.studies`). ``lofit-bench list studies`` lists them and
+    ``lofit-bench run --study NAME`` runs one."""

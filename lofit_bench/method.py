@@ -154,6 +154,9 @@ class FitContext:
     #: Frozen-model work shared across the runs of a sweep (:mod:`lofit_bench.shared_work`):
     #: ``shared_work.fetch(kind, fields, compute)``. Disabled (computes every time) by default.
     shared_work: SharedWork = field(default_factory=SharedWork)
+    #: Other runs' outputs this run reads, resolved by the sweep (``heads:TASK`` -> a heads.json;
+    #: LoFiT's ``head_source=run:TASK``). See :attr:`lofit_bench.run_spec.RunSpec.inputs`.
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def reuse(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """``compute()``, once per fold: a later tuning trial with the same ``key`` gets the

@@ -14,6 +14,7 @@ import importlib.metadata
 import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pluggy
 
@@ -40,6 +41,7 @@ BUILTIN_PLUGINS = (
     "lofit_bench.lmeval.tasks",  # the `lm_eval:` task-name prefix (lm-eval imported on use)
     "lofit_bench.executors",  # process, inline, ray
     "lofit_bench.report_formats",  # md, csv, json, html
+    "lofit_bench.studies",  # the paper's experiments (lofit_bench/data/studies/*.toml)
 )
 
 
@@ -72,6 +74,8 @@ class PluginHost:
         self.tasks: Registry[type] = Registry("task")
         self.executors: Registry[type] = Registry("executor")
         self.report_formats: Registry = Registry("report format")
+        #: Study name -> (study file, plugin that registered it).
+        self.studies: dict[str, tuple[Path, str]] = {}
         self._info: dict[str, PluginInfo] = {}
         self._loaded = False
 
@@ -211,6 +215,28 @@ class PluginHost:
             _call_hook(plugin_name, hook_name, implementation, register)
         self._collect_prefixes(plugin, plugin_name)
         self._collect_report_formats(plugin, plugin_name)
+        self._collect_studies(plugin, plugin_name)
+
+    def _collect_studies(self, plugin: object, plugin_name: str) -> None:
+        implementation = getattr(plugin, "register_studies", None)
+        if implementation is None:
+            return
+
+        def register(path: str | Path) -> None:
+            from lofit_bench.errors import UserError
+            from lofit_bench.studies import load_study
+
+            try:
+                study = load_study(Path(path))
+            except (UserError, TypeError) as error:
+                warn_plugin(f"plugin {plugin_name!r} registered study file {path!r}, which was skipped: {error}")
+                return
+            if study.name in self.studies:
+                warn_plugin(f"plugin {plugin_name!r} tried to register study {study.name!r}, which is taken; kept the first")
+                return
+            self.studies[study.name] = (Path(path), plugin_name)
+
+        _call_hook(plugin_name, "register_studies", implementation, register)
 
     def _collect_prefixes(self, plugin: object, plugin_name: str) -> None:
         implementation = getattr(plugin, "register_task_prefixes", None)

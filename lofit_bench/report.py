@@ -27,6 +27,7 @@ from lofit_bench.report_model import (
     failure_line,
     task_table,
 )
+from lofit_bench.report_sections import render_markdown_sections
 from lofit_bench.report_side_effects import side_effects_json, side_effects_markdown
 
 __all__ = ["build_report", "render_csv", "render_json", "render_markdown"]
@@ -77,6 +78,7 @@ def render_markdown(report: ReportModel) -> str:
     lines = [f"# {report.title}", ""]
     lines += [f"- **warning: {line.text}**" if line.warning else f"- {line.text}" for line in report.header]
     lines.append("")
+    lines += render_markdown_sections([section for section in report.sections if section.top])
     for model, task, rows in report.tables():
         headers, table = task_table(rows)
         sizes = sorted({row.test_examples for row in rows})
@@ -86,6 +88,7 @@ def render_markdown(report: ReportModel) -> str:
             tabulate(table, headers=headers, tablefmt="github"),
             "",
         ]
+    lines += render_markdown_sections([section for section in report.sections if not section.top])
     if report.timing_rows:
         lines += [
             "## Where the time went (wall seconds per run)",
@@ -115,6 +118,11 @@ def render_json(report: ReportModel) -> dict[str, Any]:
         "runs": report.rows,
         "trials": report.trials,
         "beyond_accuracy": side_effects_json(report.records),
+        "sections": [
+            {"title": section.title, "notes": section.notes,
+             "tables": [{"caption": table.caption, "headers": table.headers, "rows": table.rows} for table in section.tables]}
+            for section in report.sections
+        ],
     }
 
 

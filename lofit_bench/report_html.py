@@ -35,6 +35,7 @@ from lofit_bench.report_model import (
     table_groups,
     task_table,
 )
+from lofit_bench.report_sections import Section as ReportSection
 from lofit_bench.run_record import RunRecord
 
 #: Figures are drawn this wide (inches, at ``PLOT_RC`` dpi): about the page's width at 1400 px.
@@ -570,6 +571,28 @@ def _beyond_accuracy(page: Page) -> str | None:
     return "".join(parts).replace("<h2>", "<h3>").replace("</h2>", "</h3>") if parts else None
 
 
+def report_sections_html(sections: list[ReportSection]) -> str | None:
+    """Sections built from the records by :mod:`lofit_bench.report_sections` (paper-shaped
+    tables, axis plots, head overlap) as HTML: each title, its notes, tables and plots."""
+    parts = []
+    for section in sections:
+        parts.append(f"<h3>{html.escape(section.title)}</h3>")
+        parts += [f"<p>{html.escape(note)}</p>" for note in section.notes]
+        for table in section.tables:
+            parts.append(f"<h4>{html.escape(table.caption)}</h4>" + _table(table.headers, [list(map(str, row)) for row in table.rows]))
+        for draw, caption in section.plots:
+            parts.append(figure_html(draw(), caption))
+    return "\n".join(parts) or None
+
+
+def _paper_tables(page: Page) -> str | None:
+    return report_sections_html([section for section in page.report.sections if section.top])
+
+
+def _more_sections(page: Page) -> str | None:
+    return report_sections_html([section for section in page.report.sections if not section.top])
+
+
 def _failed(page: Page) -> str | None:
     report = page.report
     if not report.failed:
@@ -590,8 +613,10 @@ def _details(page: Page) -> str:
 #: The page's sections, top first. Add one with :func:`add_section`.
 SECTIONS: list[Section] = [
     Section("summary", "Summary", _summary),
+    Section("paper-tables", "As the paper's tables", _paper_tables),
     Section("tables", "Per-task tables", _task_tables),
     Section("plots", "Plots", _plots),
+    Section("axes", "Axes, transfer and head overlap", _more_sections),
     Section("beyond-accuracy", "Beyond accuracy", _beyond_accuracy),
     Section("tuning", "Tuning curves", _tuning),
     Section("training", "Training loss", _training),

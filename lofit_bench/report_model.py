@@ -19,6 +19,7 @@ from typing import Any
 from lofit_bench.budget import BUDGETS
 from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.records import read_record_folder
+from lofit_bench.report_sections import build_sections
 from lofit_bench.run_record import RunRecord, Timings
 from lofit_bench.stats import paired_bootstrap_p_value, per_example_values
 
@@ -133,15 +134,25 @@ def _fingerprint(record: RunRecord) -> str | None:
     return record.model.fingerprint if record.model else None
 
 
-def method_label(record: RunRecord, records: list[RunRecord]) -> str:
-    """The method's name, plus its options when the folder holds several configs of it (so two
-    configs are never averaged together as if they were seeds)."""
+def method_label(record: RunRecord, records: list[RunRecord], leave_out: tuple[str, ...] = ()) -> str:
+    """The method's name, plus the options that differ between the folder's configs of it and
+    the values of its declared budget axes (so two configs, or two points of an axis, are
+    never averaged together as if they were seeds). ``leave_out``: axes not to name
+    (``lofit.heads``, ``train_examples``), for a plot along them."""
     name = record.method.name
-    variants = {json.dumps(other.method.options, sort_keys=True) for other in records if other.method.name == name}
-    options = record.method.options
-    if len(variants) < 2 or not options:
-        return name
-    return f"{name} [{', '.join(f'{key}={json.dumps(value)}' for key, value in sorted(options.items()))}]"
+    siblings = [other for other in records if other.method.name == name]
+    differing = sorted({
+        key for other in siblings for key in {*other.method.options, *record.method.options}
+        if other.method.options.get(key) != record.method.options.get(key) and f"{name}.{key}" not in leave_out
+    })
+    parts = [f"{key}={json.dumps(record.method.options[key])}" for key in differing if key in record.method.options]
+    parts += [f"{axis}={json.dumps(record.budget.get(axis))}" for axis in budget_axes(record) if axis not in leave_out]
+    return f"{name} [{', '.join(parts)}]" if parts else name
+
+
+def budget_axes(record: RunRecord) -> list[str]:
+    """The budget fields the record's sweep declared as axes (its method-grid axes hold a dot)."""
+    return sorted(axis for axis in record.axes if "." not in axis and axis in record.budget)
 
 
 def resolve_reference(records: list[RunRecord], reference: str | None) -> str | None:
@@ -410,7 +421,9 @@ def _describe_runs(runs: list[str]) -> str:
 def budget_differences(records: list[RunRecord], which: str = "runs in this folder") -> list[str]:
     """One line per budget field on which ``records`` (the folder's runs) disagree, naming the runs."""
     names = sorted({name for record in records for name in record.budget})
-    fields = {name: (lambda record, name=name: record.budget.get(name)) for name in names}
+    # A field every run declares as an axis differs on purpose (plotted, not flagged).
+    declared = set.intersection(*(set(budget_axes(record)) for record in records)) if records else set()
+    fields = {name: (lambda record, name=name: record.budget.get(name)) for name in names if name not in declared}
     return [
         f"{which} used different budgets: {name} = "
         + "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in sorted(by_value.items()))
@@ -571,6 +584,8 @@ class ReportModel:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     #: The run folder the records came from (artefacts such as head selections are read there).
     runs_dir: Path | None = None
+    #: Paper-shaped tables, axis plots, head overlap (:mod:`lofit_bench.report_sections`).
+    sections: list[Any] = field(default_factory=list)
 
     def tables(self) -> list[tuple[str, str, list[SummaryRow]]]:
         return table_groups(self.summary)
@@ -602,4 +617,5 @@ def build_report_model(runs_dir: Path, reference: str | None = None) -> ReportMo
         trials=trial_rows(finished),
         skipped=folder.skipped,
         runs_dir=runs_dir,
+        sections=build_sections(runs_dir, records),
     )

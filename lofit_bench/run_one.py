@@ -77,6 +77,7 @@ def empty_record(spec: RunSpec) -> RunRecord:
         budget=spec.budget.to_dict(),
         model_settings=asdict(spec.model),
         identity=spec.identity if spec.identity is not None else run_identity(spec),
+        axes=list(spec.axes),
         environment=Environment(**environment()),
         started_at=_now(),
         pid=os.getpid(),
@@ -176,7 +177,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         with tempfile.TemporaryDirectory(prefix="lofit-bench-") as work:
             context = FitContext(
                 lm, task, fold, spec.budget, spec.seed, Path(work), progress,
-                on_phase=lambda name: report(f"fit: {name}"), shared_work=shared,
+                on_phase=lambda name: report(f"fit: {name}"), shared_work=shared, inputs=dict(spec.inputs),
             )
             report("fit")
             try:

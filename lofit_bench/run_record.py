@@ -322,6 +322,9 @@ class RunRecord:
     model_settings: JSONObject = field(default_factory=dict)
     #: What the run key hashes (``run_spec.run_identity``).
     identity: JSONObject = field(default_factory=dict)
+    #: The sweep's declared axes this run lies on (method grid fields ``METHOD.FIELD``, budget
+    #: fields): the report plots along them instead of warning that budgets differ.
+    axes: list[str] = field(default_factory=list)
     environment: Environment | None = None
     started_at: str | None = None
     finished_at: str | None = None

@@ -129,6 +129,14 @@ class RunSpec:
     #: None: the run tunes with its own seed (``--tune-per seed``, or a one-seed sweep). Part of
     #: the identity of a run whose seed differs from it (its values come from another seed).
     tuning_seed: int | None = None
+    #: The sweep's declared axes this run lies on (``lofit.heads``, ``train_examples``;
+    #: :mod:`lofit_bench.sweep_grid`). Not part of the identity: declaring an axis changes
+    #: how the report reads a result, not the result.
+    axes: tuple[str, ...] = ()
+    #: Other runs' outputs this run reads (``heads:TASK`` -> a heads.json), filled by the sweep
+    #: once those runs finished (:func:`lofit_bench.run_inputs.resolve_inputs`). Not part of
+    #: the identity: the option that asks for them (``head_source=run:TASK``) is.
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

@@ -24,6 +24,7 @@ from lofit_bench.plugins import get_host
 from lofit_bench.preflight import check_before_runs
 from lofit_bench.records import read_record, save_record
 from lofit_bench.run_folder import RunFolder
+from lofit_bench.run_inputs import check_sources, resolve_inputs, source_task
 from lofit_bench.run_one import execute_run
 from lofit_bench.run_spec import (
     TUNE_PER,
@@ -33,6 +34,7 @@ from lofit_bench.run_spec import (
     run_identity,
 )
 from lofit_bench.schedule import expected_cost, longest_first
+from lofit_bench.sweep_grid import budget_points, declared_axes, method_configs
 
 __all__ = [
     "ModelSettings", "RunFolder", "RunOutcome", "RunSpec", "check_output_folder", "execute_run",
@@ -58,12 +60,16 @@ def plan_sweep(
     tune_storage: str | None = None,
     tune_per: str = "fold",
     share_work: bool = True,
+    method_grid: dict[str, dict[str, list[Any]]] | None = None,
+    budget_axis: dict[str, list[Any]] | None = None,
 ) -> list[RunSpec]:
     """Validate every name up front (one clear error for all unknown ones), then expand.
     ``tune_storage``: an Optuna storage URL for every run's trials (None: SQLite per run).
     ``tune_per``: ``fold`` tunes each (method, task, fold) once, on the first seed, and the
     other seeds train once with its values; ``seed`` tunes every seed. ``share_work`` False:
-    no run reads or writes the shared frozen-model work (``--no-shared-work``)."""
+    no run reads or writes the shared frozen-model work (``--no-shared-work``).
+    ``method_grid`` (method -> field -> values) gives one config per combination and
+    ``budget_axis`` (budget field -> values) one budget per point (:mod:`lofit_bench.sweep_grid`)."""
     if tune_per not in TUNE_PER:
         raise UserError(f"unknown --tune-per {tune_per!r}; use one of {', '.join(TUNE_PER)}")
     host = get_host()
@@ -79,22 +85,33 @@ def plan_sweep(
     for task_class in host.tasks.resolve(list(budget.also_eval)):  # retention tasks (budget.also_eval)
         task_class().data_summary()
     method_options = method_options or {}
-    for name, options in method_options.items():
-        if name not in method_classes:
-            raise UserError(f"options were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
-        method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
-    check_before_runs(method_classes, method_options, budget, model, seeds)
+    method_grid = method_grid or {}
+    budget_axis = budget_axis or {}
+    for what, given in (("options", method_options), ("a grid", method_grid)):
+        for name in given:
+            if name not in method_classes:
+                raise UserError(f"{what} were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
+    configs = {name: method_configs(method_options.get(name, {}), method_grid.get(name, {})) for name in method_classes}
+    budgets = [Budget.from_dict(point) for point in budget_points(budget.to_dict(), budget_axis)]
+    for name, options_list in configs.items():
+        for options in options_list:
+            method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
+            for point in budgets:
+                check_before_runs({name: method_classes[name]}, {name: options}, point, model, seeds)
     model_fingerprint = model_source_fingerprint(model)
     seed_list = list(dict.fromkeys(seeds or list(budget.seeds)))
     tuning_seed = seed_list[0] if tune_per == "fold" and budget.tune and len(seed_list) > 1 else None
     specs = [
-        RunSpec(method, task, seed, budget, model, dict(method_options.get(method, {})), tune_storage=tune_storage,
-                share_work=share_work,
-                tuning_seed=tuning_seed if method_classes[method].search_space(set(method_options.get(method, {}))) else None)
+        RunSpec(method, task, seed, point, model, dict(options), tune_storage=tune_storage, share_work=share_work,
+                tuning_seed=tuning_seed if method_classes[method].search_space(set(options)) else None,
+                axes=declared_axes(method, method_grid.get(method, {}), budget_axis))
         for method in dict.fromkeys(methods)
+        for options in configs[method]
+        for point in budgets
         for task in dict.fromkeys(tasks)
         for seed in seed_list
     ]
+    check_sources(specs)
     return [dataclasses.replace(spec, identity=run_identity(spec, model_fingerprint)) for spec in specs]
 
 
@@ -160,9 +177,11 @@ def run_sweep(
             where = "in this process" if in_process else f"{executor} executor, {jobs} at a time"
             logs = "" if in_process or verbose() else f"; each run's own output goes to {folder.logs}"
             echo(f"running {len(pending)} run(s) ({where}{logs})")
+        # Runs that read another run's heads (head_source=run:TASK) go once their source finished.
+        waves = [[spec for spec in pending if source_task(spec) is None], [spec for spec in pending if source_task(spec)]]
         if jobs > 1 and not in_process:  # jobs finish together: the longest runs go first
-            pending = longest_first(pending)
-        for spec, record in execute(pending, folder, executor, jobs, progress, ray_address):
+            waves = [longest_first(wave) for wave in waves]
+        for spec, record in _execute_waves(waves, specs, folder, executor, jobs, progress, ray_address):
             saved = save_record(spec.record_path(folder), record)
             path = saved or Path("(printed on stderr)")
             if trackers:
@@ -197,6 +216,16 @@ def _expected_costs(specs: list[RunSpec], folder: RunFolder) -> dict[str, float]
         return {spec.record_stem(folder): expected_cost(spec, sizes) for spec in specs}
     except Exception:  # noqa: BLE001 - the ETA is a courtesy; a sweep never fails for it
         return {}
+
+
+def _execute_waves(waves: list[list[RunSpec]], specs: list[RunSpec], folder: RunFolder, *arguments: Any):
+    """Each wave's (spec, record) pairs, a wave starting when the one before it ended; a later
+    wave's runs get their inputs from the earlier waves' records."""
+    for index, wave in enumerate(waves):
+        if index:
+            wave = [resolve_inputs(spec, specs, folder) for spec in wave]
+        if wave:
+            yield from execute(wave, folder, *arguments)
 
 
 def _finished(path: Path) -> bool:

@@ -14,7 +14,13 @@ overrides. Example (TOML)::
     eval_examples = 200
 
     [method_options.lofit]
-    heads = 0.1
+    stage2_learning_rate = 0.01
+
+    [method_grid.lofit]  # one config (record, report row) per value: paper Figure 5
+    heads = [0.03, 0.1, 0.2]
+
+    [budget_axis]        # a budget field varied on purpose: paper Figure 4
+    train_examples = [16, 32, 64]
 
     [model_args]        # or model_args = "revision=main,attn_implementation=sdpa"
     revision = "main"
@@ -33,6 +39,7 @@ from typing import Any
 
 from lofit_bench import validate
 from lofit_bench.errors import UserError
+from lofit_bench.sweep_grid import check_axis_values
 
 
 @dataclass
@@ -43,6 +50,10 @@ class SweepConfig:
     budget: str | None = None
     budget_overrides: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: method -> field -> values: every combination is its own config (``--grid``).
+    method_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    #: budget field -> values: one budget per value, a declared axis (``--budget-axis``).
+    budget_axis: dict[str, list[Any]] = field(default_factory=dict)
     seeds: list[int] | None = None
     tune_per: str | None = None  # as --tune-per: fold or seed
     out: str | None = None
@@ -56,6 +67,11 @@ class SweepConfig:
 def load_sweep_config(path: Path) -> SweepConfig:
     """Read and validate a sweep file (``.toml``, ``.yaml``/``.yml`` or ``.json``), field by
     field with the command line's messages (see :mod:`lofit_bench.validate`)."""
+    return sweep_config_from_data(read_sweep_data(path), path)
+
+
+def read_sweep_data(path: Path) -> dict[str, Any]:
+    """The top-level table of a sweep (or study) file, parsed but not yet checked."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -83,6 +99,12 @@ def load_sweep_config(path: Path) -> SweepConfig:
         raise UserError(f"sweep config {path} is malformed: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"sweep config {path} must hold a table/mapping at the top level")
+    return data
+
+
+def sweep_config_from_data(data: dict[str, Any], path: object) -> SweepConfig:
+    """A checked :class:`SweepConfig` from a sweep file's table (``path`` names it in errors)."""
+    data = dict(data)
     if "model" in data:  # a single model may be given as `model = "..."`
         data.setdefault("models", [data.pop("model")])
     known = {item.name for item in fields(SweepConfig)}
@@ -111,6 +133,15 @@ def _check_field(name: str, value: Any) -> Any:
     if name == "method_options":
         for method, options in validate.table(value, "method_options").items():
             validate.table(options, f"method_options.{method}")
+        return value
+    if name == "method_grid":
+        for method, grid in validate.table(value, "method_grid").items():
+            for field_name, values in validate.table(grid, f"method_grid.{method}").items():
+                check_axis_values(f"{method}.{field_name}", values, "method_grid")
+        return value
+    if name == "budget_axis":
+        for field_name, values in validate.table(value, "budget_axis").items():
+            check_axis_values(field_name, values, "budget_axis")
         return value
     if name == "seeds":
         return validate.seeds(value)

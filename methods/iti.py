@@ -292,6 +292,59 @@ def iti_head_ranking(
     return read_probes(lm, training, validation, seed, batch_size=batch_size, max_length=max_length, shared=shared).ranking()
 
 
+def layer_probe_accuracies(
+    train_positive: torch.Tensor,
+    train_negative: torch.Tensor,
+    validation_positive: torch.Tensor,
+    validation_negative: torch.Tensor,
+    seed: int,
+) -> torch.Tensor:
+    """Held-out accuracy of one probe per layer on the layer's heads concatenated -> [n_layers].
+
+    Inputs as :func:`probe_accuracies` ([N, n_layers, n_heads, head_dim]); each layer's heads
+    become one feature vector of n_heads * head_dim (LoFiT's "probe-layers" selector).
+    """
+    def concatenated(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.reshape(tensor.shape[0], tensor.shape[1], 1, -1)
+
+    accuracy, _ = probe_accuracies(
+        concatenated(train_positive), concatenated(train_negative), concatenated(validation_positive),
+        concatenated(validation_negative), seed,
+    )
+    return accuracy[:, 0]
+
+
+def heads_of_best_layers(layer_accuracy: torch.Tensor, n_heads: int, k: int) -> tuple[list[tuple[int, int, float]], list[int]]:
+    """(ranking, chosen layers): every head scored by its layer's accuracy, best layer first
+    (ties: the lower layer), and the fewest best layers that hold at least ``k`` heads."""
+    order = sorted(range(len(layer_accuracy)), key=lambda layer: (-float(layer_accuracy[layer]), layer))
+    ranking = [(layer, head, float(layer_accuracy[layer])) for layer in order for head in range(n_heads)]
+    return ranking, sorted(order[: -(-k // n_heads)])
+
+
+def probe_layer_ranking(
+    lm: LoadedModel,
+    training: Sequence[TrainingExample],
+    validation: Sequence[TrainingExample],
+    seed: int,
+    k: int,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> tuple[list[tuple[int, int, float]], list[int]]:
+    """The paper's "probe-layers" head selector (Yin et al. 2024, Sec. 5.1 and Table 2): probes
+    on each layer's concatenated head activations at the last token of prompt + gold answer
+    (label 1) vs prompt + a wrong answer (label 0), trained on the training pairs and scored on
+    the dev pairs; all heads of the best layer(s). Returns (ranking, chosen layers)."""
+    pairs = contrast_pairs(training, seed)
+    held_out = contrast_pairs(validation, seed + 1, answer_pool=training)
+    if not pairs or not held_out:
+        raise UserError("the probe-layers head source needs at least one training pair and one dev pair")
+    train_positive, train_negative = pair_activations(lm, pairs, ("heads",), batch_size, max_length)["heads"]
+    held_positive, held_negative = pair_activations(lm, held_out, ("heads",), batch_size, max_length)["heads"]
+    accuracy = layer_probe_accuracies(train_positive, train_negative, held_positive, held_negative, seed)
+    return heads_of_best_layers(accuracy, lm.layout.n_heads, k)
+
+
 class ITI(HeadInterventionMethod):
     """Shift the K most truth-predictive heads along their mass-mean direction (no training)."""
 

@@ -44,8 +44,20 @@ Usage (head sources as in the paper's Table 2 and Figure 2)::
     # cross-task transfer ("--heads-from"): tune MQuAKE biases on CLUTRR's heads
     lofit-bench run --methods lofit --tasks mquake --method-set lofit.head_source='"file:runs/clutrr"'
     lofit-bench run --methods lofit --tasks mquake --method-set lofit.head_source='"random"'
+    # Table 2's selectors in one sweep; Figure 2's transfer (run:TASK: that task's heads, same seed)
+    lofit-bench run --methods lofit --tasks clutrr --grid 'lofit.head_source=["lofit","probe-layers","bias-based"]'
+    lofit-bench run --methods lofit --tasks clutrr,mquake --grid 'lofit.head_source=["lofit","run:clutrr"]'
     lofit-bench run --methods lofit --tasks mquake --method-set lofit.heads=0.1 \\
         --method-set lofit.stage2_learning_rate=5e-3   # Table 3's 10 % of heads
+
+Table 2's other selectors (Yin et al. 2024, Sec. 5.1): ``probe-layers`` "concatenate[s] the
+activations of all heads of a layer" at the last token of prompt + gold vs prompt + a wrong
+answer, trains one logistic-regression probe per layer, and tunes all heads of the layer(s) with
+the best dev accuracy (the fewest best layers holding at least K heads; so K rounds up to whole
+layers); ``bias-based`` learns the bias v instead of A on every head in stage 1 (same learning
+rate, L1 weight and budget) and keeps the K heads of largest ||v||_2. ``run:TASK`` is resolved
+by the sweep to the heads.json of its LoFiT run on TASK (head_source lofit, same seed, model,
+budget and other options), which runs first (a fold of the same name, else the first fold).
 
 ``file:PATH`` takes a ``heads.json`` or any folder holding exactly one (a run's ``--out``
 folder, its artefacts folder); with several (e.g. TruthfulQA's two folds) it lists them.
@@ -107,8 +119,15 @@ HEAD_SOURCES: dict[str, str] = {
     "lofit": "this run's stage 1 (the paper's method)",
     "random": "K heads drawn uniformly at random with head_seed",
     "file": "file:PATH, a heads.json or a run folder holding one (cross-task transfer)",
+    "run": "run:TASK, the heads this sweep's LoFiT run on TASK chose, same seed (cross-task transfer, paper Figure 2)",
     "iti": "ITI's probe-accuracy ranking of this fold's heads (paper Table 2, 'ITI-heads')",
+    "probe-layers": "every head of the layer(s) whose concatenated head activations a dev probe separates best "
+    "(paper Table 2, 'Probe-layers')",
+    "bias-based": "stage 1 learns a bias v on every head instead of a scale, heads ranked by ||v||_2 "
+    "(paper Table 2, 'Bias-based')",
 }
+#: Head sources that train a stage 1 (and so use its learning rate and L1 weight).
+STAGE1_SOURCES = ("lofit", "bias-based")
 
 
 @dataclass
@@ -138,7 +157,9 @@ class LoFiTConfig(MethodConfig):
     head_source: str = field(
         default="lofit",
         metadata={"help": "stage-2 heads: lofit (this run's stage 1), random (with head_seed), "
-                  "file:PATH (heads.json or run folder: cross-task transfer), iti (ITI's probe ranking)"},
+                  "file:PATH (heads.json or run folder: cross-task transfer), run:TASK (this sweep's LoFiT heads "
+                  "on TASK, same seed), iti (ITI's probe ranking), probe-layers (all heads of the best-probed "
+                  "layer(s)), bias-based (stage 1 on biases, ranked by their norm)"},
     )
     head_seed: int | None = field(default=None, metadata={"help": "seed of head_source=random; None: the run's seed"})
 
@@ -149,10 +170,12 @@ class LoFiTConfig(MethodConfig):
         if kind not in HEAD_SOURCES:
             raise UserError(
                 f"unknown lofit.head_source {self.head_source!r}.{did_you_mean(kind, HEAD_SOURCES)} "
-                f"Known: lofit, random, iti, file:PATH"
+                f"Known: lofit, random, iti, probe-layers, bias-based, file:PATH, run:TASK"
             )
         if kind == "file" and not self.head_source.partition(":")[2]:
             raise UserError("lofit.head_source=file:PATH needs a path, e.g. file:runs/clutrr-lofit")
+        if kind == "run" and not self.head_source.partition(":")[2]:
+            raise UserError("lofit.head_source=run:TASK needs a task whose LoFiT heads to use, e.g. run:clutrr")
 
     @property
     def head_source_kind(self) -> str:
@@ -217,24 +240,38 @@ class LoFiT(HeadInterventionMethod):
         lm = self.require_prepared()
         self._detach()
         kind = self.config.head_source_kind
-        settings = resolve_hyperparameters(self.config, context.task.name, needs_stage1=kind == "lofit")
+        settings = resolve_hyperparameters(self.config, context.task.name, needs_stage1=kind in STAGE1_SOURCES)
         k = resolve_head_count(self.config.heads, lm.layout.total_heads)
         examples = context.training_examples()
         head_selection: TrainResult | None = None
-        if kind == "lofit":
-            key = ("lofit stage 1", settings["stage1_learning_rate"], settings["l1_lambda"], self.config.init_std,
+        if kind in STAGE1_SOURCES:
+            vector = "scale" if kind == "lofit" else "shift"
+            key = (f"{kind} stage 1", settings["stage1_learning_rate"], settings["l1_lambda"], self.config.init_std,
                    settings["weight_decay"])
             reused_before = len(context.reused)
             with context.phase("head_selection"):
                 ranking, head_selection, trained_here = context.reuse(
-                    key, lambda: self._shared_stage1(context, settings, examples)
+                    key, lambda: self._shared_stage1(context, settings, examples, vector)
                 )
             if len(context.reused) > reused_before or not trained_here:
                 # this fold's stage 1 ran in an earlier trial, or in another run of the sweep: not paid again
                 head_selection = dataclasses.replace(head_selection, steps=0, seconds=0.0, tokens=0)
             self.selection = HeadSelection.for_layout(
-                lm.layout, source="lofit", chosen=[(layer, head) for layer, head, _ in ranking[:k]],
-                ranking=ranking, score="L2 norm of the stage-1 scale A",
+                lm.layout, source=kind, chosen=[(layer, head) for layer, head, _ in ranking[:k]],
+                ranking=ranking, score=f"L2 norm of the stage-1 {'scale A' if kind == 'lofit' else 'bias v'}",
+            )
+        elif kind == "probe-layers":
+            from lofit_bench.methods.iti import probe_layer_ranking
+
+            with context.phase("head_selection"):
+                ranking, layers = probe_layer_ranking(
+                    lm, examples, context.dev_examples(), context.seed, k, context.budget.eval_batch_size,
+                    context.budget.max_length,
+                )
+            self.selection = HeadSelection.for_layout(
+                lm.layout, source="probe-layers", chosen=[(layer, head) for layer, head, _ in ranking if layer in layers],
+                ranking=ranking, score="dev accuracy of a probe on the layer's concatenated head activations",
+                details={"layers": layers},
             )
         elif kind == "iti":
             from lofit_bench.methods.iti import iti_head_ranking
@@ -252,8 +289,8 @@ class LoFiT(HeadInterventionMethod):
             seed = self.config.head_seed if self.config.head_seed is not None else context.seed
             chosen = sorted(random.Random(seed).sample(all_heads(lm.layout), k))
             self.selection = HeadSelection.for_layout(lm.layout, source="random", chosen=chosen, details={"head_seed": seed})
-        else:  # file:PATH
-            path = find_heads_file(Path(self.config.head_source.partition(":")[2]))
+        else:  # file:PATH, or run:TASK (the sweep resolved it to that run's heads.json)
+            path = find_heads_file(Path(self._heads_path(context)))
             origin = HeadSelection.load(path)
             origin.check_layout(lm.layout, path)
             self.selection = HeadSelection.for_layout(
@@ -282,6 +319,19 @@ class LoFiT(HeadInterventionMethod):
             },
         }
 
+    def _heads_path(self, context: FitContext) -> str:
+        kind, _, target = self.config.head_source.partition(":")
+        if kind == "file":
+            return target
+        path = context.inputs.get(f"heads:{target}")
+        if not path:
+            raise UserError(
+                f"lofit.head_source=run:{target} reads the heads of this sweep's LoFiT run on {target} with the same "
+                f"seed, and none finished; add {target} to --tasks with a lofit config whose head_source is lofit, "
+                "or use file:PATH"
+            )
+        return path
+
     def trainable_parameters(self) -> int:
         if self.attachment is None:
             return 0
@@ -289,7 +339,7 @@ class LoFiT(HeadInterventionMethod):
 
     # -- the two stages --------------------------------------------------------------------
     def _shared_stage1(
-        self, context: FitContext, settings: dict[str, Any], examples: list
+        self, context: FitContext, settings: dict[str, Any], examples: list, vector: str = "scale"
     ) -> tuple[list[tuple[int, int, float]], TrainResult, bool]:
         """Stage 1 through the sweep's shared work: runs with the same model, task, fold, data,
         seed, stage-1 values and training budget (any K, any stage-2 values) train one stage 1
@@ -300,32 +350,37 @@ class LoFiT(HeadInterventionMethod):
             "stage1_learning_rate": settings["stage1_learning_rate"], "l1_lambda": settings["l1_lambda"],
             "init_std": self.config.init_std, "weight_decay": settings["weight_decay"],
             "budget": {name: value for name, value in context.budget.to_dict().items() if name not in NOT_STAGE1_BUDGET},
-        }
+        } | ({"vector": vector} if vector != "scale" else {})  # the bias-based selector's stage 1 is another computation
 
         trained: list[bool] = []
 
         def compute() -> tuple[dict[str, Any], dict[str, Any]]:
-            norms, result = self._rank_heads(context, settings, examples)
+            norms, result = self._rank_heads(context, settings, examples, vector)
             trained.append(True)
             return {"head_norms": norms}, {"training": asdict(result)}
 
         tensors, meta = context.shared_work.fetch("lofit-stage1", fields, compute)
         return rank_heads(tensors["head_norms"]), TrainResult(**meta["training"]), bool(trained)
 
-    def _rank_heads(self, context: FitContext, settings: dict[str, Any], examples: list) -> tuple[Any, TrainResult]:
-        """Stage 1: train A on every head with the L1 penalty; the head scores ||A||_2 [L, H]."""
+    def _rank_heads(
+        self, context: FitContext, settings: dict[str, Any], examples: list, vector: str = "scale"
+    ) -> tuple[Any, TrainResult]:
+        """Stage 1: train A (``vector="scale"``; the paper's method) or, for the paper's
+        "bias-based" selector (Table 2: "we learn the bias v on all heads in the first step
+        and select heads by the norm of v"), v (``"shift"``) on every head with the L1
+        penalty; the head scores are the vector's L2 norms [L, H]."""
         lm = self.require_prepared()
-        scales = HeadIntervention(lm.layout, scale=True).init_normal_(self.config.init_std, seed=context.seed)
+        scales = HeadIntervention(lm.layout, **{vector: True}).init_normal_(self.config.init_std, seed=context.seed)
         l1_lambda = settings["l1_lambda"]
         with scales.attach(lm.model, lm.layout, SUBMODULE):
             result = train(
                 lm.model, lm.tokenizer, examples, context.task.objective, context.budget,
                 OptimizerSettings(settings["stage1_learning_rate"], weight_decay=settings["weight_decay"]),
                 context.seed, context.work_dir / "head_selection",
-                extra_loss=(lambda: l1_lambda * scales.l1_norm("scale")) if l1_lambda else None,
+                extra_loss=(lambda: l1_lambda * scales.l1_norm(vector)) if l1_lambda else None,
                 progress=context.progress, capabilities=self.capabilities,
             )
-        return scales.head_norms("scale").detach().float().cpu(), result
+        return scales.head_norms(vector).detach().float().cpu(), result
 
     def _train_biases(
         self, context: FitContext, heads: list[Head], examples: list, learning_rate: float, weight_decay: float

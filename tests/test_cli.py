@@ -55,7 +55,8 @@ def test_module_entry_point_runs():
         ("methods", ["zero-shot"]),
         ("tasks", ["truthfulqa", "clutrr", "mquake", "CC-BY-NC-4.0"]),
         ("models", ["smollm2-135m", "tiny-random-llama", "local Hugging Face folder"]),
-        ("budgets", ["paper", "smoke"]),
+        ("studies", ["table1", "table2", "figure2", "table3", "figure4", "figure5", "appendix-g"]),
+        ("budgets", ["paper", "study-cpu", "smoke"]),
     ],
 )
 def test_list(capsys, what, expected):
