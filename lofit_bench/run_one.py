@@ -25,6 +25,7 @@ from lofit_bench.errors import install_warning_format
 from lofit_bench.faults import check_finite_metrics, save_artifacts
 from lofit_bench.measure import MemoryMeter, Stopwatch
 from lofit_bench.method import FitContext, Method
+from lofit_bench.model_integrity import ModelGuard
 from lofit_bench.models import load_model
 from lofit_bench.names import inside
 from lofit_bench.plugins import PluginWarning, get_host
@@ -137,6 +138,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
         split_sizes=task.data_summary(),
     )
     fit_phases: dict[str, float] = {}
+    guards: list[ModelGuard] = []
     memory: MemoryMeter | None = None
     artifacts = inside(out_dir, out_dir / ARTIFACTS_FOLDER / spec.record_path(out_dir).stem)
     for fold in task.folds:
@@ -153,6 +155,8 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
             )
         record.model = record.model or ModelInfo(**lm.describe())  # every fold loads the same model
         base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
+        guard = ModelGuard(lm.model)  # trials and the test evaluation share this model: remove() must restore it
+        guards.append(guard)
         memory = memory or MemoryMeter(lm.device, devices=lm.devices)
         set_seed(spec.seed)
         fold_record = FoldRecord(split_sizes=task.data_summary()[fold])
@@ -164,7 +168,9 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
             )
             report("fit")
             with memory.phase("fit"), watch.phase("fit"):
-                method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, out_dir)
+                method, fold_record.fit, fold_record.tuning = fit_method(
+                    spec, method_class, task, fold, lm, context, out_dir, guard
+                )
             record.method.config = method.config.to_dict()
             for name, seconds in context.phases.seconds.items():
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds
@@ -177,7 +183,6 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
         with memory.phase("evaluate"), watch.phase("evaluate"):
             result = task.evaluate(scorer, fold, "test", limit=spec.budget.eval_examples)
         check_finite_metrics(result.metrics, fold)
-        fold_record.metrics = dict(result.metrics)
         fold_record.eval_size = result.size
         fold_record.eval_ids = list(result.example_ids)
         fold_record.eval_tokens = scorer.tokens_processed
@@ -193,6 +198,8 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
                 base_parameters=base_parameters,
             )
         method.remove()
+        guard.verify(spec.method, f"after the run (fold {fold})" if len(task.folds) > 1 else "after the run")
+        fold_record.metrics = dict(result.metrics)  # only once the model is known to be uncontaminated
         del lm, method, scorer
     record.metrics = _average_over_folds(record.folds)
     seconds = watch.to_dict()
@@ -202,6 +209,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
         evaluate=seconds.get("evaluate", 0.0),
         total_s=round(sum(watch.seconds.values()), 3),
         fit_phases=fit_phase_table(fit_phases, watch.seconds.get("fit", 0.0)),
+        model_check=round(sum(guard.seconds for guard in guards), 3),
     )
     eval_tokens = sum(fold.eval_tokens for fold in record.folds.values())
     # Tokens and seconds of the trainings that made the final model (the chosen trial's when tuned).
@@ -219,11 +227,13 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
 
 
 def fit_method(
-    spec: RunSpec, method_class: type[Method], task: Any, fold: str, lm: Any, context: FitContext, out_dir: Path
+    spec: RunSpec, method_class: type[Method], task: Any, fold: str, lm: Any, context: FitContext, out_dir: Path,
+    guard: ModelGuard | None = None,
 ) -> tuple[Method, dict[str, Any], dict[str, Any]]:
     """The fitted method of one fold, with its fit record and tuning record: tuned on the dev
     split when the budget says so and the method declares something the user left free
-    (:mod:`lofit_bench.tuning`), else one fit with the method's own values."""
+    (:mod:`lofit_bench.tuning`), else one fit with the method's own values. ``guard`` checks
+    the model after each tuning trial's ``remove()``."""
     plan = TuningPlan.for_run(method_class, spec.method_options, task) if spec.budget.tune else None
     if plan is None or not plan.space:
         method = method_class.from_options(spec.method_options)
@@ -241,6 +251,7 @@ def fit_method(
         study_name=f"{stem}-{fold}",
         state_dir=inside(out_dir, out_dir / TUNING_FOLDER / stem / fold / BEST_STATE),
         seed=spec.seed,
+        check_removed=(lambda when: guard.verify(spec.method, when)) if guard is not None else None,
     )
     tuned = tuner.tune(lm, context)
     return tuned.method, tuned.fit, tuned.record

@@ -149,6 +149,9 @@ class Timings:
     total_s: float = 0.0
     #: The fit's parts as the method timed them, plus ``other``.
     fit_phases: dict[str, float] = field(default_factory=dict)
+    #: Checking the model after every ``remove()`` (:mod:`lofit_bench.model_integrity`): the
+    #: checksums after load plus each check; part of ``fit`` (trials) and of no phase (the last).
+    model_check: float = 0.0
 
 
 @_strict

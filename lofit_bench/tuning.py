@@ -29,6 +29,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,8 +114,11 @@ class Tuner:
         study_name: str,
         state_dir: Path,
         seed: int,
+        check_removed: Callable[[str], None] | None = None,
     ) -> None:
         self.method_class = method_class
+        #: Called after each trial's ``remove()`` with when it was (the run's ModelGuard.verify).
+        self.check_removed = check_removed
         self.plan = plan
         self.task = task
         self.fold = fold
@@ -151,6 +155,7 @@ class Tuner:
         else:
             if kept is not None:
                 kept[1].remove()
+                self._check_removed(f"after tuning trial {kept[0] + 1}")
             method, fit = self._restore(best, lm, template)
         self._clear_state()  # the runner saves the chosen state as the run's artefacts
         return Tuned(method, fit, self._record(trials, best, resumed, budget))
@@ -202,22 +207,30 @@ class Tuner:
                 attributes.update(_trial_facts(None, intermediate, started, context), pruned=str(pruned))
                 _set_attributes(trial, attributes)
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return None
             except Diverged as error:
                 attributes.update(_trial_facts(None, intermediate, started, context), error=f"Diverged: {error}")
                 _set_attributes(trial, attributes)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                return None
-            attributes.update(_trial_facts(fit, intermediate, started, context), dev=dev.metrics, dev_examples=dev.size)
-            _set_attributes(trial, attributes)
-            study.tell(trial, dev.metrics[metric])
-            if choose(study.get_trials(deepcopy=False), self.task.metrics, metric).number == trial.number:
-                self._save_best(method, trial.number, fit)
-                keep = last
-            return (trial.number, method, fit) if keep else None
-        finally:
-            if not keep:
-                method.remove()
+            else:
+                attributes.update(_trial_facts(fit, intermediate, started, context), dev=dev.metrics, dev_examples=dev.size)
+                _set_attributes(trial, attributes)
+                study.tell(trial, dev.metrics[metric])
+                if choose(study.get_trials(deepcopy=False), self.task.metrics, metric).number == trial.number:
+                    self._save_best(method, trial.number, fit)
+                    keep = last
+        except BaseException:
+            method.remove()  # the run fails with this error; the model is discarded unchecked
+            raise
+        if keep:
+            return trial.number, method, fit
+        method.remove()
+        self._check_removed(f"after tuning trial {trial.number + 1}")
+        return None
+
+    def _check_removed(self, when: str) -> None:
+        """The next trial and the test evaluation reuse this model: check it is as loaded."""
+        if self.check_removed is not None:
+            self.check_removed(when)
 
     # -- state of the best trial -----------------------------------------------------------------
     def _save_best(self, method: Method, number: int, fit: dict[str, Any]) -> None:
