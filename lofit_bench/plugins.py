@@ -13,7 +13,9 @@ import importlib
 import importlib.metadata
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -156,13 +158,27 @@ class PluginHost:
     # -- registries ------------------------------------------------------------------------
     def _collect(self) -> None:
         # Built-ins first (in their listed order), so a plugin never takes a built-in's name; then
-        # installed plugins by distribution name and plugin name, so the winner of a contested
-        # name is the same on every machine whatever the install order.
+        # installed plugins: those whose hooks say `tryfirst` first and `trylast` last (pluggy's own
+        # ordering), then by distribution name and plugin name, so the winner of a contested name is
+        # the same on every machine whatever the install order.
         def order(info: PluginInfo) -> tuple:
-            return (False, "", "") if info.builtin else (True, info.distribution.lower(), info.name)
+            if info.builtin:
+                return (False, 0, "", "")
+            return (True, self._priority(info.name), info.distribution.lower(), info.name)
 
         for info in sorted(self._info.values(), key=order):
             self._collect_from(info.name)
+
+    def _priority(self, plugin_name: str) -> int:
+        """0 when a hook of the plugin is marked ``tryfirst``, 2 when ``trylast``, else 1."""
+        implementations = [
+            implementation
+            for caller in self.manager.get_hookcallers(self.manager.get_plugin(plugin_name)) or []
+            for implementation in caller.get_hookimpls() if implementation.plugin_name == plugin_name
+        ]
+        if any(implementation.tryfirst for implementation in implementations):
+            return 0
+        return 2 if any(implementation.trylast for implementation in implementations) else 1
 
     def distribution_of(self, plugin_name: str) -> dict[str, str] | None:
         """The distribution (name and version) that provides a registered plugin, for the record."""
@@ -170,18 +186,32 @@ class PluginHost:
         return None if info is None else {"name": info.distribution, "version": info.version}
 
     def _describe(self, plugin_name: str) -> str:
+        """The plugin's name and, for an installed one, its distribution and version."""
         info = self._info.get(plugin_name)
         if info is None or info.builtin:
             return repr(plugin_name)
+        if info.distribution.startswith("("):  # "(in-process)"
+            return f"{plugin_name!r} {info.distribution}"
         return f"{plugin_name!r} ({info.distribution} {info.version})".replace(" )", ")")
+
+    def _hook_caller(self, plugin_name: str, hook_name: str) -> Callable[..., Any] | None:
+        """pluggy's caller of ``hook_name`` for this one plugin (None if it does not implement
+        it): every pluggy feature applies (``specname=``, hook wrappers), and a plugin that
+        raises is known by name and stops no other plugin's registration."""
+        plugin = self.manager.get_plugin(plugin_name)
+        callers = {caller.name for caller in self.manager.get_hookcallers(plugin) or []}
+        if plugin is None or hook_name not in callers:
+            return None
+        others = [other for other in self.manager.get_plugins() if other is not plugin]
+        return self.manager.subset_hook_caller(hook_name, remove_plugins=others)
 
     def _collect_from(self, plugin_name: str) -> None:
         plugin = self.manager.get_plugin(plugin_name)
         if plugin is None:
             return
         for hook_name, registry in (("register_methods", self.methods), ("register_tasks", self.tasks)):
-            implementation = getattr(plugin, hook_name, None)
-            if implementation is None:
+            caller = self._hook_caller(plugin_name, hook_name)
+            if caller is None:
                 continue
 
             def register(cls: type, _registry: Registry = registry) -> None:
@@ -203,12 +233,12 @@ class PluginHost:
                         f"first, then plugins by distribution name) and skipped the one from {self._describe(plugin_name)}"
                     )
 
-            _call_hook(plugin_name, hook_name, implementation, register)
-        self._collect_prefixes(plugin, plugin_name)
+            self._call_hook(plugin_name, hook_name, caller, register)
+        self._collect_prefixes(plugin_name)
 
-    def _collect_prefixes(self, plugin: object, plugin_name: str) -> None:
-        implementation = getattr(plugin, "register_task_prefixes", None)
-        if implementation is None:
+    def _collect_prefixes(self, plugin_name: str) -> None:
+        caller = self._hook_caller(plugin_name, "register_task_prefixes")
+        if caller is None:
             return
 
         def register(prefix: str, resolve, description: str = "") -> None:
@@ -217,18 +247,20 @@ class PluginHost:
             elif not self.tasks.add_prefix(prefix, resolve, description, owner=plugin_name):
                 warn_plugin(f"plugin {plugin_name!r} tried to register task prefix {prefix!r}, which is taken; kept the first")
 
-        _call_hook(plugin_name, "register_task_prefixes", implementation, register)
+        self._call_hook(plugin_name, "register_task_prefixes", caller, register)
+
+    def _call_hook(self, plugin_name: str, hook_name: str, caller: Callable[..., Any], register) -> None:
+        """Call one plugin's hook with ``register``; a plugin's bug costs a warning, not the CLI."""
+        try:
+            caller(register=register)
+        except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
+            warn_plugin(
+                f"plugin {self._describe(plugin_name)} raised in {hook_name} and was skipped: "
+                f"{type(error).__name__}: {error}"
+            )
 
     def plugins(self) -> list[PluginInfo]:
         return sorted(self._info.values(), key=lambda info: (not info.builtin, info.name))
-
-
-def _call_hook(plugin_name: str, hook_name: str, implementation, register) -> None:
-    """Call one plugin's hook with ``register``; a plugin's bug costs a warning, not the CLI."""
-    try:
-        implementation(register=register)
-    except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
-        warn_plugin(f"plugin {plugin_name!r} raised in {hook_name} and was skipped: {type(error).__name__}: {error}")
 
 
 def _entry_point_order(entry_point) -> tuple[str, str, str]:
