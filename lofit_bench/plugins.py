@@ -185,7 +185,24 @@ class PluginHost:
         info = self._info.get(plugin_name)
         return None if info is None else {"name": info.distribution, "version": info.version}
 
-    def _describe(self, plugin_name: str) -> str:
+    def installed_packages(self) -> dict[str, str]:
+        """The top-level package of each installed (not built-in) plugin -> the plugin's name:
+        a frame of a traceback whose module is under it ran that plugin's code."""
+        packages = {}
+        for info in self._info.values():
+            plugin = self.manager.get_plugin(info.name)
+            if info.builtin or plugin is None:
+                continue
+            module = getattr(plugin, "__name__", None) if isinstance(plugin, type(os)) else type(plugin).__module__
+            if module and module.split(".")[0] != "lofit_bench":
+                packages.setdefault(module.split(".")[0], info.name)
+        return packages
+
+    def is_builtin(self, plugin_name: str) -> bool:
+        info = self._info.get(plugin_name)
+        return info is not None and info.builtin
+
+    def describe(self, plugin_name: str) -> str:
         """The plugin's name and, for an installed one, its distribution and version."""
         info = self._info.get(plugin_name)
         if info is None or info.builtin:
@@ -222,15 +239,15 @@ class PluginHost:
                 problem = name_problem(name)
                 if problem is not None:
                     warn_plugin(
-                        f"plugin {self._describe(plugin_name)} registered {_registry.kind} {name!r}, which was "
+                        f"plugin {self.describe(plugin_name)} registered {_registry.kind} {name!r}, which was "
                         f"skipped: {problem}"
                     )
                     return
                 if not _registry.add(name, cls, owner=plugin_name):
                     warn_plugin(
                         f"plugin {plugin_name!r} tried to register {_registry.kind} {name!r}, which plugin "
-                        f"{self._describe(_registry.owner(name))} already registered; kept the first (built-ins "
-                        f"first, then plugins by distribution name) and skipped the one from {self._describe(plugin_name)}"
+                        f"{self.describe(_registry.owner(name))} already registered; kept the first (built-ins "
+                        f"first, then plugins by distribution name) and skipped the one from {self.describe(plugin_name)}"
                     )
 
             self._call_hook(plugin_name, hook_name, caller, register)
@@ -255,7 +272,7 @@ class PluginHost:
             caller(register=register)
         except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
             warn_plugin(
-                f"plugin {self._describe(plugin_name)} raised in {hook_name} and was skipped: "
+                f"plugin {self.describe(plugin_name)} raised in {hook_name} and was skipped: "
                 f"{type(error).__name__}: {error}"
             )
 

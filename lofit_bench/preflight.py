@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.errors import UserError, did_you_mean
+from lofit_bench.plugin_boundary import PluginError, plugin_code
 from lofit_bench.validate import check_seed
 
 #: A training batch of more tokens than this fits in no accelerator's memory.
@@ -125,8 +126,12 @@ def check_before_runs(
             f"{shape.max_positions} positions; lower it with --budget-set max_length=N"
         )
     for name, method_class in method_classes.items():
-        config = method_class.config_class.from_dict(method_options.get(name, {}))
+        with plugin_code("method", name, f"its config ({method_class.config_class.__name__})"):
+            config = method_class.config_class.from_dict(method_options.get(name, {}))
         try:
-            method_class.check_before_runs(config, shape)
+            with plugin_code("method", name, f"{method_class.__name__}.check_before_runs(config, shape)"):
+                method_class.check_before_runs(config, shape)
+        except PluginError:
+            raise
         except UserError as error:
             raise UserError(f"{name} on {model.name} ({shape.n_layers} layers x {shape.n_heads} heads): {error}") from None

@@ -28,6 +28,7 @@ from lofit_bench.method import FitContext, Method
 from lofit_bench.model_integrity import ModelGuard
 from lofit_bench.models import load_model
 from lofit_bench.names import inside
+from lofit_bench.plugin_boundary import raised_in_plugin
 from lofit_bench.plugins import PluginWarning, get_host
 from lofit_bench.progress import progress_enabled
 from lofit_bench.records import environment
@@ -106,6 +107,7 @@ def execute_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> RunRecor
             type=type(error).__name__,
             message=str(error).splitlines()[0] if str(error) else "",
             traceback=traceback.format_exc(),
+            plugin=raised_in_plugin(error.__traceback__),
         )
     record.finished_at = _now()
     return record

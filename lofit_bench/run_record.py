@@ -196,6 +196,9 @@ class RunError:
     type: str
     message: str
     traceback: str = ""
+    #: The installed plugin whose code raised it, with its distribution and the function
+    #: (``'bitfit' (lofit-bench-bitfit 0.1.0), in BitFit.fit``); None: no plugin code raised it.
+    plugin: str | None = None
 
 
 @_strict

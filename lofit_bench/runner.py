@@ -20,6 +20,7 @@ from lofit_bench.console import LOGS_FOLDER, SweepConsole, status_path, verbose
 from lofit_bench.errors import DiskFull, UserError, warn
 from lofit_bench.executors import execute
 from lofit_bench.lock import holding_out_folder_lock
+from lofit_bench.plugin_boundary import plugin_code
 from lofit_bench.plugins import get_host
 from lofit_bench.preflight import check_before_runs
 from lofit_bench.records import RECORDS_FOLDER, read_record, save_record
@@ -55,7 +56,8 @@ def plan_sweep(
     host = get_host()
     method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
     for task_name, task_class in zip(tasks, host.tasks.resolve(tasks), strict=True):
-        task_class().data_summary()  # reads every split: a missing or broken file fails here
+        with plugin_code("task", task_name, "reading its splits (the task's constructor and data_summary())"):
+            task_class().data_summary()  # reads every split: a missing or broken file fails here
         trained = [name for name, cls in method_classes.items() if cls.uses_training_data]
         if task_class.objective == "none" and trained:
             raise UserError(
@@ -66,7 +68,8 @@ def plan_sweep(
     for name, options in method_options.items():
         if name not in method_classes:
             raise UserError(f"options were given for method {name!r}, which is not in --methods ({', '.join(methods)})")
-        method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
+        with plugin_code("method", name, f"its config ({method_classes[name].config_class.__name__} with the given options)"):
+            method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
     check_before_runs(method_classes, method_options, budget, model, seeds)
     model_fingerprint = model_source_fingerprint(model)
     specs = [
@@ -144,7 +147,8 @@ def run_sweep(
                 outcomes[spec.key] = RunOutcome(spec, "ok", path)
             else:
                 error = record.error
-                failure = f"FAILED: {error.type}: {error.message} (recorded in {path})"
+                where = f"raised in plugin {error.plugin}; " if error.plugin else ""
+                failure = f"FAILED: {error.type}: {error.message} ({where}recorded in {path})"
                 console.finished(path.stem, labels[spec.key], failure)
                 if quiet:  # an error is said even then
                     print(f"lofit-bench: {labels[spec.key]}: {failure}", file=sys.stderr)
