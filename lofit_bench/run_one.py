@@ -50,7 +50,14 @@ from lofit_bench.run_record import (
 from lofit_bench.run_spec import RunSpec, run_identity
 from lofit_bench.scoring import Scorer
 from lofit_bench.search_space import declared_space
-from lofit_bench.tuning import BEST_STATE, TUNING_FOLDER, Tuner, TuningPlan, sqlite_storage
+from lofit_bench.tuning import (
+    BEST_STATE,
+    TUNING_FOLDER,
+    Tuner,
+    TuningPlan,
+    sqlite_storage,
+    untuned_fill,
+)
 
 ARTIFACTS_FOLDER = "artifacts"
 
@@ -238,13 +245,16 @@ def fit_method(
     the model after each tuning trial's ``remove()``."""
     plan = TuningPlan.for_run(method_class, spec.method_options, task) if spec.budget.tune else None
     if plan is None or not plan.space:
-        method = method_class.from_options(spec.method_options)
+        filled, sources = untuned_fill(method_class, spec.method_options, task)
+        method = method_class.from_options({**filled, **spec.method_options})
         method.prepare(lm)
         if plan is None:
             note = {"mode": "off", "note": "budget.tune is false: the method's default (paper) values"}
         else:
             fixed = ", ".join(sorted(declared_space(method_class.config_class))) or "no field"
             note = {"mode": "on", "trials_run": 0, "note": f"nothing to tune (declares {fixed}; set by the user or none)"}
+        if filled:  # a task the method has no values of its own for (a plugin task)
+            note |= {"filled": filled, "sources": sources}
         return method, method.fit(context), note
     stem = spec.record_path(out_dir).stem
     tuner = Tuner(
