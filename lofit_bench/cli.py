@@ -48,6 +48,13 @@ def _jobs(value: str) -> int:
     return _checked(validate.jobs, value)
 
 
+def _folder(value: str) -> Path:
+    """A folder argument: an empty one would silently mean the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string (use . for the current folder)")
+    return Path(value)
+
+
 def _device(value: str) -> str:
     from lofit_bench import validate
 
@@ -119,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tune-storage", default=None, metavar="URL", help="Optuna storage URL for the tuning trials, e.g. postgresql://user@host/db when runs spread over a Ray cluster (default: one SQLite file per run under OUT/tuning/)")
     run.add_argument("--method-set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="set a method config field, e.g. bitfit.learning_rate=0.001 (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
-    run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
+    run.add_argument("--out", type=_folder, default=None, help="output folder (default: runs/<timestamp>)")
     run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model dtype (default auto: fp32 on CPU, bf16 on CUDA)")
     run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
     run.add_argument("--config", type=Path, default=None, metavar="SWEEP.toml", help="a sweep described in a TOML/YAML/JSON file (per-method options, several models); flags given here override it")
@@ -226,6 +233,7 @@ def command_run(arguments: argparse.Namespace) -> int:
 
     from lofit_bench.budget import Budget, get_budget
     from lofit_bench.models import check_model
+    from lofit_bench.preflight import check_reference, check_tune_storage
     from lofit_bench.report import build_report, render_markdown
     from lofit_bench.report_model import budget_name
     from lofit_bench.runner import check_output_folder, plan_sweep, run_sweep
@@ -249,6 +257,13 @@ def command_run(arguments: argparse.Namespace) -> int:
         method_options[name] = method_options.get(name, {}) | options
     models = _model_settings(arguments, config)
     seeds = arguments.seeds or config.seeds
+    executor = arguments.executor or config.executor or "process"
+    if arguments.ray_address and executor != "ray":
+        raise UserError(f"--ray-address is for the ray executor, but the executor is {executor}; add --executor ray or drop it")
+    if arguments.tune_storage is not None:
+        check_tune_storage(arguments.tune_storage)
+    if arguments.reference is not None:
+        check_reference(arguments.reference, methods, arguments.out or (Path(config.out) if config.out else None))
     specs = [
         spec for model in models
         for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage)
@@ -264,7 +279,6 @@ def command_run(arguments: argparse.Namespace) -> int:
     # model in their own processes, on their own GPUs.
     for model in models:
         check_model(model.name, model.trust_remote_code, model.revision)
-    executor = arguments.executor or config.executor or "process"
     jobs = arguments.jobs if arguments.jobs is not None else config.jobs if config.jobs is not None else 1
     names = ", ".join(model.name for model in models)
     say(f"lofit-bench: {len(specs)} run(s) on {names} with budget {budget_name(budget.to_dict())} -> {out_dir}")

@@ -83,6 +83,14 @@ class HeadSelection:
                     f"{origin}: head (layer {layer}, head {head}) is outside the shape it declares "
                     f"({shape['n_layers']} layers x {shape['n_heads']} heads)"
                 )
+        for name, listed in (("chosen", selection.chosen), ("ranking", [entry[:2] for entry in selection.ranking or []])):
+            repeated = sorted({head for head in listed if listed.count(head) > 1})
+            if repeated:
+                layer, head = repeated[0]
+                raise UserError(
+                    f"{origin}: {name} lists head (layer {layer}, head {head}) more than once; each head may "
+                    f"appear once (a repeated head would count as several heads with one head's parameters)"
+                )
         return selection
 
     @classmethod

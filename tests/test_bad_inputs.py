@@ -143,6 +143,12 @@ FLAG_CASES = [
     ("compare-missing-folder", ["compare", "{tmp}/nothing", "{tmp}"], "is not a folder"),
     ("compare-empty-folder", ["compare", "{tmp}", "{tmp}"], "no finished runs"),
     ("heads-missing-folder", ["heads", "{tmp}/nothing"], ""),
+    ("ray-address-with-process", [*RUN, "--ray-address", "auto", "--executor", "process"], "--ray-address is for the ray executor"),
+    ("ray-address-default-executor", [*RUN, "--ray-address", "auto"], "but the executor is process"),
+    ("tune-storage-bogus", [*RUN, "--tune-storage", "bogus://x"], "--tune-storage 'bogus://x' is not a database URL"),
+    ("tune-storage-not-a-url", [*RUN, "--tune-storage", "trials.db"], "is not a database URL"),
+    ("tune-storage-missing-folder", [*RUN, "--tune-storage", "sqlite:////nonexistent/dir/x.db"], "the folder /nonexistent/dir does not exist"),
+    ("reference-unknown", [*RUN, "--reference", "nosuch"], "--reference nosuch: no method of that name in this sweep"),
 ]
 
 
@@ -155,6 +161,24 @@ def test_bad_flags_are_one_line_exit_2_before_any_model_load(capsys, tmp_path, n
     code, out, err = run_cli(capsys, arguments)
     assert_one_error_line(code, out, err, 2, message)
     assert not records_in(out_dir)
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(capsys, tmp_path, no_model_load, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(capsys, [*RUN, "--out", out])
+    assert code == 2 and "Traceback" not in stdout + err
+    assert "--out: must name a folder, got an empty string" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reference_among_the_folders_records_is_accepted_before_the_sweep(finished_run):
+    """--reference names a method of the records already in OUT: checked, accepted, the sweep goes on."""
+    from lofit_bench.preflight import check_reference
+
+    check_reference("zero-shot", ["lofit"], finished_run)
+    with pytest.raises(UserError, match="Did you mean 'zero-shot'"):
+        check_reference("zero_shot", ["lofit"], finished_run)
 
 
 def test_entry_point_prints_no_traceback_in_a_real_process(tmp_path):
@@ -183,6 +207,8 @@ SWEEP_CASES = [
     ("out-number", "sweep.toml", SWEEP_HEAD + "out = 5\n", "out (a folder) must be"),
     ("jobs-zero", "sweep.toml", SWEEP_HEAD + "jobs = 0\n", "jobs must be a whole number of at least 1"),
     ("jobs-word", "sweep.toml", SWEEP_HEAD + 'jobs = "two"\n', "jobs must be a whole number of at least 1"),
+    ("jobs-number-as-text", "sweep.toml", SWEEP_HEAD + 'jobs = "2"\n', "got the text '2'; write jobs = 2"),
+    ("out-empty", "sweep.toml", SWEEP_HEAD + 'out = ""\n', "out (a folder) must be a non-empty string"),
     ("seeds-letters", "sweep.toml", SWEEP_HEAD + 'seeds = "abc"\n', "seeds must be whole numbers"),
     ("seeds-float", "sweep.toml", SWEEP_HEAD + "seeds = [1.5]\n", "seeds must be whole numbers"),
     ("seeds-negative", "sweep.toml", SWEEP_HEAD + "seeds = -3\n", "out of range"),
@@ -476,6 +502,9 @@ HEADS_CASES = [
     ("wrong-format", GOOD_HEADS | {"format": "other"}, "not a lofit-bench heads file"),
     ("not-an-object", [1, 2], "not a lofit-bench heads file"),
     ("not-json", "{ nope", "cannot read heads file"),
+    ("duplicate-chosen-head", GOOD_HEADS | {"chosen": [[0, 1], [0, 1], [0, 1]]}, "chosen lists head (layer 0, head 1) more than once"),
+    ("duplicate-ranked-head", GOOD_HEADS | {"ranking": [{"layer": 0, "head": 1, "score": 1.0}, {"layer": 0, "head": 1, "score": 0.5}]},
+     "ranking lists head (layer 0, head 1) more than once"),
 ]
 
 
