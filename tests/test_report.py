@@ -278,3 +278,13 @@ def test_a_record_of_a_newer_schema_or_invalid_shape_is_reported_in_the_report(t
     markdown = render_markdown(report)
     assert "left out 1.json: a record of schema 2, newer than this lofit-bench reads (1); upgrade lofit-bench" in markdown
     assert "left out 2.json: not a valid run record: metrcs: Unexpected keyword argument" in markdown
+
+
+@pytest.mark.parametrize(
+    ("percent", "shown"),
+    [(None, "-"), (0.0, "0.0000"), (100.0 * 27 / 134_515_008, "2.01e-05"), (0.004, "0.004"), (0.0186, "0.0186"), (100.0, "100.0000")],
+)
+def test_a_tiny_share_of_parameters_keeps_its_significant_digits(percent, shown):
+    from lofit_bench.report_model import format_parameter_share
+
+    assert format_parameter_share(percent) == shown
