@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="list methods, tasks, models or budgets", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets"], help="what to list")
-    listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
+    listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods), fields (budgets) or each model's Hugging Face folder (models)")
 
     heads = commands.add_parser(
         "heads",
@@ -361,6 +361,14 @@ def command_list(arguments: argparse.Namespace) -> int:
 
         rows = [[entry.name, entry.description] for entry in MODELS.values()]
         print(tabulate(rows, headers=["model", "description"], tablefmt="simple"))
+        if arguments.verbose:
+            print("\nHugging Face folders (for lm-eval's pretrained=..., or any transformers code):")
+            for entry in MODELS.values():
+                folder = entry.folder()
+                where = "built in memory, no folder" if folder is None else (
+                    f"{folder}" + ("" if (folder / "config.json").is_file() else " (built on the first run)")
+                )
+                print(f"  {entry.name}: {where}")
         print("\n--model also takes a local Hugging Face folder or a hub id (needs network access).")
         return 0
     if arguments.what == "budgets":
