@@ -21,6 +21,8 @@ from lofit_bench.interventions import Head, describe_shape
 HEADS_FILE = "heads.json"
 HEATMAP_FILE = "heads_heatmap.png"
 FORMAT = "lofit-bench heads v1"
+#: The format as a JSON Schema, for tools that are not Python (docs/writing-a-plugin.md).
+SCHEMA_FILE = Path(__file__).parent / "data" / "heads.schema.json"
 
 
 @dataclass

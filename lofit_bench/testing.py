@@ -37,7 +37,8 @@ Logits are read on one fixed probe text through ``evaluation_model()``, in eval 
 its prompt declared (:func:`~lofit_bench.prompt_positions.declare_prompt`), so methods that
 edit prompt positions only (LoReFT) are probed as the Scorer would run them.
 
-This module needs pytest (the ``test`` extra); nothing else in lofit-bench imports it.
+This module needs pytest (the ``testing`` extra: ``pip install 'lofit-bench[testing]'``);
+nothing else in lofit-bench imports it.
 """
 
 from __future__ import annotations
