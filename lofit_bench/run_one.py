@@ -22,7 +22,7 @@ from typing import Any
 
 from lofit_bench.console import LOGS_FOLDER, RunStatus, redirect_output, status_path, verbose
 from lofit_bench.errors import install_warning_format
-from lofit_bench.faults import check_finite_metrics, save_artifacts
+from lofit_bench.faults import check_finite_metrics, check_finite_outputs, save_artifacts
 from lofit_bench.measure import MemoryMeter, Stopwatch
 from lofit_bench.method import FitContext, Method
 from lofit_bench.model_integrity import ModelGuard
@@ -180,6 +180,7 @@ def _execute(spec: RunSpec, out_dir: Path, record: RunRecord, progress: bool, st
                 method, fold_record.fit, fold_record.tuning = fit_method(
                     spec, method_class, task, fold, lm, context, out_dir, guard
                 )
+                check_finite_outputs(method, lm)  # an overflowing edit is a failed run, not a score
             record.method.config = method.config.to_dict()
             for name, seconds in context.phases.seconds.items():
                 fit_phases[name] = fit_phases.get(name, 0.0) + seconds

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lofit_bench.errors import Diverged
+from lofit_bench.faults import check_finite_outputs
 from lofit_bench.search_space import Space, contains
 
 if TYPE_CHECKING:
@@ -232,6 +233,7 @@ class Tuner:
         try:
             try:
                 fit = method.fit(context)
+                check_finite_outputs(method, lm)  # an overflowing edit is a failed trial
                 with context.phase("dev_evaluation"):
                     dev = evaluate(method, self.task, self.fold, budget.dev_examples, budget.eval_batch_size, template.progress)
             except optuna.TrialPruned as pruned:

@@ -448,6 +448,23 @@ def test_a_diverged_run_is_failed_with_the_step_loss_and_learning_rate(capsys, t
     assert "metrics" not in record
 
 
+@pytest.mark.parametrize(
+    ("method", "option"), [("iti", "iti.alpha=1e30"), ("repe", "repe.alpha=1e30"), ("lofit", "lofit.init_std=1e30")]
+)
+def test_an_edit_that_overflows_the_hidden_states_is_a_failed_run_not_a_score(capsys, tmp_path, method, option):
+    """Finite but meaningless: the norms square 1e26+ to inf and the model answers "!!!!" to all."""
+    out_dir = tmp_path / "out"
+    arguments = ["run", "--methods", method, "--tasks", "mquake", *QUICK, "--budget-set", "train_examples=4",
+                 "--budget-set", "dev_examples=2", "--method-set", option, "--out", out_dir]
+    code, out, err = run_cli(capsys, arguments)
+    assert code == 1 and "Traceback" not in out + err
+    (path,) = records_in(out_dir)
+    record = strict_json(path)
+    assert record["status"] == "failed" and record["error"]["type"] == "Diverged", record.get("error")
+    assert f"the fitted {method} model's hidden states reach" in record["error"]["message"]
+    assert "metrics" not in record
+
+
 def test_non_finite_numbers_are_written_as_null_and_listed(tmp_path):
     path = tmp_path / "record.json"
     write_json_atomic(path, {"metrics": {"mc1": float("nan"), "mc2": 0.5}, "losses": [1.0, float("-inf")]})
