@@ -275,6 +275,29 @@ def copy_of_run(finished_run, tmp_path) -> Path:
     return copy
 
 
+def test_a_byte_identical_copy_of_a_record_is_not_a_second_seed(capsys, copy_of_run):
+    from lofit_bench.records import read_record_folder
+
+    (path,) = records_in(copy_of_run)
+    shutil.copy(path, path.with_name("zz-copy.json"))
+    code, out, err = run_cli(capsys, ["report", copy_of_run])
+    assert code == 0 and "Traceback" not in out + err
+    assert f"skipped {path.with_name('zz-copy.json')}: the same run (key " in err and "a copy counts once" in err
+    folder = read_record_folder(copy_of_run)
+    assert [record.source for record in folder.records] == [path]
+
+
+def test_a_nan_literal_in_a_records_metrics_is_named_and_the_record_left_out(capsys, copy_of_run):
+    (path,) = records_in(copy_of_run)
+    record = json.loads(path.read_text())
+    first = next(iter(record["metrics"]))
+    record["metrics"][first] = float("nan")
+    path.write_text(json.dumps(record))  # json writes the NaN literal lofit-bench never writes
+    code, out, err = run_cli(capsys, ["report", copy_of_run])
+    assert code == 2 and "Traceback" not in out + err  # its only record left out: nothing to report
+    assert f"skipped {path}: it holds 1 NaN or Infinity literal(s) (metrics.{first} = NaN)" in " ".join(err.split())
+
+
 def test_records_are_strict_json_and_name_their_plugin_distribution(finished_run):
     (path,) = records_in(finished_run)
     record = strict_json(path)
