@@ -443,6 +443,11 @@ def check_model(name: str, trust_remote_code: bool = False, revision: str | None
     except (OSError, ValueError) as error:
         hint = " The hub is unreachable from here (offline); pass a local folder instead." if folder is None else ""
         raise UserError(f"could not load model {name!r}: {str(error).splitlines()[0]}{hint}") from None
+    except Exception as error:  # noqa: BLE001 - transformers' own validators (huggingface_hub's strict dataclasses, a zero division...)
+        said = " ".join(" ".join(str(error).split("\n")[:3]).split())
+        raise UserError(
+            f"model {name!r}: transformers rejects its config.json ({type(error).__name__}: {said}); fix the file"
+        ) from None
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:
         raise UserError(

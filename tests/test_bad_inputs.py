@@ -566,6 +566,28 @@ def test_a_heads_file_of_another_model_is_refused_before_loading(capsys, tmp_pat
 
 
 # -- models and devices -----------------------------------------------------------------------------
+LLAMA_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                "intermediate_size": 128, "vocab_size": 100}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_attention_heads": 0}, "ZeroDivisionError"),
+        ({"num_attention_heads": 3}, "The hidden size (64) is not a multiple of the number of attention heads (3)"),
+        ({"num_hidden_layers": "two"}, "expected int, got str (value: 'two')"),
+    ],
+    ids=["zero-heads", "heads-not-dividing", "layers-as-text"],
+)
+def test_a_config_json_that_transformers_rejects_is_one_line(capsys, tmp_path, no_model_load, change, message):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA_CONFIG | change))
+    code, out, err = run_cli(capsys, [*RUN[:5], "--model", folder, "--out", tmp_path / "out"])
+    assert_one_error_line(code, out, err, 2, "transformers rejects its config.json")
+    assert message in err
+
+
 def test_a_model_folder_with_truncated_weights_is_one_line(capsys, tmp_path):
     from lofit_bench.models import build_tiny_model
 
