@@ -122,7 +122,5 @@ def _check_field(name: str, value: Any) -> Any:
     if name == "executor":
         return validate.choice(value, "executor", validate.EXECUTOR_CHOICES)
     if name == "jobs":
-        if isinstance(value, str):  # a file has numbers: "2" is a typo the command line cannot make
-            raise UserError(f"jobs must be a whole number of at least 1, got the text {value!r}; write jobs = {value.strip()}")
         return validate.jobs(value)
     return value
