@@ -143,6 +143,13 @@ def run_sweep(
             path = save_record(spec.record_path(out_dir), record) or Path("(printed on stderr)")
             if record.ok:
                 summary = ", ".join(_metric_text(name, value) for name, value in (record.metrics or {}).items())
+                truncated = sum((fold.fit.get("training") or {}).get("examples_over_max_length", 0) for fold in record.folds.values())
+                if truncated:  # said where the user looks, not only in the run's log
+                    warn(
+                        f"{labels[spec.key]}: {truncated} training example(s) were cut to the budget's max_length "
+                        f"{spec.budget.max_length} (raise it with --budget-set max_length=N; recorded as "
+                        "examples_over_max_length)"
+                    )
                 console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)")
                 outcomes[spec.key] = RunOutcome(spec, "ok", path)
             else:

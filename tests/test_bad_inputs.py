@@ -487,6 +487,15 @@ def test_an_edit_that_overflows_the_hidden_states_is_a_failed_run_not_a_score(ca
     assert "metrics" not in record
 
 
+def test_truncated_training_examples_are_said_on_the_console(capsys, tmp_path):
+    arguments = ["run", "--methods", "red", "--tasks", "mquake", *QUICK, "--budget-set", "train_examples=8",
+                 "--budget-set", "max_length=200", "--tune", "off", "--out", tmp_path / "out"]
+    code, out, err = run_cli(capsys, arguments)
+    assert code == 0 and "Traceback" not in out + err
+    assert ("lofit-bench: warning: red on mquake (seed 42, tiny-random-llama): 1 training example(s) were cut to the "
+            "budget's max_length 200") in err
+
+
 def test_non_finite_numbers_are_written_as_null_and_listed(tmp_path):
     path = tmp_path / "record.json"
     write_json_atomic(path, {"metrics": {"mc1": float("nan"), "mc2": 0.5}, "losses": [1.0, float("-inf")]})
