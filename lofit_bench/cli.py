@@ -60,6 +60,13 @@ def _jobs(value: str) -> int:
     return _checked(validate.jobs, value)
 
 
+def _folder(value: str) -> Path:
+    """A folder argument: an empty one would silently mean the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string (use . for the current folder)")
+    return Path(value)
+
+
 def _device(value: str) -> str:
     from lofit_bench import validate
 
@@ -162,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grid", action="append", default=[], metavar="METHOD.FIELD=[V1,V2,...]", help="run one config per value (a JSON list) of a method field, e.g. lofit.heads=[0.03,0.1,0.2]; several --grid give every combination; each config is its own record and report row, and the report plots along the field (repeatable)")
     run.add_argument("--budget-axis", action="append", default=[], metavar="FIELD=[V1,V2,...]", help="vary a budget field on purpose, e.g. train_examples=[16,32,64]: one run per value, plotted against it in the report instead of flagged as a mixed budget (repeatable)")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the budget's, 42)")
-    run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
+    run.add_argument("--out", type=_folder, default=None, help="output folder (default: runs/<timestamp>)")
     run.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="model weights' dtype (default auto: fp32 on CPU; on CUDA fp32 under --precision bf16-mixed, else bf16)")
     run.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16-mixed"], help="how the frozen model computes: bf16-mixed runs its matmuls in bf16 under autocast, trained tensors and optimizer state fp32 (default auto: bf16-mixed on CUDA, fp32 on CPU)")
     run.add_argument("--device", type=_device, default=None, help="auto (default), cpu, mps, cuda or cuda:N")
@@ -207,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="list methods, tasks, models, budgets, studies, executors or report formats", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "studies", "executors", "formats"], help="what to list")
-    listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods) or fields (budgets)")
+    listing.add_argument("-v", "--verbose", action="store_true", help="show config fields (methods), fields (budgets) or each model's Hugging Face folder (models)")
 
     heads = commands.add_parser(
         "heads",
@@ -277,6 +284,7 @@ def command_run(arguments: argparse.Namespace) -> int:
 
     from lofit_bench.budget import Budget, get_budget
     from lofit_bench.models import check_model
+    from lofit_bench.preflight import check_reference, check_tune_storage
     from lofit_bench.report import build_report, render_markdown
     from lofit_bench.report_model import budget_name
     from lofit_bench.runner import check_output_folder, plan_sweep, run_sweep
@@ -318,6 +326,10 @@ def command_run(arguments: argparse.Namespace) -> int:
     models = _model_settings(arguments, config)
     seeds = arguments.seeds or config.seeds
     _check_executor(arguments.executor or config.executor or "process", arguments.ray_address)
+    if arguments.tune_storage is not None:
+        check_tune_storage(arguments.tune_storage)
+    if arguments.reference is not None:
+        check_reference(arguments.reference, methods, arguments.out or (Path(config.out) if config.out else None))
     specs = [
         spec for model in models
         for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage,
@@ -448,6 +460,14 @@ def command_list(arguments: argparse.Namespace) -> int:
 
         rows = [[entry.name, entry.description] for entry in MODELS.values()]
         print(tabulate(rows, headers=["model", "description"], tablefmt="simple"))
+        if arguments.verbose:
+            print("\nHugging Face folders (for lm-eval's pretrained=..., or any transformers code):")
+            for entry in MODELS.values():
+                folder = entry.folder()
+                where = "built in memory, no folder" if folder is None else (
+                    f"{folder}" + ("" if (folder / "config.json").is_file() else " (built on the first run)")
+                )
+                print(f"  {entry.name}: {where}")
         print("\n--model also takes a local Hugging Face folder or a hub id (needs network access).")
         return 0
     if arguments.what == "budgets":

@@ -89,3 +89,46 @@ def _is_io_error(error: BaseException) -> bool:
 def _says_disk_full(error: BaseException) -> bool:
     text = str(error)
     return "No space left" in text or "code: 28" in text or "Disk quota exceeded" in text
+
+
+#: A short text every fitted model is run on once before it is scored (its logits must be finite).
+PROBE_TEXT = "Q: What is the capital of France?\nA: Paris"
+
+
+def check_finite_outputs(method: Any, lm: Any) -> None:
+    """Run the fitted model once on :data:`PROBE_TEXT`: non-finite logits, or decoder-layer
+    outputs too large for a norm to square (an edit that overflows the hidden states, e.g.
+    ``iti.alpha=1e30``: the model then answers the same whatever it is asked), fail the fit as
+    :class:`Diverged` instead of a run scored on constant output. One forward pass of a dozen
+    tokens; the layer outputs are read by hooks removed at once (not ``output_hidden_states``,
+    which makes transformers leave hooks of its own on the model)."""
+    import torch
+
+    from lofit_bench.prompt_positions import PromptSpans, declare_prompt
+
+    model = method.evaluation_model()
+    input_ids = lm.tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]
+    device = next(model.parameters()).device
+    largest = [0.0]
+
+    def record(_module: Any, _inputs: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        largest[0] = max(largest[0], float(hidden.detach().abs().float().max()))
+
+    handles = [layer.register_forward_hook(record) for layer in lm.layout.decoder_layers(lm.model)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), declare_prompt(model, PromptSpans.right_padded([input_ids.shape[1]])):
+            logits = model(input_ids=input_ids.to(device)).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    # A norm squares the hidden state: past ~1.8e19 the square is inf in float32 and the norm outputs zeros.
+    if not bool(torch.isfinite(logits).all()) or not largest[0] < math.sqrt(torch.finfo(torch.float32).max):
+        raise Diverged(
+            f"the fitted {method.name} model's hidden states reach {largest[0]:.3g} on a probe text, beyond what its "
+            "norms can square (its output no longer depends on the input); lower the method's strength or "
+            "initialisation scale"
+        )

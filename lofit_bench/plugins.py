@@ -13,8 +13,10 @@ import importlib
 import importlib.metadata
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pluggy
 
@@ -164,24 +166,69 @@ class PluginHost:
     # -- registries ------------------------------------------------------------------------
     def _collect(self) -> None:
         # Built-ins first (in their listed order), so a plugin never takes a built-in's name; then
-        # installed plugins by distribution name and plugin name, so the winner of a contested
-        # name is the same on every machine whatever the install order.
+        # installed plugins: those whose hooks say `tryfirst` first and `trylast` last (pluggy's own
+        # ordering), then by distribution name and plugin name, so the winner of a contested name is
+        # the same on every machine whatever the install order.
         def order(info: PluginInfo) -> tuple:
-            return (False, "", "") if info.builtin else (True, info.distribution.lower(), info.name)
+            if info.builtin:
+                return (False, 0, "", "")
+            return (True, self._priority(info.name), info.distribution.lower(), info.name)
 
         for info in sorted(self._info.values(), key=order):
             self._collect_from(info.name)
+
+    def _priority(self, plugin_name: str) -> int:
+        """0 when a hook of the plugin is marked ``tryfirst``, 2 when ``trylast``, else 1."""
+        implementations = [
+            implementation
+            for caller in self.manager.get_hookcallers(self.manager.get_plugin(plugin_name)) or []
+            for implementation in caller.get_hookimpls() if implementation.plugin_name == plugin_name
+        ]
+        if any(implementation.tryfirst for implementation in implementations):
+            return 0
+        return 2 if any(implementation.trylast for implementation in implementations) else 1
 
     def distribution_of(self, plugin_name: str) -> dict[str, str] | None:
         """The distribution (name and version) that provides a registered plugin, for the record."""
         info = self._info.get(plugin_name)
         return None if info is None else {"name": info.distribution, "version": info.version}
 
-    def _describe(self, plugin_name: str) -> str:
+    def installed_packages(self) -> dict[str, str]:
+        """The top-level package of each installed (not built-in) plugin -> the plugin's name:
+        a frame of a traceback whose module is under it ran that plugin's code."""
+        packages = {}
+        for info in self._info.values():
+            plugin = self.manager.get_plugin(info.name)
+            if info.builtin or plugin is None:
+                continue
+            module = getattr(plugin, "__name__", None) if isinstance(plugin, type(os)) else type(plugin).__module__
+            if module and module.split(".")[0] != "lofit_bench":
+                packages.setdefault(module.split(".")[0], info.name)
+        return packages
+
+    def is_builtin(self, plugin_name: str) -> bool:
+        info = self._info.get(plugin_name)
+        return info is not None and info.builtin
+
+    def describe(self, plugin_name: str) -> str:
+        """The plugin's name and, for an installed one, its distribution and version."""
         info = self._info.get(plugin_name)
         if info is None or info.builtin:
             return repr(plugin_name)
+        if info.distribution.startswith("("):  # "(in-process)"
+            return f"{plugin_name!r} {info.distribution}"
         return f"{plugin_name!r} ({info.distribution} {info.version})".replace(" )", ")")
+
+    def _hook_caller(self, plugin_name: str, hook_name: str) -> Callable[..., Any] | None:
+        """pluggy's caller of ``hook_name`` for this one plugin (None if it does not implement
+        it): every pluggy feature applies (``specname=``, hook wrappers), and a plugin that
+        raises is known by name and stops no other plugin's registration."""
+        plugin = self.manager.get_plugin(plugin_name)
+        callers = {caller.name for caller in self.manager.get_hookcallers(plugin) or []}
+        if plugin is None or hook_name not in callers:
+            return None
+        others = [other for other in self.manager.get_plugins() if other is not plugin]
+        return self.manager.subset_hook_caller(hook_name, remove_plugins=others)
 
     def _collect_from(self, plugin_name: str) -> None:
         plugin = self.manager.get_plugin(plugin_name)
@@ -189,8 +236,8 @@ class PluginHost:
             return
         registries = (("register_methods", self.methods), ("register_tasks", self.tasks), ("register_executors", self.executors))
         for hook_name, registry in registries:
-            implementation = getattr(plugin, hook_name, None)
-            if implementation is None:
+            caller = self._hook_caller(plugin_name, hook_name)
+            if caller is None:
                 continue
 
             def register(cls: type, _registry: Registry = registry) -> None:
@@ -201,25 +248,25 @@ class PluginHost:
                 problem = name_problem(name)
                 if problem is not None:
                     warn_plugin(
-                        f"plugin {self._describe(plugin_name)} registered {_registry.kind} {name!r}, which was "
+                        f"plugin {self.describe(plugin_name)} registered {_registry.kind} {name!r}, which was "
                         f"skipped: {problem}"
                     )
                     return
                 if not _registry.add(name, cls, owner=plugin_name):
                     warn_plugin(
                         f"plugin {plugin_name!r} tried to register {_registry.kind} {name!r}, which plugin "
-                        f"{self._describe(_registry.owner(name))} already registered; kept the first (built-ins "
-                        f"first, then plugins by distribution name) and skipped the one from {self._describe(plugin_name)}"
+                        f"{self.describe(_registry.owner(name))} already registered; kept the first (built-ins "
+                        f"first, then plugins by distribution name) and skipped the one from {self.describe(plugin_name)}"
                     )
 
-            _call_hook(plugin_name, hook_name, implementation, register)
-        self._collect_prefixes(plugin, plugin_name)
-        self._collect_report_formats(plugin, plugin_name)
-        self._collect_studies(plugin, plugin_name)
+            self._call_hook(plugin_name, hook_name, caller, register)
+        self._collect_prefixes(plugin_name)
+        self._collect_report_formats(plugin_name)
+        self._collect_studies(plugin_name)
 
-    def _collect_studies(self, plugin: object, plugin_name: str) -> None:
-        implementation = getattr(plugin, "register_studies", None)
-        if implementation is None:
+    def _collect_studies(self, plugin_name: str) -> None:
+        caller = self._hook_caller(plugin_name, "register_studies")
+        if caller is None:
             return
 
         def register(path: str | Path) -> None:
@@ -236,11 +283,11 @@ class PluginHost:
                 return
             self.studies[study.name] = (Path(path), plugin_name)
 
-        _call_hook(plugin_name, "register_studies", implementation, register)
+        self._call_hook(plugin_name, "register_studies", caller, register)
 
-    def _collect_prefixes(self, plugin: object, plugin_name: str) -> None:
-        implementation = getattr(plugin, "register_task_prefixes", None)
-        if implementation is None:
+    def _collect_prefixes(self, plugin_name: str) -> None:
+        caller = self._hook_caller(plugin_name, "register_task_prefixes")
+        if caller is None:
             return
 
         def register(prefix: str, resolve, description: str = "") -> None:
@@ -249,11 +296,21 @@ class PluginHost:
             elif not self.tasks.add_prefix(prefix, resolve, description, owner=plugin_name):
                 warn_plugin(f"plugin {plugin_name!r} tried to register task prefix {prefix!r}, which is taken; kept the first")
 
-        _call_hook(plugin_name, "register_task_prefixes", implementation, register)
+        self._call_hook(plugin_name, "register_task_prefixes", caller, register)
 
-    def _collect_report_formats(self, plugin: object, plugin_name: str) -> None:
-        implementation = getattr(plugin, "register_report_formats", None)
-        if implementation is None:
+    def _call_hook(self, plugin_name: str, hook_name: str, caller: Callable[..., Any], register) -> None:
+        """Call one plugin's hook with ``register``; a plugin's bug costs a warning, not the CLI."""
+        try:
+            caller(register=register)
+        except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
+            warn_plugin(
+                f"plugin {self.describe(plugin_name)} raised in {hook_name} and was skipped: "
+                f"{type(error).__name__}: {error}"
+            )
+
+    def _collect_report_formats(self, plugin_name: str) -> None:
+        caller = self._hook_caller(plugin_name, "register_report_formats")
+        if caller is None:
             return
         from lofit_bench.report_formats import ReportFormat
 
@@ -263,26 +320,18 @@ class PluginHost:
                 return
             problem = name_problem(report_format.name) or name_problem(report_format.file_name)
             if problem is not None:
-                warn_plugin(f"plugin {self._describe(plugin_name)} registered report format {report_format.name!r}, which was skipped: {problem}")
+                warn_plugin(f"plugin {self.describe(plugin_name)} registered report format {report_format.name!r}, which was skipped: {problem}")
             elif any(self.report_formats.get(name).file_name == report_format.file_name for name in self.report_formats):
                 warn_plugin(f"plugin {plugin_name!r} registered report format {report_format.name!r}, whose file "
                             f"{report_format.file_name} another format already writes; kept the first")
             elif not self.report_formats.add(report_format.name, report_format, owner=plugin_name):
                 warn_plugin(f"plugin {plugin_name!r} tried to register report format {report_format.name!r}, which plugin "
-                            f"{self._describe(self.report_formats.owner(report_format.name))} already registered; kept the first")
+                            f"{self.describe(self.report_formats.owner(report_format.name))} already registered; kept the first")
 
-        _call_hook(plugin_name, "register_report_formats", implementation, register)
+        self._call_hook(plugin_name, "register_report_formats", caller, register)
 
     def plugins(self) -> list[PluginInfo]:
         return sorted(self._info.values(), key=lambda info: (not info.builtin, info.name))
-
-
-def _call_hook(plugin_name: str, hook_name: str, implementation, register) -> None:
-    """Call one plugin's hook with ``register``; a plugin's bug costs a warning, not the CLI."""
-    try:
-        implementation(register=register)
-    except Exception as error:  # noqa: BLE001 - a plugin's bug must not stop the CLI
-        warn_plugin(f"plugin {plugin_name!r} raised in {hook_name} and was skipped: {type(error).__name__}: {error}")
 
 
 def _entry_point_order(entry_point) -> tuple[str, str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench.errors import UserError, did_you_mean
+from lofit_bench.plugin_boundary import PluginError, plugin_code
 from lofit_bench.validate import check_seed
 
 #: A training batch of more tokens than this fits in no accelerator's memory.
@@ -125,8 +126,53 @@ def check_before_runs(
             f"{shape.max_positions} positions; lower it with --budget-set max_length=N"
         )
     for name, method_class in method_classes.items():
-        config = method_class.config_class.from_dict(method_options.get(name, {}))
+        with plugin_code("method", name, f"its config ({method_class.config_class.__name__})"):
+            config = method_class.config_class.from_dict(method_options.get(name, {}))
         try:
-            method_class.check_before_runs(config, shape)
+            with plugin_code("method", name, f"{method_class.__name__}.check_before_runs(config, shape)"):
+                method_class.check_before_runs(config, shape)
+        except PluginError:
+            raise
         except UserError as error:
             raise UserError(f"{name} on {model.name} ({shape.n_layers} layers x {shape.n_heads} heads): {error}") from None
+
+
+def check_tune_storage(url: str) -> None:
+    """``--tune-storage``: a URL SQLAlchemy can read, of a dialect that is installed, and for
+    SQLite a file whose folder exists; checked before any run (nothing connects yet)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as error:
+        raise UserError(
+            f"--tune-storage {url!r} is not a database URL lofit-bench can use ({error}); e.g. "
+            "sqlite:////path/to/trials.db or postgresql://user@host/db"
+        ) from None
+    except ImportError as error:
+        raise UserError(f"--tune-storage {url!r} needs a database driver that is not installed: {error}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().parent
+        if not folder.is_dir():
+            raise UserError(f"--tune-storage {url!r}: the folder {folder} does not exist; create it or choose another path")
+
+
+def check_reference(reference: str, methods: list[str], out_dir: Path | None) -> None:
+    """``--reference``: a method of this sweep or of the records already in ``out_dir`` (the
+    report covers both), checked before the sweep rather than after it."""
+    from lofit_bench.records import iter_record_files, read_record
+
+    known = set(methods)
+    if out_dir is not None and out_dir.is_dir():
+        for path in iter_record_files(out_dir):
+            record, _ = read_record(path)
+            if record is not None:
+                known.add(record.method.name)
+    if reference in known or any(reference.startswith(f"{name} ") for name in known):
+        return
+    raise UserError(
+        f"--reference {reference}: no method of that name in this sweep or in its folder.{did_you_mean(reference, known)} "
+        f"Methods: {', '.join(sorted(known))}"
+    )

@@ -132,12 +132,19 @@ def read_record_folder(runs_dir: Path) -> RecordFolder:
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir} is not a folder; pass the --out folder of a `lofit-bench run`")
     folder = RecordFolder([])
+    seen: dict[str, Path] = {}
     for path in iter_record_files(runs_dir):
         record, problem = read_record(path)
         if record is None:
             warn(f"skipped {path}: {problem}")
             folder.skipped.append((path, problem))
             continue
+        if record.key in seen:  # a copy under another name is the same run, never a second seed
+            problem = f"the same run (key {record.key}) as {seen[record.key].name}; a copy counts once"
+            warn(f"skipped {path}: {problem}")
+            folder.skipped.append((path, problem))
+            continue
+        seen[record.key] = path
         folder.records.append(record)
     return folder
 
@@ -157,6 +164,14 @@ def read_record(path: Path) -> tuple[RunRecord | None, str]:
         return None, "not UTF-8 text, so not a run record"
     except json.JSONDecodeError as error:
         return None, f"not valid JSON ({error}); delete it and rerun that run"
+    found: dict[str, str] = {}
+    finite_json(payload, "", found)
+    if found:  # lofit-bench writes null there: the file was edited, or written by another tool
+        listed = ", ".join(f"{where} = {value}" for where, value in list(found.items())[:3])
+        return None, (
+            f"it holds {len(found)} NaN or Infinity literal(s) ({listed}), which lofit-bench never writes "
+            "(it writes null and lists them under non_finite): edited or written by another tool; rerun that run"
+        )
     try:
         record = parse_record(payload)
     except RecordError as error:

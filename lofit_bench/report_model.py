@@ -95,6 +95,16 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def format_parameter_share(percent: float | None) -> str:
+    """'% params' with four decimals, or three significant digits below 0.01 % (27 of 134.5M
+    parameters is 2.01e-05 %, not 0.0000)."""
+    if percent is None:
+        return "-"
+    if percent == 0 or abs(percent) >= 0.01:
+        return f"{percent:.4f}"
+    return f"{percent:.3g}"
+
+
 def format_percent(value: tuple[float, float | None]) -> str:
     mean, std = value
     return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
@@ -309,7 +319,7 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
             *[format_percent(row.metrics[name]) for name in metric_names],
             format_p(row.p_value),
             format_count(row.trainable_parameters),
-            "-" if row.percent_parameters is None else f"{row.percent_parameters:.4f}",
+            format_parameter_share(row.percent_parameters),
             f"{row.train_seconds:.1f}",
             f"{row.eval_seconds:.1f}",
             "-" if row.peak_memory_mib is None else f"{row.peak_memory_mib:.0f}",

@@ -22,12 +22,14 @@ from typing import Any
 
 from lofit_bench.console import RunStatus, redirect_output, verbose
 from lofit_bench.errors import install_warning_format
-from lofit_bench.faults import check_finite_metrics, save_artifacts
+from lofit_bench.faults import check_finite_metrics, check_finite_outputs, save_artifacts
 from lofit_bench.fit_effects import BaseMeasures, measure_base, measure_fitted
 from lofit_bench.gpu_environment import gpu_environment, release_model_memory
 from lofit_bench.measure import MemoryMeter, Stopwatch
 from lofit_bench.method import FitContext, Method
+from lofit_bench.model_integrity import ModelGuard
 from lofit_bench.models import load_model
+from lofit_bench.plugin_boundary import raised_in_plugin
 from lofit_bench.plugins import PluginWarning, get_host
 from lofit_bench.precision import computing_in, resolve_precision, weights_dtype
 from lofit_bench.progress import progress_enabled
@@ -54,7 +56,7 @@ from lofit_bench.scoring import Scorer
 from lofit_bench.search_space import declared_space
 from lofit_bench.shared_work import SharedWork, run_scope
 from lofit_bench.tune_per_fold import fit_with_values_of_first_seed, run_tuner
-from lofit_bench.tuning import TuningPlan
+from lofit_bench.tuning import TuningPlan, untuned_fill
 
 
 def fit_phase_table(phases: dict[str, float], fit_seconds: float) -> dict[str, float]:
@@ -110,6 +112,7 @@ def execute_run(spec: RunSpec, folder: RunFolder, progress: bool = True) -> RunR
             type=type(error).__name__,
             message=str(error).splitlines()[0] if str(error) else "",
             traceback=traceback.format_exc(),
+            plugin=raised_in_plugin(error.__traceback__),
         )
     record.finished_at = _now()
     return record
@@ -143,6 +146,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         split_sizes=task.data_summary(),
     )
     fit_phases: dict[str, float] = {}
+    guards: list[ModelGuard] = []
     memory: MemoryMeter | None = None
     base: BaseMeasures | None = None
     artifacts = folder.artifacts(spec.record_stem(folder))
@@ -163,6 +167,8 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         if record.environment is not None and record.environment.gpus is None:
             record.environment.gpus, record.environment.gpu_driver, record.environment.cuda = gpu_environment(lm.devices)
         base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
+        guard = ModelGuard(lm.model)  # trials and the test evaluation share this model: remove() must restore it
+        guards.append(guard)
         memory = memory or MemoryMeter(lm.device, devices=lm.devices)
         report("measure base model")
         with watch.phase("fit_effects"):  # before the method touches the model: the base side of every comparison
@@ -182,7 +188,10 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
             report("fit")
             try:
                 with memory.phase("fit"), watch.phase("fit"), computing_in(precision, lm.device):
-                    method, fold_record.fit, fold_record.tuning = fit_method(spec, method_class, task, fold, lm, context, folder)
+                    method, fold_record.fit, fold_record.tuning = fit_method(
+                        spec, method_class, task, fold, lm, context, folder, guard
+                    )
+                    check_finite_outputs(method, lm)  # an overflowing edit is a failed run, not a score
             finally:
                 fold_record.shared_work = [SharedWorkUse(**use) for use in shared.records()]
             record.method.config = method.config.to_dict()
@@ -197,7 +206,6 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         with memory.phase("evaluate"), watch.phase("evaluate"), computing_in(precision, lm.device):
             result = task.evaluate(scorer, fold, "test", limit=spec.budget.eval_examples)
         check_finite_metrics(result.metrics, fold)
-        fold_record.metrics = dict(result.metrics)
         fold_record.eval_size = result.size
         fold_record.eval_ids = list(result.example_ids)
         fold_record.eval_tokens = scorer.tokens_processed
@@ -216,6 +224,8 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
                 base_parameters=base_parameters,
             )
         method.remove()
+        guard.verify(spec.method, f"after the run (fold {fold})" if len(task.folds) > 1 else "after the run")
+        fold_record.metrics = dict(result.metrics)  # only once the model is known to be uncontaminated
         del lm, method, scorer, context  # the context holds the model too
         release_model_memory()  # before the next fold loads its own copy
     record.metrics = _average_over_folds(record.folds)
@@ -227,6 +237,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         fit_effects=seconds.get("fit_effects", 0.0),
         total_s=round(sum(watch.seconds.values()), 3),
         fit_phases=fit_phase_table(fit_phases, watch.seconds.get("fit", 0.0)),
+        model_check=round(sum(guard.seconds for guard in guards), 3),
     )
     eval_tokens = sum(fold.eval_tokens for fold in record.folds.values())
     # Tokens and seconds of the trainings that made the final model (the chosen trial's when tuned).
@@ -244,24 +255,30 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
 
 
 def fit_method(
-    spec: RunSpec, method_class: type[Method], task: Any, fold: str, lm: Any, context: FitContext, folder: RunFolder
+    spec: RunSpec, method_class: type[Method], task: Any, fold: str, lm: Any, context: FitContext, folder: RunFolder,
+    guard: ModelGuard | None = None,
 ) -> tuple[Method, dict[str, Any], dict[str, Any]]:
     """The fitted method of one fold, with its fit record and tuning record: tuned on the dev
     split when the budget says so and the method declares something the user left free
-    (:mod:`lofit_bench.tuning`), else one fit with the method's own values."""
+    (:mod:`lofit_bench.tuning`), else one fit with the method's own values. ``guard`` checks
+    the model after each tuning trial's ``remove()``."""
     plan = TuningPlan.for_run(method_class, spec.method_options, task) if spec.budget.tune else None
     if plan is None or not plan.space:
-        method = method_class.from_options(spec.method_options)
+        filled, sources = untuned_fill(method_class, spec.method_options, task)
+        method = method_class.from_options({**filled, **spec.method_options})
         method.prepare(lm)
         if plan is None:
             note = {"mode": "off", "note": "budget.tune is false: the method's default (paper) values"}
         else:
             fixed = ", ".join(sorted(declared_space(method_class.config_class))) or "no field"
             note = {"mode": "on", "trials_run": 0, "note": f"nothing to tune (declares {fixed}; set by the user or none)"}
+        if filled:  # a task the method has no values of its own for (a plugin task)
+            note |= {"filled": filled, "sources": sources}
         return method, method.fit(context), note
+    check_removed = (lambda when: guard.verify(spec.method, when)) if guard is not None else None
     if spec.tuning_seed is not None:
-        return fit_with_values_of_first_seed(spec, method_class, plan, task, fold, lm, context, folder)
-    tuned = run_tuner(spec, method_class, plan, task, fold, folder).tune(lm, context)
+        return fit_with_values_of_first_seed(spec, method_class, plan, task, fold, lm, context, folder, check_removed)
+    tuned = run_tuner(spec, method_class, plan, task, fold, folder, check_removed).tune(lm, context)
     return tuned.method, tuned.fit, tuned.record
 
 

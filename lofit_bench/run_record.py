@@ -237,6 +237,9 @@ class Timings:
     total_s: float = 0.0
     #: The fit's parts as the method timed them, plus ``other``.
     fit_phases: dict[str, float] = field(default_factory=dict)
+    #: Checking the model after every ``remove()`` (:mod:`lofit_bench.model_integrity`): the
+    #: checksums after load plus each check; part of ``fit`` (trials) and of no phase (the last).
+    model_check: float = 0.0
 
 
 @_strict
@@ -289,6 +292,9 @@ class RunError:
     type: str
     message: str
     traceback: str = ""
+    #: The installed plugin whose code raised it, with its distribution and the function
+    #: (``'bitfit' (lofit-bench-bitfit 0.1.0), in BitFit.fit``); None: no plugin code raised it.
+    plugin: str | None = None
 
 
 @_strict

@@ -20,6 +20,7 @@ from lofit_bench.console import SweepConsole, verbose
 from lofit_bench.errors import DiskFull, UserError, warn
 from lofit_bench.executors import execute, executor_class
 from lofit_bench.lock import holding_out_folder_lock
+from lofit_bench.plugin_boundary import plugin_code
 from lofit_bench.plugins import get_host
 from lofit_bench.preflight import check_before_runs
 from lofit_bench.records import read_record, save_record
@@ -75,7 +76,8 @@ def plan_sweep(
     host = get_host()
     method_classes = dict(zip(methods, host.methods.resolve(methods), strict=True))
     for task_name, task_class in zip(tasks, host.tasks.resolve(tasks), strict=True):
-        task_class().data_summary()  # reads every split: a missing or broken file fails here
+        with plugin_code("task", task_name, "reading its splits (the task's constructor and data_summary())"):
+            task_class().data_summary()  # reads every split: a missing or broken file fails here
         trained = [name for name, cls in method_classes.items() if cls.uses_training_data]
         if task_class.objective == "none" and trained:
             raise UserError(
@@ -95,7 +97,8 @@ def plan_sweep(
     budgets = [Budget.from_dict(point) for point in budget_points(budget.to_dict(), budget_axis)]
     for name, options_list in configs.items():
         for options in options_list:
-            method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
+            with plugin_code("method", name, f"its config ({method_classes[name].config_class.__name__} with the given options)"):
+                method_classes[name].config_class.from_dict(options)  # fail now, not after an hour
             for point in budgets:
                 check_before_runs({name: method_classes[name]}, {name: options}, point, model, seeds)
     model_fingerprint = model_source_fingerprint(model)
@@ -190,12 +193,20 @@ def run_sweep(
                 track_record(record, saved, folder.root, trackers)
             if record.ok:
                 summary = ", ".join(_metric_text(name, value) for name, value in (record.metrics or {}).items())
+                truncated = sum((fold.fit.get("training") or {}).get("examples_over_max_length", 0) for fold in record.folds.values())
+                if truncated:  # said where the user looks, not only in the run's log
+                    warn(
+                        f"{labels[spec.key]}: {truncated} training example(s) were cut to the budget's max_length "
+                        f"{spec.budget.max_length} (raise it with --budget-set max_length=N; recorded as "
+                        "examples_over_max_length)"
+                    )
                 console.finished(path.stem, labels[spec.key], f"{summary} ({record.timings.total_s:.0f} s)",
                                  seconds=record.timings.total_s)
                 outcomes[spec.key] = RunOutcome(spec, "ok", path)
             else:
                 error = record.error
-                failure = f"FAILED: {error.type}: {error.message} (recorded in {path})"
+                where = f"raised in plugin {error.plugin}; " if error.plugin else ""
+                failure = f"FAILED: {error.type}: {error.message} ({where}recorded in {path})"
                 console.finished(path.stem, labels[spec.key], failure)
                 if quiet:  # an error is said even then
                     print(f"lofit-bench: {labels[spec.key]}: {failure}", file=sys.stderr)

@@ -45,6 +45,10 @@ class LogUniform:
     def describe(self) -> str:
         return f"log-uniform [{self.low:g}, {self.high:g}]"
 
+    def center(self) -> float:
+        """The geometric mean: the first trial's value when nothing else gives one."""
+        return math.sqrt(self.low * self.high)
+
 
 @dataclass(frozen=True)
 class Uniform:
@@ -62,6 +66,9 @@ class Uniform:
 
     def describe(self) -> str:
         return f"uniform [{self.low:g}, {self.high:g}]"
+
+    def center(self) -> float:
+        return (self.low + self.high) / 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ class IntRange:
     def describe(self) -> str:
         return f"integer {self.low}..{self.high}" + (f" step {self.step}" if self.step != 1 else "")
 
+    def center(self) -> int:
+        return self.low + self.step * ((self.high - self.low) // self.step // 2)
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -99,6 +109,10 @@ class Choice:
 
     def describe(self) -> str:
         return "one of " + ", ".join(repr(option) for option in self.options)
+
+    def center(self) -> Any:
+        """The first option (list the usual value first)."""
+        return self.options[0]
 
 
 Space = LogUniform | Uniform | IntRange | Choice

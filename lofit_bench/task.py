@@ -86,6 +86,10 @@ class Task(ABC):
     secondary_metrics: ClassVar[tuple[str, ...]] = ()
     folds: ClassVar[tuple[str, ...]] = ("main",)
     license: ClassVar[str] = ""
+    #: Untuned values a method should start from on this task, by method name, e.g.
+    #: ``{"lora": {"learning_rate": 3e-4}}``: they come before the method's own defaults
+    #: (:meth:`~lofit_bench.method.Method.untuned_values`); the tuner's first trial uses them.
+    method_values: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, data_dir: Path | None = None) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else self.default_data_dir()

@@ -37,7 +37,8 @@ Logits are read on one fixed probe text through ``evaluation_model()``, in eval 
 its prompt declared (:func:`~lofit_bench.prompt_positions.declare_prompt`), so methods that
 edit prompt positions only (LoReFT) are probed as the Scorer would run them.
 
-This module needs pytest (the ``test`` extra); nothing else in lofit-bench imports it.
+This module needs pytest (the ``testing`` extra: ``pip install 'lofit-bench[testing]'``);
+nothing else in lofit-bench imports it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from torch import nn
 
 from lofit_bench.budget import Budget, get_budget
 from lofit_bench.method import Capabilities, FitContext, Method
+from lofit_bench.model_integrity import ModelStructure
 from lofit_bench.models import load_model
 from lofit_bench.prompt_positions import PromptSpans, declare_prompt, find_prompt_listeners
 from lofit_bench.scoring import Generation
@@ -69,11 +71,6 @@ CONTRACT_BUDGET: Budget = get_budget("smoke").replace(
 CONTRACT_MODEL = "tiny-random-llama"
 PROBE_PROMPT = "Q: Imagine that Alice is Bob's sister. Who is Alice to Bob? A:"
 PROBE_COMPLETION = " his sister"
-#: Module attributes where torch keeps hooks; any count that differs after remove() is a leftover.
-HOOK_TABLES = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
-)
 
 
 # -- probing a model ---------------------------------------------------------------------------
@@ -85,68 +82,6 @@ def probe_logits(model: nn.Module, tokenizer: Any) -> torch.Tensor:
     model.eval()
     with torch.no_grad(), declare_prompt(model, PromptSpans.right_padded([prompt_length])):
         return model(input_ids=input_ids.to(device)).logits.detach().cpu().clone()
-
-
-@dataclass
-class ModelStructure:
-    """What ``remove()`` must put back: every module (the same objects), parameter, buffer and
-    hook, each weight's value, dtype and ``requires_grad`` flag."""
-
-    modules: dict[str, tuple[int, type]]
-    hooks: dict[str, dict[str, int]]
-    patched_forward: list[str]
-    tensors: dict[str, torch.Tensor]
-    requires_grad: dict[str, bool]
-
-    @classmethod
-    def capture(cls, model: nn.Module) -> ModelStructure:
-        from torch.nn.modules import module as torch_module
-
-        modules = dict(model.named_modules(remove_duplicate=False))
-        hooks = {
-            name: {table: len(getattr(module, table, {})) for table in HOOK_TABLES if getattr(module, table, {})}
-            for name, module in modules.items()
-        }
-        # hooks registered for every module (torch.nn.modules.module.register_module_forward_hook...)
-        hooks["<every module>"] = {
-            table: len(getattr(torch_module, table)) for table in dir(torch_module)
-            if table.startswith("_global_") and table.endswith("hooks") and getattr(torch_module, table)
-        }
-        return cls(
-            modules={name: (id(module), type(module)) for name, module in modules.items()},
-            hooks=hooks,
-            patched_forward=sorted(name for name, module in modules.items() if "forward" in vars(module)),
-            tensors={name: tensor.detach().clone() for name, tensor in model.state_dict(keep_vars=True).items()},
-            requires_grad={name: parameter.requires_grad for name, parameter in model.named_parameters()},
-        )
-
-    def differences(self, other: ModelStructure) -> list[str]:
-        """What ``other`` (the model after remove) has that differs from this one, in words."""
-        found: list[str] = []
-        added = sorted(set(other.modules) - set(self.modules))
-        lost = sorted(set(self.modules) - set(other.modules))
-        found += [f"submodule {name!r} was added" for name in added]
-        found += [f"submodule {name!r} is gone" for name in lost]
-        found += [
-            f"submodule {name!r} is another object or class ({other.modules[name][1].__name__})"
-            for name in self.modules.keys() & other.modules.keys() if self.modules[name] != other.modules[name]
-        ]
-        found += [
-            f"hooks on {name or 'the model'!r}: {other.hooks.get(name, {})} instead of {self.hooks.get(name, {})}"
-            for name in sorted(self.hooks.keys() | other.hooks.keys())
-            if self.hooks.get(name, {}) != other.hooks.get(name, {})
-        ]
-        found += [f"{name or 'the model'!r} has a patched forward" for name in other.patched_forward
-                  if name not in self.patched_forward]
-        found += [f"tensor {name!r} was added" for name in sorted(set(other.tensors) - set(self.tensors))]
-        found += [f"tensor {name!r} is gone" for name in sorted(set(self.tensors) - set(other.tensors))]
-        for name in sorted(self.tensors.keys() & other.tensors.keys()):
-            before, after = self.tensors[name], other.tensors[name]
-            if before.dtype != after.dtype or before.shape != after.shape or not torch.equal(before, after):
-                found.append(f"tensor {name!r} differs from the base model's ({after.dtype}, {tuple(after.shape)})")
-        found += [f"parameter {name!r} has requires_grad=True" for name, flag in sorted(other.requires_grad.items())
-                  if flag]
-        return found
 
 
 def changed_parameters(before: dict[str, torch.Tensor], model: nn.Module) -> dict[str, int]:

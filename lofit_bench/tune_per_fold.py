@@ -13,6 +13,7 @@ parallel sweep never tunes one (method, task, fold) twice.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from lofit_bench.method import FitContext, Method
@@ -21,8 +22,12 @@ from lofit_bench.run_spec import RunSpec, run_identity
 from lofit_bench.tuning import BEST_STATE, Tuner, TuningPlan, sqlite_storage
 
 
-def run_tuner(spec: RunSpec, method_class: type[Method], plan: TuningPlan, task: Any, fold: str, folder: RunFolder) -> Tuner:
-    """The tuner of one run's fold: its study and saved best state named after the run's record."""
+def run_tuner(
+    spec: RunSpec, method_class: type[Method], plan: TuningPlan, task: Any, fold: str, folder: RunFolder,
+    check_removed: Callable[[str], None] | None = None,
+) -> Tuner:
+    """The tuner of one run's fold: its study and saved best state named after the run's record;
+    ``check_removed`` verifies the model after each trial's ``remove()`` (the model guard)."""
     stem = spec.record_stem(folder)
     return Tuner(
         method_class, plan, task, fold,
@@ -30,12 +35,13 @@ def run_tuner(spec: RunSpec, method_class: type[Method], plan: TuningPlan, task:
         study_name=f"{stem}-{fold}",
         state_dir=folder.tuning_state(stem, fold, BEST_STATE),
         seed=spec.seed,
+        check_removed=check_removed,
     )
 
 
 def fit_with_values_of_first_seed(
     spec: RunSpec, method_class: type[Method], plan: TuningPlan, task: Any, fold: str, lm: Any, context: FitContext,
-    folder: RunFolder,
+    folder: RunFolder, check_removed: Callable[[str], None] | None = None,
 ) -> tuple[Method, dict[str, Any], dict[str, Any]]:
     """``--tune-per fold``: the values tuned on the first seed's run of this (method, task,
     fold), then one fit with them on this run's seed. The tuning is shared work
@@ -55,11 +61,13 @@ def fit_with_values_of_first_seed(
             context, seed=first.seed, reused=[], work_dir=context.work_dir / f"tuning-seed-{first.seed}",
         )
         set_seed(first.seed)
-        tuned = run_tuner(first, method_class, plan, task, fold, folder).tune(lm, first_context)
+        tuned = run_tuner(first, method_class, plan, task, fold, folder, check_removed).tune(lm, first_context)
         if first is spec:
             kept.update(method=tuned.method, fit=tuned.fit)
         else:
             tuned.method.remove()
+            if check_removed is not None:  # the first seed's chosen trial ran on this run's model
+                check_removed(f"after tuning on seed {first.seed}")
         return {}, {"record": tuned.record}
 
     fields = {"run": first.key, "fold": fold}

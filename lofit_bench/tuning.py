@@ -8,9 +8,10 @@ A method declares which config fields may be tuned and over what range
    database of ``--tune-storage URL``, named after the run's key and the fold. A killed run
    finds its finished trials there and runs only the rest.
 2. Sampler: TPE seeded with the run's seed, the same for every method of a sweep. The first
-   trial is the method's untuned values (its config defaults, else the paper's for the task:
-   :meth:`~lofit_bench.method.Method.default_values`), so tuning never starts worse than the
-   untuned run; fields with no default are sampled.
+   trial is the method's untuned values (its config defaults, else the task's declaration, the
+   paper's for the task or the method's generic value:
+   :meth:`~lofit_bench.method.Method.untuned_values`, else the middle of the field's space),
+   so tuning never starts worse than the untuned run and ``trials=1`` is never a random draw.
 3. A trial: a fresh method with the trial's values over the user's ``--method-set`` options
    (which are fixed, never tuned), fitted on the fold's training split. After every epoch but
    the last, ``budget.prune_examples`` dev examples are scored and the median pruner stops a
@@ -32,11 +33,13 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lofit_bench.errors import Diverged
+from lofit_bench.faults import check_finite_outputs
 from lofit_bench.search_space import Space, contains
 
 if TYPE_CHECKING:
@@ -53,26 +56,56 @@ SAMPLER = "TPE (optuna.samplers.TPESampler, seeded with the run's seed; first tr
 PRUNER = "median (optuna.pruners.MedianPruner, after 1 finished trial, from epoch 1)"
 
 
+def untuned_fill(method_class: type[Method], options: dict[str, Any], task: Task) -> tuple[dict[str, Any], dict[str, str]]:
+    """Values for the config fields the user left at None that the method cannot resolve itself
+    on ``task`` (no paper row: a plugin task): the task's declaration or the method's generic
+    value (:meth:`~lofit_bench.method.Method.untuned_values`), with their sources. A field the
+    method's :meth:`default_values` covers is left to the method, which records its source."""
+    config = method_class.config_class.from_dict(options)
+    own = method_class.default_values(task)
+    filled, sources = {}, {}
+    for name, (value, source) in method_class.untuned_values(task).items():
+        if name in options or getattr(config, name, None) is not None:
+            continue
+        if name in own and own[name] == value:
+            continue
+        filled[name], sources[name] = value, source
+    return filled, sources
+
+
 @dataclass(frozen=True)
 class TuningPlan:
-    """What a run tunes: the space left after the user's fixed fields, and the first trial."""
+    """What a run tunes: the space left after the user's fixed fields, and the first trial.
+
+    ``filled``: untuned values for fields outside the space that the method cannot resolve on
+    this task by itself (:func:`untuned_fill`), given to every trial; ``start_sources`` says
+    where each of the first trial's values comes from."""
 
     space: dict[str, Space]
     start: dict[str, Any]
     fixed: dict[str, Any]
+    filled: dict[str, Any] = dataclasses.field(default_factory=dict)
+    start_sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def for_run(cls, method_class: type[Method], options: dict[str, Any], task: Task) -> TuningPlan:
+        """The first trial is always a defined point (so ``trials=1`` is never a random draw):
+        the config's value, else the untuned value, else the middle of the field's space."""
         space = method_class.search_space(set(options))
         config = method_class.config_class.from_dict(options)
-        defaults = method_class.default_values(task)
-        start = {}
+        untuned = method_class.untuned_values(task)
+        start, sources = {}, {}
         for name, field_space in space.items():
-            value = getattr(config, name)
-            value = defaults.get(name) if value is None else value
-            if value is not None and contains(field_space, value):
-                start[name] = value
-        return cls(space, start, dict(options))
+            value, source = getattr(config, name), "the config's default"
+            if value is None and name in untuned:
+                value, source = untuned[name]
+            if value is None or not contains(field_space, value):
+                value, source = field_space.center(), "the middle of its search space"
+            start[name], sources[name] = value, source
+        filled, filled_sources = untuned_fill(method_class, options, task)
+        filled = {name: value for name, value in filled.items() if name not in space}
+        sources |= {name: filled_sources[name] for name in filled}
+        return cls(space, start, dict(options), filled, sources)
 
     def describe(self) -> dict[str, str]:
         return {name: space.describe() for name, space in self.space.items()}
@@ -116,8 +149,11 @@ class Tuner:
         study_name: str,
         state_dir: Path,
         seed: int,
+        check_removed: Callable[[str], None] | None = None,
     ) -> None:
         self.method_class = method_class
+        #: Called after each trial's ``remove()`` with when it was (the run's ModelGuard.verify).
+        self.check_removed = check_removed
         self.plan = plan
         self.task = task
         self.fold = fold
@@ -159,6 +195,7 @@ class Tuner:
         else:
             if kept is not None:
                 kept[1].remove()
+                self._check_removed(f"after tuning trial {kept[0] + 1}")
             method, fit = self._restore(best, lm, template)
         self._clear_state()  # the runner saves the chosen state as the run's artefacts
         return Tuned(method, fit, self._record(trials, best, resumed, budget))
@@ -177,7 +214,7 @@ class Tuner:
         intermediate: dict[int, float] = {}
         prunes = budget.trials > 1 and budget.prune_examples is not None
         metric = self.task.primary_metric
-        method = self.method_class.from_options({**self.plan.fixed, **values})
+        method = self.method_class.from_options({**self.plan.filled, **self.plan.fixed, **values})
 
         def on_epoch_end(epoch: int) -> None:
             if not prunes or epoch >= budget.epochs:  # the last epoch is scored on the whole dev share
@@ -204,28 +241,37 @@ class Tuner:
         try:
             try:
                 fit = method.fit(context)
+                check_finite_outputs(method, lm)  # an overflowing edit is a failed trial
                 with context.phase("dev_evaluation"):
                     dev = evaluate(method, self.task, self.fold, budget.dev_examples, budget.eval_batch_size, template.progress)
             except optuna.TrialPruned as pruned:
                 attributes.update(_trial_facts(None, intermediate, started, context), pruned=str(pruned))
                 _set_attributes(trial, attributes)
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return None
             except Diverged as error:
                 attributes.update(_trial_facts(None, intermediate, started, context), error=f"Diverged: {error}")
                 _set_attributes(trial, attributes)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                return None
-            attributes.update(_trial_facts(fit, intermediate, started, context), dev=dev.metrics, dev_examples=dev.size)
-            _set_attributes(trial, attributes)
-            study.tell(trial, dev.metrics[metric])
-            if choose(study.get_trials(deepcopy=False), self.ranked_metrics, metric).number == trial.number:
-                self._save_best(method, trial.number, fit)
-                keep = last
-            return (trial.number, method, fit) if keep else None
-        finally:
-            if not keep:
-                method.remove()
+            else:
+                attributes.update(_trial_facts(fit, intermediate, started, context), dev=dev.metrics, dev_examples=dev.size)
+                _set_attributes(trial, attributes)
+                study.tell(trial, dev.metrics[metric])
+                if choose(study.get_trials(deepcopy=False), self.ranked_metrics, metric).number == trial.number:
+                    self._save_best(method, trial.number, fit)
+                    keep = last
+        except BaseException:
+            method.remove()  # the run fails with this error; the model is discarded unchecked
+            raise
+        if keep:
+            return trial.number, method, fit
+        method.remove()
+        self._check_removed(f"after tuning trial {trial.number + 1}")
+        return None
+
+    def _check_removed(self, when: str) -> None:
+        """The next trial and the test evaluation reuse this model: check it is as loaded."""
+        if self.check_removed is not None:
+            self.check_removed(when)
 
     # -- state of the best trial -----------------------------------------------------------------
     def _save_best(self, method: Method, number: int, fit: dict[str, Any]) -> None:
@@ -250,7 +296,7 @@ class Tuner:
         from transformers import set_seed
 
         values = best.user_attrs["values"]
-        method = self.method_class.from_options({**self.plan.fixed, **values})
+        method = self.method_class.from_options({**self.plan.filled, **self.plan.fixed, **values})
         method.prepare(lm)
         saved = self.state_dir / TRIAL_FILE
         state = json.loads(saved.read_text()) if saved.exists() else {}
@@ -309,6 +355,8 @@ class Tuner:
             "space": self.plan.describe(),
             "fixed": self.plan.fixed,
             "start": self.plan.start,
+            "start_sources": self.plan.start_sources,
+            **({"filled": self.plan.filled} if self.plan.filled else {}),
             "split": "dev",
             "metric": self.task.primary_metric,
             "dev_examples": budget.dev_examples,
@@ -322,7 +370,8 @@ class Tuner:
             "chosen": best.user_attrs["values"],
             "signal": signal,
             "sources": {name: chosen_by for name in self.plan.space}
-            | {name: "config (--method-set)" for name in self.plan.fixed},
+            | {name: "config (--method-set)" for name in self.plan.fixed}
+            | {name: self.plan.start_sources[name] for name in self.plan.filled},
         }
 
 

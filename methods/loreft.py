@@ -358,6 +358,14 @@ class LoReFT(Method):
             raise RuntimeError(f"the model already carries {SUBMODULE!r}: another LoReFT is attached")
         self.lm = lm  # the interventions are built in fit, once the task's Table 8 settings are known
 
+    #: A task Table 8 has no row for: Table 8's rate for the paper's task of the same objective
+    #: (MQuAKE for SFT, TruthfulQA for DPO); rank and positions: UNLISTED_TASK_SETTINGS.
+    generic_values = {
+        "sft": {"learning_rate": PAPER_TABLE_8["mquake"]["learning_rate"]},
+        "dpo": {"learning_rate": PAPER_TABLE_8["truthfulqa"]["learning_rate"]},
+    }
+    generic_source = "paper Table 8's rate for its task of the same objective (MQuAKE: SFT, TruthfulQA: DPO)"
+
     @classmethod
     def default_values(cls, task: Any) -> dict[str, Any]:
         return {"learning_rate": PAPER_TABLE_8[task.name]["learning_rate"]} if task.name in PAPER_TABLE_8 else {}

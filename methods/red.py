@@ -80,6 +80,11 @@ class RED(HeadInterventionMethod):
         # Zero vectors: scale 1 + 0 and bias 0, RED's identity initialisation.
         self.attachment = HeadIntervention(lm.layout, scale=True, shift=True).attach(lm.model, lm.layout, SUBMODULE)
 
+    #: A task Table 7 has no row for: Table 7's rate for the paper's task of the same objective
+    #: (MQuAKE for SFT, TruthfulQA for DPO).
+    generic_values = {"sft": dict(PAPER_TABLE_7["mquake"]), "dpo": dict(PAPER_TABLE_7["truthfulqa"])}
+    generic_source = "paper Table 7's value for its task of the same objective (MQuAKE: SFT, TruthfulQA: DPO)"
+
     @classmethod
     def default_values(cls, task: Any) -> dict[str, Any]:
         return dict(PAPER_TABLE_7.get(task.name, {}))

@@ -147,6 +147,12 @@ FLAG_CASES = [
     ("compare-missing-folder", ["compare", "{tmp}/nothing", "{tmp}"], "is not a folder"),
     ("compare-empty-folder", ["compare", "{tmp}", "{tmp}"], "no finished runs"),
     ("heads-missing-folder", ["heads", "{tmp}/nothing"], ""),
+    ("ray-address-with-process", [*RUN, "--ray-address", "auto", "--executor", "process"], "--ray-address is for the ray executor"),
+    ("ray-address-default-executor", [*RUN, "--ray-address", "auto"], "but the executor is process"),
+    ("tune-storage-bogus", [*RUN, "--tune-storage", "bogus://x"], "--tune-storage 'bogus://x' is not a database URL"),
+    ("tune-storage-not-a-url", [*RUN, "--tune-storage", "trials.db"], "is not a database URL"),
+    ("tune-storage-missing-folder", [*RUN, "--tune-storage", "sqlite:////nonexistent/dir/x.db"], "the folder /nonexistent/dir does not exist"),
+    ("reference-unknown", [*RUN, "--reference", "nosuch"], "--reference nosuch: no method of that name in this sweep"),
 ]
 
 
@@ -159,6 +165,24 @@ def test_bad_flags_are_one_line_exit_2_before_any_model_load(capsys, tmp_path, n
     code, out, err = run_cli(capsys, arguments)
     assert_one_error_line(code, out, err, 2, message)
     assert not records_in(out_dir)
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(capsys, tmp_path, no_model_load, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(capsys, [*RUN, "--out", out])
+    assert code == 2 and "Traceback" not in stdout + err
+    assert "--out: must name a folder, got an empty string" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reference_among_the_folders_records_is_accepted_before_the_sweep(finished_run):
+    """--reference names a method of the records already in OUT: checked, accepted, the sweep goes on."""
+    from lofit_bench.preflight import check_reference
+
+    check_reference("zero-shot", ["lofit"], finished_run)
+    with pytest.raises(UserError, match="Did you mean 'zero-shot'"):
+        check_reference("zero_shot", ["lofit"], finished_run)
 
 
 def test_entry_point_prints_no_traceback_in_a_real_process(tmp_path):
@@ -187,6 +211,7 @@ SWEEP_CASES = [
     ("out-number", "sweep.toml", SWEEP_HEAD + "out = 5\n", "out (a folder) must be"),
     ("jobs-zero", "sweep.toml", SWEEP_HEAD + "jobs = 0\n", "jobs must be a whole number of at least 1"),
     ("jobs-word", "sweep.toml", SWEEP_HEAD + 'jobs = "two"\n', "jobs must be a whole number of at least 1"),
+    ("out-empty", "sweep.toml", SWEEP_HEAD + 'out = ""\n', "out (a folder) must be a non-empty string"),
     ("seeds-letters", "sweep.toml", SWEEP_HEAD + 'seeds = "abc"\n', "seeds must be whole numbers"),
     ("seeds-float", "sweep.toml", SWEEP_HEAD + "seeds = [1.5]\n", "seeds must be whole numbers"),
     ("seeds-negative", "sweep.toml", SWEEP_HEAD + "seeds = -3\n", "out of range"),
@@ -253,6 +278,29 @@ def copy_of_run(finished_run, tmp_path) -> Path:
     copy = tmp_path / "out"
     shutil.copytree(finished_run, copy)
     return copy
+
+
+def test_a_byte_identical_copy_of_a_record_is_not_a_second_seed(capsys, copy_of_run):
+    from lofit_bench.records import read_record_folder
+
+    (path,) = records_in(copy_of_run)
+    shutil.copy(path, path.with_name("zz-copy.json"))
+    code, out, err = run_cli(capsys, ["report", copy_of_run])
+    assert code == 0 and "Traceback" not in out + err
+    assert f"skipped {path.with_name('zz-copy.json')}: the same run (key " in err and "a copy counts once" in err
+    folder = read_record_folder(copy_of_run)
+    assert [record.source for record in folder.records] == [path]
+
+
+def test_a_nan_literal_in_a_records_metrics_is_named_and_the_record_left_out(capsys, copy_of_run):
+    (path,) = records_in(copy_of_run)
+    record = json.loads(path.read_text())
+    first = next(iter(record["metrics"]))
+    record["metrics"][first] = float("nan")
+    path.write_text(json.dumps(record))  # json writes the NaN literal lofit-bench never writes
+    code, out, err = run_cli(capsys, ["report", copy_of_run])
+    assert code == 2 and "Traceback" not in out + err  # its only record left out: nothing to report
+    assert f"skipped {path}: it holds 1 NaN or Infinity literal(s) (metrics.{first} = NaN)" in " ".join(err.split())
 
 
 def test_records_are_strict_json_and_name_their_plugin_distribution(finished_run):
@@ -428,6 +476,32 @@ def test_a_diverged_run_is_failed_with_the_step_loss_and_learning_rate(capsys, t
     assert "metrics" not in record
 
 
+@pytest.mark.parametrize(
+    ("method", "option"), [("iti", "iti.alpha=1e30"), ("repe", "repe.alpha=1e30"), ("lofit", "lofit.init_std=1e30")]
+)
+def test_an_edit_that_overflows_the_hidden_states_is_a_failed_run_not_a_score(capsys, tmp_path, method, option):
+    """Finite but meaningless: the norms square 1e26+ to inf and the model answers "!!!!" to all."""
+    out_dir = tmp_path / "out"
+    arguments = ["run", "--methods", method, "--tasks", "mquake", *QUICK, "--budget-set", "train_examples=4",
+                 "--budget-set", "dev_examples=2", "--method-set", option, "--out", out_dir]
+    code, out, err = run_cli(capsys, arguments)
+    assert code == 1 and "Traceback" not in out + err
+    (path,) = records_in(out_dir)
+    record = strict_json(path)
+    assert record["status"] == "failed" and record["error"]["type"] == "Diverged", record.get("error")
+    assert f"the fitted {method} model's hidden states reach" in record["error"]["message"]
+    assert "metrics" not in record
+
+
+def test_truncated_training_examples_are_said_on_the_console(capsys, tmp_path):
+    arguments = ["run", "--methods", "red", "--tasks", "mquake", *QUICK, "--budget-set", "train_examples=8",
+                 "--budget-set", "max_length=200", "--tune", "off", "--out", tmp_path / "out"]
+    code, out, err = run_cli(capsys, arguments)
+    assert code == 0 and "Traceback" not in out + err
+    assert ("lofit-bench: warning: red on mquake (seed 42, tiny-random-llama): 1 training example(s) were cut to the "
+            "budget's max_length 200") in err
+
+
 def test_non_finite_numbers_are_written_as_null_and_listed(tmp_path):
     path = tmp_path / "record.json"
     write_json_atomic(path, {"metrics": {"mc1": float("nan"), "mc2": 0.5}, "losses": [1.0, float("-inf")]})
@@ -482,6 +556,9 @@ HEADS_CASES = [
     ("wrong-format", GOOD_HEADS | {"format": "other"}, "not a lofit-bench heads file"),
     ("not-an-object", [1, 2], "not a lofit-bench heads file"),
     ("not-json", "{ nope", "cannot read heads file"),
+    ("duplicate-chosen-head", GOOD_HEADS | {"chosen": [[0, 1], [0, 1], [0, 1]]}, "chosen lists head (layer 0, head 1) more than once"),
+    ("duplicate-ranked-head", GOOD_HEADS | {"ranking": [{"layer": 0, "head": 1, "score": 1.0}, {"layer": 0, "head": 1, "score": 0.5}]},
+     "ranking lists head (layer 0, head 1) more than once"),
 ]
 
 
@@ -503,6 +580,28 @@ def test_a_heads_file_of_another_model_is_refused_before_loading(capsys, tmp_pat
 
 
 # -- models and devices -----------------------------------------------------------------------------
+LLAMA_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                "intermediate_size": 128, "vocab_size": 100}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_attention_heads": 0}, "ZeroDivisionError"),
+        ({"num_attention_heads": 3}, "The hidden size (64) is not a multiple of the number of attention heads (3)"),
+        ({"num_hidden_layers": "two"}, "expected int, got str (value: 'two')"),
+    ],
+    ids=["zero-heads", "heads-not-dividing", "layers-as-text"],
+)
+def test_a_config_json_that_transformers_rejects_is_one_line(capsys, tmp_path, no_model_load, change, message):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA_CONFIG | change))
+    code, out, err = run_cli(capsys, [*RUN[:5], "--model", folder, "--out", tmp_path / "out"])
+    assert_one_error_line(code, out, err, 2, "transformers rejects its config.json")
+    assert message in err
+
+
 def test_a_model_folder_with_truncated_weights_is_one_line(capsys, tmp_path):
     from lofit_bench.models import build_tiny_model
 

@@ -178,3 +178,16 @@ def test_report_on_missing_folder(capsys, tmp_path):
     code, _, err = run_cli(capsys, "report", str(tmp_path / "nothing"))
     assert code == 2
     assert "is not a folder" in err
+
+
+def test_list_models_verbose_shows_each_models_hugging_face_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOFIT_BENCH_CACHE", str(tmp_path))
+    folder = tmp_path / "models" / "smollm2-135m-instruct-hf"
+    assert main(["list", "models", "-v"]) == 0
+    shown = capsys.readouterr().out
+    assert f"  smollm2-135m: {folder} (built on the first run)\n" in shown
+    assert "  tiny-random-llama: built in memory, no folder\n" in shown
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert main(["list", "models", "-v"]) == 0
+    assert f"  smollm2-135m: {folder}\n" in capsys.readouterr().out

@@ -450,9 +450,56 @@ def test_a_plugin_raising_in_a_hook_loses_only_that_hook(example_source):
         host.register(plugin, "raiser")
     (message,) = plugin_warnings(record)
     assert (
-        message == "plugin 'raiser' raised in register_methods and was skipped: RuntimeError: boom"
+        message
+        == "plugin 'raiser' (in-process) raised in register_methods and was skipped: RuntimeError: boom"
     )
     assert host.methods.names() == ["zero-shot"] and host.tasks.get("local-qa") is LocalQA
+
+
+def test_hooks_are_called_through_pluggy_so_specname_works():
+    class Renamed(ZeroShot):
+        name = "renamed-hook-method"
+
+    class Provider:
+        @hookimpl(specname="register_methods")
+        def provide_my_methods(self, register):
+            register(Renamed)
+
+    host = PluginHost().load(entry_points=False)
+    host.register(Provider(), "specname-plugin")
+    assert host.methods.get("renamed-hook-method") is Renamed
+    assert host.methods.owner("renamed-hook-method") == "specname-plugin"
+    [info] = [info for info in host.plugins() if info.name == "specname-plugin"]
+    assert info.hooks == ["register_methods"]
+
+
+@pytest.mark.parametrize(
+    ("a_marks", "b_marks", "winner"),
+    [({}, {}, "a-plugin"), ({"trylast": True}, {}, "b-plugin"), ({}, {"tryfirst": True}, "b-plugin")],
+)
+def test_tryfirst_and_trylast_order_plugins_that_contest_a_name(a_marks, b_marks, winner):
+    """By distribution name (a before b) unless a hook says tryfirst or trylast; built-ins always first."""
+
+    def provider(label: str, **options):
+        class Contested(ZeroShot):
+            name = "contested"
+            description = label
+
+        class Plugin:
+            @hookimpl(**options)
+            def register_methods(self, register):
+                register(Contested)
+                register(type("Impostor", (ZeroShot,), {"description": label}))  # zero-shot: taken
+
+        return Plugin()
+
+    host = PluginHost()
+    host.register(provider("a-plugin", **a_marks), "a-plugin", distribution="a-dist")
+    host.register(provider("b-plugin", **b_marks), "b-plugin", distribution="b-dist")
+    with pytest.warns(PluginWarning):
+        host.load(entry_points=False)
+    assert host.methods.get("contested").description == winner
+    assert host.methods.get("zero-shot") is ZeroShot
 
 
 def test_a_nameless_class_or_a_bad_signature_is_reported():

@@ -300,3 +300,11 @@ def test_the_report_says_what_runs_reused_and_which_tuning_scheme_was_used(tmp_p
     assert "4 trials (1 pruned); once per fold, 1 other seed(s) reuse the values (--tune-per fold)" in text
     assert "computed activations, iti-probes" in text
     assert "reused tuned-values, activations x2 (45 s saved)" in text
+@pytest.mark.parametrize(
+    ("percent", "shown"),
+    [(None, "-"), (0.0, "0.0000"), (100.0 * 27 / 134_515_008, "2.01e-05"), (0.004, "0.004"), (0.0186, "0.0186"), (100.0, "100.0000")],
+)
+def test_a_tiny_share_of_parameters_keeps_its_significant_digits(percent, shown):
+    from lofit_bench.report_model import format_parameter_share
+
+    assert format_parameter_share(percent) == shown
