@@ -179,9 +179,7 @@ class HeadIntervention(nn.Module):
         hooks = []
         for layer, site in self.sites.items():
             projection = layout.attention_output(model, int(layer))
-            pending: list[torch.Tensor] = []  # the fp32 difference between pre-hook and hook
-            hooks.append(projection.register_forward_pre_hook(partial(_edit_projection_input, site, pending), with_kwargs=True))
-            hooks.append(projection.register_forward_hook(partial(_project_edited_input, pending)))
+            hooks += projection_hooks(projection, site)
         return Attachment(model, name, hooks)
 
 
@@ -237,10 +235,8 @@ class Attachment:
                     weight, bias = saved[layer]
                     module.weight.copy_(weight)
                     module.bias = bias
-            self.hooks.extend(
-                module.register_forward_pre_hook(partial(_edit_projection_input, intervention.sites[layer]), with_kwargs=True)
-                for layer, module in projections.items()
-            )
+            for layer, module in projections.items():
+                self.hooks += projection_hooks(module, intervention.sites[layer])
 
     def __enter__(self) -> Attachment:
         return self
@@ -281,6 +277,16 @@ class HeadInterventionMethod(Method):
         if self.attachment is not None:
             self.attachment.remove()
             self.attachment = None
+
+
+def projection_hooks(projection: nn.Module, site: HeadSite) -> list[RemovableHandle]:
+    """The two hooks that edit one layer's attention output: the pre-hook edits ``o_proj``'s
+    input; below fp32 the forward hook recomputes its output from the fp32 edited input."""
+    pending: list[torch.Tensor] = []  # the fp32 edited input, from the pre-hook to the hook
+    return [
+        projection.register_forward_pre_hook(partial(_edit_projection_input, site, pending), with_kwargs=True),
+        projection.register_forward_hook(partial(_project_edited_input, pending)),
+    ]
 
 
 def _edit_projection_input(

@@ -114,6 +114,11 @@ class Capabilities:
     #: declare it around every call, and the Scorer then scores each request in one call
     #: (no cached-prefix shortcut, whose cache would have to know the prompt's end in advance).
     needs_prompt_positions: bool = False
+    #: The edits are defined on teacher-forced scoring of a continuation (right-padded batches of
+    #: prompt + continuation). False for an edit that acts on the last position of each call
+    #: only (RepE's contrast vector): a generation task then skips its teacher-forced secondary
+    #: metrics for that method instead of failing the run.
+    scores_continuations: bool = True
 
     @property
     def allows_cached_prefix(self) -> bool:

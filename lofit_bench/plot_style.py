@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib
+import matplotlib.lines
 
 #: Fixed styles of the built-in methods (tab10 colours; the paper's method in red).
 BUILTIN_STYLES = {

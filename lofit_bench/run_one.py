@@ -146,7 +146,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         split_sizes=task.data_summary(),
     )
     fit_phases: dict[str, float] = {}
-    guards: list[ModelGuard] = []
+    model_check_seconds = 0.0  # the model guards' checks, over folds
     memory: MemoryMeter | None = None
     base: BaseMeasures | None = None
     artifacts = folder.artifacts(spec.record_stem(folder))
@@ -168,7 +168,6 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
             record.environment.gpus, record.environment.gpu_driver, record.environment.cuda = gpu_environment(lm.devices)
         base_parameters = lm.parameter_count  # before prepare: adapters and hook modules are not the base
         guard = ModelGuard(lm.model)  # trials and the test evaluation share this model: remove() must restore it
-        guards.append(guard)
         memory = memory or MemoryMeter(lm.device, devices=lm.devices)
         report("measure base model")
         with watch.phase("fit_effects"):  # before the method touches the model: the base side of every comparison
@@ -226,7 +225,8 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         method.remove()
         guard.verify(spec.method, f"after the run (fold {fold})" if len(task.folds) > 1 else "after the run")
         fold_record.metrics = dict(result.metrics)  # only once the model is known to be uncontaminated
-        del lm, method, scorer, context  # the context holds the model too
+        model_check_seconds += guard.seconds
+        del lm, method, scorer, context, guard  # the context and the guard hold the model too
         release_model_memory()  # before the next fold loads its own copy
     record.metrics = _average_over_folds(record.folds)
     seconds = watch.to_dict()
@@ -237,7 +237,7 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
         fit_effects=seconds.get("fit_effects", 0.0),
         total_s=round(sum(watch.seconds.values()), 3),
         fit_phases=fit_phase_table(fit_phases, watch.seconds.get("fit", 0.0)),
-        model_check=round(sum(guard.seconds for guard in guards), 3),
+        model_check=round(model_check_seconds, 3),
     )
     eval_tokens = sum(fold.eval_tokens for fold in record.folds.values())
     # Tokens and seconds of the trainings that made the final model (the chosen trial's when tuned).

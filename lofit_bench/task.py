@@ -207,10 +207,12 @@ class GenerationTask(Task):
             {"id": item.id, **self.judge(item, generation), "generation": generation.new_text}
             for item, generation in zip(items, generations, strict=True)
         ]
-        if self.secondary_metrics:
+        capabilities = getattr(scorer, "capabilities", None)
+        secondary = self.secondary_metrics if capabilities is None or capabilities.scores_continuations else ()
+        if secondary:
             self._add_teacher_forced(scorer, items, per_example, split)
         return EvalResult(
-            metrics={name: mean(entry[name] for entry in per_example) for name in (*self.metrics, *self.secondary_metrics)},
+            metrics={name: mean(entry[name] for entry in per_example) for name in (*self.metrics, *secondary)},
             example_ids=[item.id for item in items],
             per_example=per_example,
         )

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lofit_bench import hookimpl
@@ -163,13 +164,26 @@ class LoRA(Method):
 
     @contextmanager
     def merged(self) -> Iterator[bool]:
-        """The adapters added into the base weights (peft's merge_adapter), then taken out again."""
+        """The adapters added into the base weights (peft's merge_adapter), then taken out again.
+
+        Unmerging subtracts what merging added, which is exact only up to rounding: the base
+        weights are copied back bit for bit afterwards, so the run's model check (and the test
+        evaluation of a later fold) sees the weights as loaded."""
+        from peft.tuners.lora import LoraLayer
+
         model = self._require_wrapped()
+        bases = [module.get_base_layer() for module in model.modules() if isinstance(module, LoraLayer)]
+        saved = [(base.weight.detach().clone(), None if base.bias is None else base.bias.detach().clone()) for base in bases]
         model.merge_adapter()
         try:
             yield True
         finally:
             model.unmerge_adapter()
+            with torch.no_grad():
+                for base, (weight, bias) in zip(bases, saved, strict=True):
+                    base.weight.copy_(weight)
+                    if bias is not None:
+                        base.bias.copy_(bias)
 
     def trainable_parameters(self) -> int:
         """Values of the adapter's tensors: exactly what ``save_pretrained`` writes."""

@@ -379,7 +379,8 @@ class RepE(Method):
     def capabilities(self) -> Capabilities:  # type: ignore[override]
         """The contrast vector's pre-hook on the whole model restarts its instructed copies
         from each uncached call's tokens; the reading vector acts inside one layer."""
-        return Capabilities(watches_whole_forward=isinstance(self.control, ContrastControl))
+        contrast = isinstance(self.control, ContrastControl)
+        return Capabilities(watches_whole_forward=contrast, scores_continuations=not contrast)
 
     def resolve_vector(self, evaluation: str) -> str:
         if self.config.vector == "auto":

@@ -34,7 +34,15 @@ def fake_record(
 
 
 def write(tmp_path, records):
+    """Write ``records``; each key hashes what tells its run apart (as a real run key does), so a
+    test that changes a record's options or budget after building it gets a distinct run."""
+    import hashlib
+    import json
+
     for index, record in enumerate(records):
+        identity = json.dumps([record["key"], record["method"].get("options"), record.get("budget"), record.get("axes"), record.get("model")],
+                              sort_keys=True, default=str)
+        record = {**record, "key": hashlib.sha256(identity.encode()).hexdigest()[:16]}
         write_json_atomic(tmp_path / "records" / f"{index}.json", record)
 
 

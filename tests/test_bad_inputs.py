@@ -147,8 +147,6 @@ FLAG_CASES = [
     ("compare-missing-folder", ["compare", "{tmp}/nothing", "{tmp}"], "is not a folder"),
     ("compare-empty-folder", ["compare", "{tmp}", "{tmp}"], "no finished runs"),
     ("heads-missing-folder", ["heads", "{tmp}/nothing"], ""),
-    ("ray-address-with-process", [*RUN, "--ray-address", "auto", "--executor", "process"], "--ray-address is for the ray executor"),
-    ("ray-address-default-executor", [*RUN, "--ray-address", "auto"], "but the executor is process"),
     ("tune-storage-bogus", [*RUN, "--tune-storage", "bogus://x"], "--tune-storage 'bogus://x' is not a database URL"),
     ("tune-storage-not-a-url", [*RUN, "--tune-storage", "trials.db"], "is not a database URL"),
     ("tune-storage-missing-folder", [*RUN, "--tune-storage", "sqlite:////nonexistent/dir/x.db"], "the folder /nonexistent/dir does not exist"),

@@ -17,6 +17,7 @@ from lofit_bench.errors import UserError
 from lofit_bench.precision import computing_in, resolve_precision, weights_dtype
 from lofit_bench.records import load_records
 from lofit_bench.report_model import build_report_model
+from lofit_bench.run_folder import RunFolder
 from lofit_bench.run_record import parse_record
 from lofit_bench.run_spec import run_identity
 from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
@@ -105,6 +106,6 @@ def test_each_fold_releases_its_model_before_the_next_loads(builtin_host, tmp_pa
 
     monkeypatch.setattr(run_one, "load_model", watching_load)
     spec = plan_sweep(["zero-shot"], ["truthfulqa"], budget(), ModelSettings("tiny-random-llama", device="cpu"))[0]
-    record = run_one.execute_run(spec, tmp_path, progress=False)
+    record = run_one.execute_run(spec, RunFolder(tmp_path), progress=False)
     assert record.status == "ok", record.error
     assert alive_at_load == [False, False]  # truthfulqa's two folds: the first model was gone

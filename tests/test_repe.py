@@ -161,7 +161,7 @@ def test_only_the_attached_contrast_vector_declares_it_watches_whole_forward(tin
     method._attach("reading", 1, 2.0, torch.ones(tiny_lm.layout.hidden_size))
     assert method.capabilities == Capabilities()
     method._attach("contrast", 0, 2.0, torch.ones(tiny_lm.layout.hidden_size))
-    assert method.capabilities == Capabilities(watches_whole_forward=True)
+    assert method.capabilities == Capabilities(watches_whole_forward=True, scores_continuations=False)
     method.remove()
     assert method.capabilities == Capabilities()
 
