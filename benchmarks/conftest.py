@@ -17,6 +17,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def bundled():
-    from lofit_bench.models import load_model
+    from lofit_bench.engine.models import load_model
 
     return load_model("smollm2-135m")

@@ -4,7 +4,7 @@
 #      benchmarks/gpu_check_wheels.sh and carried), and lofit-bench itself without dependencies;
 #      never replaces the machine's torch;
 #   1. the model: the bundled SmolLM2-135M when installed, else a random stand-in of its exact
-#      shape built there (lofit_bench/standin_model.py: 30 layers x 9 heads, so head indices hold);
+#      shape built there (lofit_bench/engine/standin_model.py: 30 layers x 9 heads, so head indices hold);
 #   2. LoFiT, LoRA and full fine-tuning under --precision bf16-mixed (the GPU default), and LoFiT
 #      with pure bf16 weights (--dtype bf16: the fp32 edit path), small budget, untuned (the
 #      tuner's SQLite storage needs sqlalchemy, whose wheel does not fit the carry);
@@ -74,7 +74,7 @@ if [ -z "$MODEL" ]; then
         MODEL=smollm2-135m
     else
         MODEL="$RESULTS/model-standin-smollm2-135m"
-        "$PYTHON" -m lofit_bench.standin_model "$MODEL" > /dev/null || failed "building the stand-in model"
+        "$PYTHON" -m lofit_bench.engine.standin_model "$MODEL" > /dev/null || failed "building the stand-in model"
     fi
 fi
 echo "model: $MODEL"

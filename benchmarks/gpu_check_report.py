@@ -71,8 +71,8 @@ def summarise(folder: Path, device: str) -> None:
 def exactness(device: str, model: str) -> None:
     """LoFiT's vectors stay fp32 on a bf16 model, a zero edit leaves the logits unchanged, a
     non-zero one changes them, removing it restores them bit for bit."""
-    from lofit_bench.interventions import HeadIntervention
-    from lofit_bench.models import load_model
+    from lofit_bench.engine.interventions import HeadIntervention
+    from lofit_bench.engine.models import load_model
 
     lm = load_model(model, dtype="bf16", device=device)
     ids = lm.tokenizer("Q: Who wrote Hamlet?\nA:", return_tensors="pt")["input_ids"].to(lm.device)

@@ -2,7 +2,7 @@
 CLUTRR in one sweep, with the shared store and without it (``--no-shared-work``), in one run.
 
 Counts the frozen-model activation passes (calls of
-:func:`lofit_bench.activations.last_token_activations` and the texts they read) and sums the
+:func:`lofit_bench.engine.activations.last_token_activations` and the texts they read) and sums the
 three runs' fit seconds (``timings.fit``) and their frozen-model parts (ITI's probes, RepE's
 layer scan, LoFiT's head selection) in each arm; prints both and their ratios. Both arms
 run in this process (inline executor), alternating for ``--rounds`` rounds, on the same
@@ -34,9 +34,9 @@ LOFIT_ON_ITI_HEADS = {"lofit": {"head_source": "iti"}}
 
 
 def measure(model: str, budget_name: str, overrides: dict, out: Path, rounds: int = 1) -> dict:
-    from lofit_bench import activations
     from lofit_bench.budget import Budget, get_budget
-    from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+    from lofit_bench.engine import activations
+    from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
     budget = Budget.from_dict(get_budget(budget_name).to_dict() | overrides)
     specs = plan_sweep(METHODS, ["clutrr"], budget, ModelSettings(model, device="cpu"), method_options=LOFIT_ON_ITI_HEADS)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.timing import interleaved_ratio, report
-from lofit_bench.scoring import Scorer
+from lofit_bench.engine.scoring import Scorer
 
 QUESTIONS = 8
 PROMPTS = 48

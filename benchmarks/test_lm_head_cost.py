@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from benchmarks.timing import clutrr_sft_batch, interleaved_ratio, report
-from lofit_bench.interventions import HeadIntervention
-from lofit_bench.scoring import Scorer
+from lofit_bench.engine.interventions import HeadIntervention
+from lofit_bench.engine.scoring import Scorer
 from lofit_bench.tasks.clutrr import Clutrr
 from lofit_bench.tasks.truthfulqa import TruthfulQA, scoring_context
 
@@ -32,8 +32,8 @@ PROMPTS = 16
 
 @pytest.fixture(scope="module")
 def gemma():
+    from lofit_bench.engine.models import load_model
     from lofit_bench.errors import UserError
-    from lofit_bench.models import load_model
 
     try:
         return load_model("gemma3-270m")

@@ -10,9 +10,9 @@ import torch
 
 from benchmarks.test_training_speed import HEADS, _step
 from benchmarks.timing import clutrr_sft_batch, interleaved_ratio, report
-from lofit_bench.interventions import HeadIntervention
-from lofit_bench.models import load_model
-from lofit_bench.precision import computing_in, cpu_has_native_bf16
+from lofit_bench.engine.interventions import HeadIntervention
+from lofit_bench.engine.models import load_model
+from lofit_bench.engine.precision import computing_in, cpu_has_native_bf16
 
 BATCH = 8
 

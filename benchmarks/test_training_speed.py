@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from benchmarks.timing import clutrr_sft_batch, interleaved_ratio, report
-from lofit_bench.interventions import HeadIntervention
+from lofit_bench.engine.interventions import HeadIntervention
 
 BATCH = 8
 HEADS = [(layer, head) for layer, head in [(3, 1), (7, 4), (11, 0), (14, 8), (18, 2), (21, 5), (25, 3), (28, 6)]]

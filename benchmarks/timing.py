@@ -44,8 +44,8 @@ def clutrr_sft_batch(lm, size: int = 8):
     """(trainer, one collated SFT batch of ``size`` CLUTRR training examples), as the harness's
     trainer builds them for ``lm``."""
     from lofit_bench.budget import get_budget
+    from lofit_bench.engine.training import OptimizerSettings, _build_trainer
     from lofit_bench.tasks.clutrr import Clutrr
-    from lofit_bench.training import OptimizerSettings, _build_trainer
 
     examples = Clutrr().training_examples("main")[:size]
     trainer = _build_trainer(

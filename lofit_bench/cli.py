@@ -22,13 +22,13 @@ EXIT_DISK_FULL = 3  # lofit_bench.errors.DiskFull.exit_code
 
 
 def _formats_help() -> str:
-    from lofit_bench.report_formats import formats_help
+    from lofit_bench.report.formats import formats_help
 
     return f"comma-separated report formats to write (default: all): {formats_help()}"
 
 
 def _trackers(value: str) -> list[str]:
-    from lofit_bench.tracking import parse_trackers
+    from lofit_bench.sweep.tracking import parse_trackers
 
     return _checked(parse_trackers, value)
 
@@ -41,13 +41,13 @@ def _split_names(value: str) -> list[str]:
 
 
 def _seeds(value: str) -> list[int]:
-    from lofit_bench import validate
+    from lofit_bench.sweep import settings as validate
 
     return _checked(validate.seeds, value)
 
 
 def _checked(check, value: str, *arguments: Any) -> Any:
-    """A sweep-file check (:mod:`lofit_bench.validate`) as an argparse type: the same message."""
+    """A sweep-file check (:mod:`lofit_bench.sweep.settings`) as an argparse type: the same message."""
     try:
         return check(value, *arguments)
     except UserError as error:
@@ -55,7 +55,7 @@ def _checked(check, value: str, *arguments: Any) -> Any:
 
 
 def _jobs(value: str) -> int:
-    from lofit_bench import validate
+    from lofit_bench.sweep import settings as validate
 
     return _checked(validate.jobs, value)
 
@@ -68,13 +68,13 @@ def _folder(value: str) -> Path:
 
 
 def _device(value: str) -> str:
-    from lofit_bench import validate
+    from lofit_bench.sweep import settings as validate
 
     return _checked(validate.device, value)
 
 
 def _top(value: str) -> int:
-    from lofit_bench import validate
+    from lofit_bench.sweep import settings as validate
 
     return _checked(validate.positive_count, value, "--top")
 
@@ -124,7 +124,7 @@ def _method_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def _grid(items: list[str], what: str, dotted: bool) -> dict[str, Any]:
     """``--grid METHOD.FIELD=[v1,v2]`` (method -> field -> values) or ``--budget-axis FIELD=[v1,v2]``."""
-    from lofit_bench.sweep_grid import check_axis_values
+    from lofit_bench.sweep.grid import check_axis_values
 
     result: dict[str, Any] = {}
     for key, values in _key_values(items, what).items():
@@ -272,8 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- commands --------------------------------------------------------------------------------
 def command_run(arguments: argparse.Namespace) -> int:
-    from lofit_bench.console import VERBOSE_VARIABLE, quiet_libraries
     from lofit_bench.progress import QUIET_VARIABLE
+    from lofit_bench.sweep.console import VERBOSE_VARIABLE, quiet_libraries
 
     if arguments.verbose:
         os.environ[VERBOSE_VARIABLE] = "1"
@@ -283,18 +283,19 @@ def command_run(arguments: argparse.Namespace) -> int:
     say = (lambda *_: None) if arguments.quiet else print
 
     from lofit_bench.budget import Budget, get_budget
-    from lofit_bench.models import check_model
-    from lofit_bench.preflight import check_reference, check_tune_storage
-    from lofit_bench.report import build_report, render_markdown
-    from lofit_bench.report_model import budget_name
-    from lofit_bench.runner import check_output_folder, plan_sweep, run_sweep
-    from lofit_bench.sweep_config import SweepConfig, load_sweep_config
+    from lofit_bench.engine.models import check_model
+    from lofit_bench.report.build import render_markdown
+    from lofit_bench.report.model import budget_name
+    from lofit_bench.report.write import build_report
+    from lofit_bench.sweep.preflight import check_reference, check_tune_storage
+    from lofit_bench.sweep.runner import check_output_folder, plan_sweep, run_sweep
+    from lofit_bench.sweep.sweep_file import SweepConfig, load_sweep_config
 
     if arguments.lm_eval_include:
         os.environ["LOFIT_BENCH_LM_EVAL_INCLUDE"] = os.pathsep.join(str(path.resolve()) for path in arguments.lm_eval_include)
     study = None
     if arguments.study:
-        from lofit_bench.studies import find_study
+        from lofit_bench.sweep.studies import find_study
 
         if arguments.config:
             raise UserError("--study and --config both describe the sweep; give one (a study is a sweep file with a [study] table)")
@@ -337,11 +338,11 @@ def command_run(arguments: argparse.Namespace) -> int:
                                share_work=not arguments.no_shared_work,
                                method_grid=method_grid, budget_axis=budget_axis)
     ]
-    from lofit_bench.run_folder import RunFolder
+    from lofit_bench.records.run_folder import RunFolder
 
     folder = RunFolder(arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
     check_output_folder(folder)
-    from lofit_bench.lock import out_folder_lock
+    from lofit_bench.sweep.folder_lock import out_folder_lock
 
     arguments.cleanup.enter_context(out_folder_lock(folder))  # before the models are checked: a second sweep on OUT refuses at once
     if study is not None:
@@ -353,7 +354,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     for model in models:
         check_model(model.name, model.trust_remote_code, model.revision)
     if arguments.report_to:
-        from lofit_bench.tracking import check_trackers
+        from lofit_bench.sweep.tracking import check_trackers
 
         check_trackers(arguments.report_to)
     executor = arguments.executor or config.executor or "process"
@@ -401,8 +402,8 @@ def _check_executor(name: str, address: str | None) -> None:
 def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
     """One ModelSettings per model, from (lowest precedence first) the sweep file's dtype, device
     and ``model_args``, then ``--model-args``, then the single-option flags."""
-    from lofit_bench.models import DEFAULT_MODEL
-    from lofit_bench.runner import ModelSettings
+    from lofit_bench.engine.models import DEFAULT_MODEL
+    from lofit_bench.sweep.runner import ModelSettings
 
     from_file = ModelSettings.from_args(config.model_args) if config.model_args else {}
     from_command = ModelSettings.from_args(arguments.model_args) if arguments.model_args else {}
@@ -428,8 +429,9 @@ def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
 
 
 def command_report(arguments: argparse.Namespace) -> int:
-    from lofit_bench.report import build_report, render_markdown
-    from lofit_bench.report_formats import report_formats
+    from lofit_bench.report.build import render_markdown
+    from lofit_bench.report.formats import report_formats
+    from lofit_bench.report.write import build_report
 
     registry = report_formats()
     names = arguments.formats if arguments.formats is not None else registry.names()
@@ -442,7 +444,8 @@ def command_report(arguments: argparse.Namespace) -> int:
 
 
 def command_compare(arguments: argparse.Namespace) -> int:
-    from lofit_bench.compare import compare_folders, render_markdown, write_comparison
+    from lofit_bench.report.compare import compare_folders, render_markdown
+    from lofit_bench.report.compare_html import write_comparison
 
     comparison = compare_folders(arguments.runs_dirs, arguments.tasks)
     print(render_markdown(comparison))
@@ -456,7 +459,7 @@ def command_list(arguments: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     if arguments.what == "models":
-        from lofit_bench.models import MODELS
+        from lofit_bench.engine.models import MODELS
 
         rows = [[entry.name, entry.description] for entry in MODELS.values()]
         print(tabulate(rows, headers=["model", "description"], tablefmt="simple"))
@@ -490,10 +493,10 @@ def command_list(arguments: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["format", "file", "description", "plugin"], tablefmt="simple"))
         return 0
     if arguments.what == "studies":
-        from lofit_bench.studies import load_study
+        from lofit_bench.sweep.studies import load_study, registered_studies
 
         rows = []
-        for name, (path, owner) in host.studies.items():
+        for name, (path, owner) in registered_studies().items():
             study = load_study(path)
             config = study.config
             rows.append([name, study.title, ", ".join(config.methods), ", ".join(config.tasks), config.budget or "paper",
@@ -540,9 +543,10 @@ def command_plugins(arguments: argparse.Namespace) -> int:
 def command_heads(arguments: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from lofit_bench.head_overlap import overlap_tables
-    from lofit_bench.heads import HEATMAP_FILE, HeadSelection, describe, draw_heatmap, selections_in
-    from lofit_bench.records import load_records
+    from lofit_bench.engine.heads import HEATMAP_FILE, HeadSelection, describe, draw_heatmap
+    from lofit_bench.records.store import load_records
+    from lofit_bench.report.head_overlap import overlap_tables
+    from lofit_bench.report.run_heads import selections_in
 
     tables = overlap_tables(load_records(arguments.run_dir)) if arguments.run_dir.is_dir() else []
     try:

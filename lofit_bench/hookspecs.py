@@ -49,17 +49,17 @@ def register_task_prefixes(register: Callable[[str, Callable[[str], type], str],
 @hookspec
 def register_executors(register: Callable[[type], None]) -> None:
     """Register executors: call ``register(ExecutorSubclass)`` once per
-    :class:`~lofit_bench.executors.Executor` (where a sweep's runs execute: ``--executor NAME``)."""
+    :class:`~lofit_bench.sweep.executors.Executor` (where a sweep's runs execute: ``--executor NAME``)."""
 
 
 @hookspec
 def register_report_formats(register: Callable[[object], None]) -> None:
     """Register report formats: ``register(ReportFormat(name, file_name, render, description))``.
 
-    ``render(report)`` turns the one report model (:class:`~lofit_bench.report_model.ReportModel`)
+    ``render(report)`` turns the one report model (:class:`~lofit_bench.report.model.ReportModel`)
     into the file's text; ``lofit-bench report`` writes it atomically as ``file_name``. The
     built-in ``md``, ``csv``, ``json`` and ``html`` formats are registered this way
-    (:mod:`lofit_bench.report_formats`).
+    (:mod:`lofit_bench.report.formats`).
     """
 
 
@@ -67,5 +67,5 @@ def register_report_formats(register: Callable[[object], None]) -> None:
 def register_studies(register: Callable[[object], None]) -> None:
     """Register studies (an experiment as a sweep plus its table): call ``register(path)``
     once per study file (TOML/YAML/JSON with a ``[study]`` table; see
-    :mod:`lofit_bench.studies`). ``lofit-bench list studies`` lists them and
+    :mod:`lofit_bench.sweep.studies`). ``lofit-bench list studies`` lists them and
     ``lofit-bench run --study NAME`` runs one."""

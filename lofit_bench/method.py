@@ -28,8 +28,8 @@ from lofit_bench.shared_work import SharedWork
 
 if TYPE_CHECKING:
     from lofit_bench.budget import Budget
-    from lofit_bench.models import LoadedModel
-    from lofit_bench.preflight import ModelShape
+    from lofit_bench.engine.models import LoadedModel
+    from lofit_bench.sweep.preflight import ModelShape
     from lofit_bench.task import Task, TrainingExample
 
 CONFIG_FILE = "method_config.json"
@@ -99,7 +99,7 @@ class Capabilities:
 
     A forward call cannot say what a method's hooks depend on, so the method says it here
     (:attr:`Method.capabilities`) and the runner and the tuner pass it on to the
-    :class:`~lofit_bench.scoring.Scorer` and :func:`~lofit_bench.training.train`. The defaults
+    :class:`~lofit_bench.engine.scoring.Scorer` and :func:`~lofit_bench.engine.training.train`. The defaults
     suit edits that act the same on every position of every call from inside the model
     (LoFiT, ITI, RED, LoRA, full fine-tuning, RepE's reading vector): the Scorer may then
     encode a shared context or opening once and continue from its KV cache.
@@ -148,7 +148,7 @@ class FitContext:
     phases: Stopwatch = field(default_factory=Stopwatch)
     #: Told the name of each part as it starts (the sweep's console shows it).
     on_phase: Callable[[str], None] | None = None
-    #: Called by :func:`lofit_bench.training.train` after each epoch with the epoch's number
+    #: Called by :func:`lofit_bench.engine.training.train` after each epoch with the epoch's number
     #: (1-based): the tuner scores a dev subset there and may stop a hopeless trial. A method
     #: passes it to the training whose result it is scored by (LoFiT: stage 2, not stage 1).
     on_epoch_end: Callable[[int], None] | None = None
@@ -160,7 +160,7 @@ class FitContext:
     #: ``shared_work.fetch(kind, fields, compute)``. Disabled (computes every time) by default.
     shared_work: SharedWork = field(default_factory=SharedWork)
     #: Other runs' outputs this run reads, resolved by the sweep (``heads:TASK`` -> a heads.json;
-    #: LoFiT's ``head_source=run:TASK``). See :attr:`lofit_bench.run_spec.RunSpec.inputs`.
+    #: LoFiT's ``head_source=run:TASK``). See :attr:`lofit_bench.sweep.spec.RunSpec.inputs`.
     inputs: dict[str, str] = field(default_factory=dict)
 
     def reuse(self, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -202,7 +202,7 @@ class Method(ABC):
     #: False for methods that never look at the training split (zero-shot).
     uses_training_data: ClassVar[bool] = True
     #: Rough seconds of one fit per character of training text, next to LoRA's (1.0). Only
-    #: orders parallel runs, longest first (:mod:`lofit_bench.schedule`); never recorded.
+    #: orders parallel runs, longest first (:mod:`lofit_bench.sweep.schedule`); never recorded.
     relative_cost: ClassVar[float] = 1.0
     #: What the attached edits need from scoring and training (:class:`Capabilities`). Read
     #: from the instance once ``fit`` (or ``load``) has attached them; a method whose needs
@@ -266,7 +266,7 @@ class Method(ABC):
         """Train (or fit without gradients) under ``context.budget``.
 
         Returns what should be recorded about the fit (chosen hyper-parameters...); a method
-        that trains puts its :class:`~lofit_bench.training.TrainResult` dict under
+        that trains puts its :class:`~lofit_bench.engine.training.TrainResult` dict under
         ``"training"``. The default is a method with nothing to fit.
         """
         return {}

@@ -41,9 +41,9 @@ BUILTIN_PLUGINS = (
     "lofit_bench.tasks.clutrr",
     "lofit_bench.tasks.mquake",
     "lofit_bench.lmeval.tasks",  # the `lm_eval:` task-name prefix (lm-eval imported on use)
-    "lofit_bench.executors",  # process, inline, ray
-    "lofit_bench.report_formats",  # md, csv, json, html
-    "lofit_bench.studies",  # the paper's experiments (lofit_bench/data/studies/*.toml)
+    "lofit_bench.sweep.executors",  # process, inline, ray
+    "lofit_bench.report.formats",  # md, csv, json, html
+    "lofit_bench.sweep.studies",  # the paper's experiments (lofit_bench/data/studies/*.toml)
 )
 
 
@@ -76,8 +76,8 @@ class PluginHost:
         self.tasks: Registry[type] = Registry("task")
         self.executors: Registry[type] = Registry("executor")
         self.report_formats: Registry = Registry("report format")
-        #: Study name -> (study file, plugin that registered it).
-        self.studies: dict[str, tuple[Path, str]] = {}
+        #: (study file, plugin that registered it), in registration order (built-ins first).
+        self.study_files: list[tuple[Path, str]] = []
         self._info: dict[str, PluginInfo] = {}
         self._loaded = False
 
@@ -270,18 +270,11 @@ class PluginHost:
             return
 
         def register(path: str | Path) -> None:
-            from lofit_bench.errors import UserError
-            from lofit_bench.studies import load_study
-
-            try:
-                study = load_study(Path(path))
-            except (UserError, TypeError) as error:
-                warn_plugin(f"plugin {plugin_name!r} registered study file {path!r}, which was skipped: {error}")
+            # Read (and named) on use, by lofit_bench.sweep.studies: the host only keeps who registered what.
+            if not isinstance(path, str | Path):
+                warn_plugin(f"plugin {plugin_name!r} registered study file {path!r}, which is not a path")
                 return
-            if study.name in self.studies:
-                warn_plugin(f"plugin {plugin_name!r} tried to register study {study.name!r}, which is taken; kept the first")
-                return
-            self.studies[study.name] = (Path(path), plugin_name)
+            self.study_files.append((Path(path), plugin_name))
 
         self._call_hook(plugin_name, "register_studies", caller, register)
 
@@ -312,10 +305,11 @@ class PluginHost:
         caller = self._hook_caller(plugin_name, "register_report_formats")
         if caller is None:
             return
-        from lofit_bench.report_formats import ReportFormat
-
-        def register(report_format: ReportFormat) -> None:
-            if not isinstance(report_format, ReportFormat) or not callable(report_format.render):
+        def register(report_format: Any) -> None:
+            # Read by its fields (lofit_bench.report.formats.ReportFormat's), so the plugin host, below
+            # the report layer, never imports it.
+            if not all(isinstance(getattr(report_format, field, None), str) for field in ("name", "file_name")) \
+                    or not callable(getattr(report_format, "render", None)):
                 warn_plugin(f"plugin {plugin_name!r} registered {report_format!r}, which is not a ReportFormat with a render function")
                 return
             problem = name_problem(report_format.name) or name_problem(report_format.file_name)

@@ -11,8 +11,8 @@ from answer: the harness can. It knows, for each forward call it makes,
 
 A module that needs this subclasses :class:`PromptListener` and hangs on the model as a
 submodule, and its method declares ``Capabilities(needs_prompt_positions=True)``
-(:class:`lofit_bench.method.Capabilities`); the trainer (:mod:`lofit_bench.training`) and the
-:class:`~lofit_bench.scoring.Scorer` find the listeners with :func:`listeners_to_tell` and wrap
+(:class:`lofit_bench.method.Capabilities`); the trainer (:mod:`lofit_bench.engine.training`) and the
+:class:`~lofit_bench.engine.scoring.Scorer` find the listeners with :func:`listeners_to_tell` and wrap
 each call in :func:`declare_prompt`. A declaration the model contradicts fails loudly. Nothing
 here is specific to one method, and models without a listener take the usual paths.
 

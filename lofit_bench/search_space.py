@@ -8,7 +8,7 @@ third-party plugin does it the same way as a built-in::
         metadata={"help": "AdamW learning rate", "tune": LogUniform(1e-5, 1e-2)},
     )
 
-The harness's tuner (:mod:`lofit_bench.tuning`) samples every declared field the user did not
+The harness's tuner (:mod:`lofit_bench.sweep.tuning`) samples every declared field the user did not
 fix with ``--method-set``; a method whose space depends on other fields (RepE's layer rank is
 moot once ``repe.layer`` is set) overrides :meth:`lofit_bench.method.Method.search_space`.
 """

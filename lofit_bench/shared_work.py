@@ -54,7 +54,7 @@ def content_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-#: The run identity's fields (:func:`lofit_bench.run_spec.run_identity`) that every entry of a
+#: The run identity's fields (:func:`lofit_bench.sweep.spec.run_identity`) that every entry of a
 #: run's store is scoped by: what model, read how, on which task.
 SCOPE_FIELDS = ("model", "model_fingerprint", "task", "task_plugin")
 

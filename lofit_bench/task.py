@@ -1,6 +1,6 @@
 """The task interface: splits, training examples, evaluation and metrics.
 
-A task never knows which method is attached: it receives a :class:`~lofit_bench.scoring.Scorer`
+A task never knows which method is attached: it receives a :class:`~lofit_bench.engine.scoring.Scorer`
 around whatever model the method produced and returns metrics.
 """
 
@@ -167,7 +167,7 @@ class GenerationTask(Task):
 
     @abstractmethod
     def judge(self, item: Any, generation: Any) -> dict[str, Any]:
-        """``item``'s entry for one :class:`~lofit_bench.scoring.Generation`: prediction, gold and metric values."""
+        """``item``'s entry for one :class:`~lofit_bench.engine.scoring.Generation`: prediction, gold and metric values."""
 
     def teacher_forced_requests(self, item: Any) -> list[tuple[str, str]]:
         """(context, continuation) pairs whose log-likelihoods give ``item``'s

@@ -55,11 +55,11 @@ import torch
 from torch import nn
 
 from lofit_bench.budget import Budget, get_budget
+from lofit_bench.engine.model_integrity import ModelStructure
+from lofit_bench.engine.models import load_model
+from lofit_bench.engine.scoring import Generation
 from lofit_bench.method import Capabilities, FitContext, Method
-from lofit_bench.model_integrity import ModelStructure
-from lofit_bench.models import load_model
 from lofit_bench.prompt_positions import PromptSpans, declare_prompt, find_prompt_listeners
-from lofit_bench.scoring import Generation
 from lofit_bench.task import SPLITS, PreferenceExample, SFTExample, Task
 
 #: Two optimizer steps on four examples, two dev examples, one trial: seconds per method on

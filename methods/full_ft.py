@@ -8,7 +8,7 @@ every other method. Trained values: all of the model's parameters (tied embeddin
 
 Learning rate: 1e-5 for SFT (the common full fine-tuning rate for 0.1B-7B decoder models
 with AdamW) and 1e-6 for DPO (trl's DPO default; preference training of all weights is run
-well below the SFT rate). Tuned by the harness (:mod:`lofit_bench.tuning`): log-uniform in
+well below the SFT rate). Tuned by the harness (:mod:`lofit_bench.sweep.tuning`): log-uniform in
 [1e-6, 1e-4], that default first; every trial trains from the original weights.
 
 Precision: trained in fp32. On a bf16 / fp16 model the parameters are cast to fp32 for
@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from lofit_bench import hookimpl
+from lofit_bench.engine.models import LoadedModel
+from lofit_bench.engine.training import OptimizerSettings, TrainResult, train
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext, Method, MethodConfig
-from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import LogUniform
-from lofit_bench.training import OptimizerSettings, TrainResult, train
 
 STATE_FILE = "model.safetensors"
 #: Our defaults (the paper has no full fine-tuning): see the module docstring.

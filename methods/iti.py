@@ -9,7 +9,7 @@ Site: z^(l,i), the output of attention head i of layer l, i.e. the input of the 
 attention output projection split into heads (the same site as LoFiT). Nothing is trained:
 
 1. Labelled activations. Every training example gives a positive and a negative text
-   (:func:`lofit_bench.activations.contrast_pairs`): TruthfulQA ``prompt + chosen`` (the best
+   (:func:`lofit_bench.engine.activations.contrast_pairs`): TruthfulQA ``prompt + chosen`` (the best
    answer, label 1) vs ``prompt + rejected`` (the first incorrect answer, label 0); CLUTRR and
    MQuAKE ``prompt + gold`` (1) vs ``prompt + a wrong answer`` (0), the wrong answer drawn with
    the run's seed from the other training examples' gold answers (CLUTRR: another of the
@@ -30,7 +30,7 @@ attention output projection split into heads (the same site as LoFiT). Nothing i
 
        z^(l,i) <- z^(l,i) + alpha * sigma^(l,i) * theta^(l,i)
 
-   alpha and K are tuned by the harness on the dev split (:mod:`lofit_bench.tuning`,
+   alpha and K are tuned by the harness on the dev split (:mod:`lofit_bench.sweep.tuning`,
    ``budget.trials`` trials, ITI's alpha = 15 at K = 3 % first): alpha log-uniform in
    [1, 40], K one of 1 %, 3 %, 5 %, 10 % of the heads. Steps 1, 2 and 4 do not depend on
    them, so they run once per fold and every trial reuses them.
@@ -47,7 +47,7 @@ Deviations from honest_llama, recorded here and in the README:
 
 Recorded: trainable parameters 0; stored values K * head_dim (the fixed shift vectors).
 The full head ranking is saved as ``heads.json`` (the LoFiT format,
-:class:`lofit_bench.heads.HeadSelection`), so LoFiT can tune its biases on ITI's heads
+:class:`lofit_bench.engine.heads.HeadSelection`), so LoFiT can tune its biases on ITI's heads
 (``--method-set lofit.head_source=file:RUN_DIR``, paper Table 2); :func:`iti_head_ranking`
 computes the same ranking in process.
 """
@@ -65,10 +65,9 @@ import numpy as np
 import torch
 
 from lofit_bench import hookimpl
-from lofit_bench.activations import ContrastPair, contrast_pairs, pair_activations
-from lofit_bench.errors import UserError
-from lofit_bench.heads import HEADS_FILE, HeadSelection
-from lofit_bench.interventions import (
+from lofit_bench.engine.activations import ContrastPair, contrast_pairs, pair_activations
+from lofit_bench.engine.heads import HEADS_FILE, HeadSelection
+from lofit_bench.engine.interventions import (
     Head,
     HeadIntervention,
     HeadInterventionMethod,
@@ -78,8 +77,9 @@ from lofit_bench.interventions import (
     resolve_head_count,
     save_intervention,
 )
+from lofit_bench.engine.models import LoadedModel
+from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext, MethodConfig
-from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import Choice, LogUniform
 from lofit_bench.shared_work import SharedWork, examples_hash
 from lofit_bench.task import TrainingExample

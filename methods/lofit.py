@@ -27,7 +27,7 @@ beta = 0.5 against the model as it is when training starts (TruthfulQA), in both
 Epochs, batch size and sequence length come from the budget (paper: 5 epochs, batch 8).
 
 Hyper-parameters default to the paper's Table 6 (Llama-2-7B, 3 % heads) for the task. Tuned
-by the harness (:mod:`lofit_bench.tuning`, ``budget.trials`` trials on the dev split, the
+by the harness (:mod:`lofit_bench.sweep.tuning`, ``budget.trials`` trials on the dev split, the
 paper's value first): the stage-2 learning rate, log-uniform in [1e-3, 1]. Stage 1 is not
 tuned (it is the expensive stage); it runs once per fold and every trial reuses its heads.
 With tuning off, a task without Table 6 values asks for explicit ones.
@@ -72,9 +72,8 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench import hookimpl
-from lofit_bench.errors import UserError, did_you_mean
-from lofit_bench.heads import HEADS_FILE, HeadSelection, find_heads_file
-from lofit_bench.interventions import (
+from lofit_bench.engine.heads import HEADS_FILE, HeadSelection, find_heads_file
+from lofit_bench.engine.interventions import (
     Head,
     HeadIntervention,
     HeadInterventionMethod,
@@ -85,10 +84,11 @@ from lofit_bench.interventions import (
     resolve_head_count,
     save_intervention,
 )
+from lofit_bench.engine.training import OptimizerSettings, TrainResult, train
+from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.method import FitContext, MethodConfig, resolve_paper_defaults
 from lofit_bench.search_space import LogUniform
 from lofit_bench.shared_work import examples_hash
-from lofit_bench.training import OptimizerSettings, TrainResult, train
 
 STATE_FILE = "lofit_vectors.safetensors"
 SUBMODULE = "lofit_heads"  # where the vectors hang on the model (model.lofit_heads)

@@ -41,11 +41,11 @@ import torch
 from torch import nn
 
 from lofit_bench import hookimpl
+from lofit_bench.engine.models import LoadedModel
+from lofit_bench.engine.training import OptimizerSettings, train
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext, Method, MethodConfig, resolve_paper_defaults
-from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import LogUniform
-from lofit_bench.training import OptimizerSettings, train
 
 ADAPTER_FOLDER = "adapter"  # peft's own format: adapter_config.json + adapter_model.safetensors
 ADAPTER_NAME = "default"

@@ -69,8 +69,10 @@ from torch.nn.utils.parametrizations import orthogonal
 from torch.utils.hooks import RemovableHandle
 
 from lofit_bench import hookimpl
-from lofit_bench.activations import output_hidden, replace_output_hidden
-from lofit_bench.architectures import ModelLayout
+from lofit_bench.engine.activations import output_hidden, replace_output_hidden
+from lofit_bench.engine.architectures import ModelLayout
+from lofit_bench.engine.models import LoadedModel
+from lofit_bench.engine.training import OptimizerSettings, train
 from lofit_bench.errors import UserError
 from lofit_bench.method import (
     Capabilities,
@@ -79,10 +81,8 @@ from lofit_bench.method import (
     MethodConfig,
     resolve_paper_defaults,
 )
-from lofit_bench.models import LoadedModel
 from lofit_bench.prompt_positions import PromptListener, PromptSpans
 from lofit_bench.search_space import LogUniform
-from lofit_bench.training import OptimizerSettings, train
 
 STATE_FILE = "loreft_interventions.safetensors"
 SUBMODULE = "loreft"  # where the interventions hang on the model (model.loreft)
@@ -234,14 +234,14 @@ class LoReFTEdits(PromptListener):
     def attach(self, model: nn.Module, layout: ModelLayout) -> None:
         if hasattr(model, SUBMODULE):
             raise RuntimeError(f"the model already carries {SUBMODULE!r}: another LoReFT is attached")
-        from lofit_bench.models import module_device
+        from lofit_bench.engine.models import module_device
 
         blocks = layout.decoder_layers(model)
         # Each layer's interventions on that layer's device: a device-mapped model's layers differ.
         for layer in self.layers:
             self.sites[str(layer)].to(module_device(blocks[layer]))
         model.add_module(SUBMODULE, self)
-        from lofit_bench.scoring import cache_argument
+        from lofit_bench.engine.scoring import cache_argument
 
         self.cache_argument = cache_argument(model)
         self.handles = [
@@ -270,7 +270,7 @@ class LoReFTEdits(PromptListener):
         if self.spans is None:
             raise RuntimeError(
                 "LoReFT edits prompt positions, and this forward call did not say where its prompt is. Score "
-                "through lofit_bench.scoring.Scorer, or wrap the call in "
+                "through lofit_bench.engine.scoring.Scorer, or wrap the call in "
                 "lofit_bench.prompt_positions.declare_prompt(model, PromptSpans...)"
             )
         if self.spans.reference:

@@ -10,7 +10,7 @@ site), with no head selection. Per head a scale s and a bias b of size head_dim:
     z^(l,i) <- s^(l,i) * z^(l,i) + b^(l,i),   s initialised to 1, b to 0 (the edit starts as identity)
 
 Here the scale is stored as a residual A with s = 1 + A (the shared head-edit module's
-convention, :mod:`lofit_bench.interventions`), so A = 0 at start is RED's s = 1 exactly, and
+convention, :mod:`lofit_bench.engine.interventions`), so A = 0 at start is RED's s = 1 exactly, and
 b is the vector named ``shift`` (the Trainer exempts parameters named "bias" from weight
 decay; here both vectors are decayed alike, A towards s = 1). s and b are trained jointly
 with the task's objective: SFT, or DPO against the model as it is when training starts,
@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from lofit_bench import hookimpl
-from lofit_bench.interventions import (
+from lofit_bench.engine.interventions import (
     HeadIntervention,
     HeadInterventionMethod,
     load_intervention,
     save_intervention,
 )
+from lofit_bench.engine.models import LoadedModel
+from lofit_bench.engine.training import OptimizerSettings, train
 from lofit_bench.method import FitContext, MethodConfig, resolve_paper_defaults
-from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import LogUniform
-from lofit_bench.training import OptimizerSettings, train
 
 STATE_FILE = "red_vectors.safetensors"
 SUBMODULE = "red_heads"  # where the vectors hang on the model (model.red_heads)

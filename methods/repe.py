@@ -10,7 +10,7 @@ single best ("top-1") layer with a coefficient tuned on dev.
 Site: h^l, the residual stream after decoder layer l (the layer's output). Nothing is trained.
 
 Reading vector. Every training example gives a positive and a negative text
-(:func:`lofit_bench.activations.contrast_pairs`: TruthfulQA ``prompt + chosen`` vs
+(:func:`lofit_bench.engine.activations.contrast_pairs`: TruthfulQA ``prompt + chosen`` vs
 ``prompt + rejected``; CLUTRR/MQuAKE ``prompt + gold`` vs ``prompt + a wrong answer`` drawn,
 seeded, from the other examples' answers). With h_i^+ and h_i^- their last-token states:
 
@@ -40,7 +40,7 @@ Layer and alpha. Layers are ranked by RepE's reading scan: how often the reading
 each layer puts the positive member of a held-out (dev) pair above the negative one (ties:
 the larger standardised margin). ``layer_rank`` picks the controlled layer from that ranking
 (0 = the paper's top-1 layer). The harness tunes ``layer_rank`` (0 to 2) and ``alpha``
-(log-uniform in [1, 40]) on the dev split (:mod:`lofit_bench.tuning`, the paper's top-1
+(log-uniform in [1, 40]) on the dev split (:mod:`lofit_bench.sweep.tuning`, the paper's top-1
 layer with alpha = 5 first); the scan does not depend on them, so it runs once per fold and
 every trial reuses it. ``layer`` fixes the layer instead (then only alpha is tuned).
 
@@ -61,16 +61,16 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lofit_bench import hookimpl
-from lofit_bench.activations import (
+from lofit_bench.engine.activations import (
     StopForward,
     contrast_pairs,
     output_hidden,
     pair_activations,
     replace_output_hidden,
 )
+from lofit_bench.engine.models import LoadedModel
 from lofit_bench.errors import UserError
 from lofit_bench.method import Capabilities, FitContext, Method, MethodConfig
-from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import IntRange, LogUniform
 from lofit_bench.shared_work import SharedWork
 from lofit_bench.task import TrainingExample
@@ -183,7 +183,7 @@ class ContrastControl:
     """
 
     def __init__(self, lm: LoadedModel, layer: int, alpha: float, positive_instruction: str, negative_instruction: str) -> None:
-        from lofit_bench.scoring import cache_argument
+        from lofit_bench.engine.scoring import cache_argument
 
         self.lm, self.layer, self.alpha = lm, layer, float(alpha)
         tokenizer = lm.tokenizer

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lofit_bench import hookimpl
+from lofit_bench.engine.models import LoadedModel
 from lofit_bench.method import Method
-from lofit_bench.models import LoadedModel
 
 
 class ZeroShot(Method):

@@ -29,7 +29,7 @@ that never produces the answer format, so the tuner can tell its trials apart):
 - ``new_answer_log_prob``: the summed log-probability (nats) of ``new_answer`` there.
 
 Each case's ``single_hops`` (question and original answer of every hop) are kept for the
-locality measure (:mod:`lofit_bench.locality`).
+locality measure (:mod:`lofit_bench.engine.locality`).
 
 Example ids are ``case-<case_id>``.
 """
@@ -157,7 +157,7 @@ class Mquake(GenerationTask):
 
     def locality_facts(self, fold: str, limit: int | None = None) -> list[tuple[str, str]]:
         """(id, ``Q: <question> A:``) of every distinct single hop of the first ``limit`` test
-        cases: facts no fit trains on (:mod:`lofit_bench.locality`)."""
+        cases: facts no fit trains on (:mod:`lofit_bench.engine.locality`)."""
         seen: dict[str, str] = {}
         for case in self.cases(fold, "test")[:limit]:
             for number, (question, _) in enumerate(case.single_hops):

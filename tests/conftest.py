@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from lofit_bench.models import LoadedModel, load_model
+from lofit_bench.engine.models import LoadedModel, load_model
 
 TEST_ENVIRONMENT = {
     "LOFIT_BENCH_QUIET": "1",

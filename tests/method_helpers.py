@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lofit_bench.budget import Budget, get_budget
-from lofit_bench.runner import ModelSettings
+from lofit_bench.sweep.runner import ModelSettings
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lofit_bench.budget import get_budget
-from lofit_bench.records import RECORD_SCHEMA, write_json_atomic
+from lofit_bench.records.store import RECORD_SCHEMA, write_json_atomic
 
 
 def fake_record(

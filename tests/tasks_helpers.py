@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lofit_bench.scoring import Generation, Scorer
+from lofit_bench.engine.scoring import Generation, Scorer
 
 
 @dataclass
@@ -43,7 +43,7 @@ class FakeScorer:
 
 def tiny_scorer() -> Scorer:
     """A Scorer around the 2-layer random Llama with the byte-level tokenizer (CPU, seconds)."""
-    from lofit_bench.models import load_model
+    from lofit_bench.engine.models import load_model
 
     lm = load_model("tiny-random-llama", device="cpu")
     return Scorer(lm.model, lm.tokenizer, batch_size=16)

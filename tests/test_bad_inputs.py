@@ -28,8 +28,8 @@ from lofit_bench import hookimpl, plugins
 from lofit_bench.cli import main
 from lofit_bench.errors import UserError
 from lofit_bench.names import file_part, inside, name_of_file_part
-from lofit_bench.records import NON_FINITE_KEY, write_json_atomic
-from lofit_bench.run_folder import RunFolder
+from lofit_bench.records.run_folder import RunFolder
+from lofit_bench.records.store import NON_FINITE_KEY, write_json_atomic
 
 TINY = "tiny-random-llama"
 QUICK = ["--model", TINY, "--budget", "smoke", "--budget-set", "eval_examples=2", "--executor", "inline", "--quiet"]
@@ -46,13 +46,13 @@ class ModelLoaded(BaseException):
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Loading a model fails the test: these inputs must be rejected before."""
-    import lofit_bench.models
-    import lofit_bench.runner  # noqa: F401 - imported first, so it keeps the real load_model
+    import lofit_bench.engine.models
+    import lofit_bench.sweep.runner  # noqa: F401 - imported first, so it keeps the real load_model
 
     def refuse(*args, **kwargs):
         raise ModelLoaded("a model was loaded before the bad input was rejected")
 
-    monkeypatch.setattr(lofit_bench.models, "load_model", refuse)
+    monkeypatch.setattr(lofit_bench.engine.models, "load_model", refuse)
 
 
 def strict_json(path: Path):
@@ -176,7 +176,7 @@ def test_an_empty_out_is_refused_not_read_as_the_current_folder(capsys, tmp_path
 
 def test_a_reference_among_the_folders_records_is_accepted_before_the_sweep(finished_run):
     """--reference names a method of the records already in OUT: checked, accepted, the sweep goes on."""
-    from lofit_bench.preflight import check_reference
+    from lofit_bench.sweep.preflight import check_reference
 
     check_reference("zero-shot", ["lofit"], finished_run)
     with pytest.raises(UserError, match="Did you mean 'zero-shot'"):
@@ -250,7 +250,7 @@ def test_sweep_files_and_flags_share_one_message(capsys, tmp_path, no_model_load
 
 
 def test_sweep_file_values_are_read_as_the_command_line_reads_them(tmp_path):
-    from lofit_bench.sweep_config import load_sweep_config
+    from lofit_bench.sweep.sweep_file import load_sweep_config
 
     config = tmp_path / "sweep.toml"
     config.write_text('methods = "zero-shot, lofit"\ntasks = ["mquake"]\njobs = "2"\nseeds = "42,43"\nmodel = "tiny-random-llama"\n')
@@ -279,7 +279,7 @@ def copy_of_run(finished_run, tmp_path) -> Path:
 
 
 def test_a_byte_identical_copy_of_a_record_is_not_a_second_seed(capsys, copy_of_run):
-    from lofit_bench.records import read_record_folder
+    from lofit_bench.records.store import read_record_folder
 
     (path,) = records_in(copy_of_run)
     shutil.copy(path, path.with_name("zz-copy.json"))
@@ -394,16 +394,16 @@ def test_an_output_that_cannot_be_written_is_one_line(capsys, copy_of_run, tmp_p
 # -- faults during a sweep --------------------------------------------------------------------------
 def failing_writes(monkeypatch, error_number: int, fail_when):
     """Make record writes under a path matching ``fail_when`` raise OSError(error_number)."""
-    import lofit_bench.records
+    import lofit_bench.records.store
 
-    real = lofit_bench.records.write_json_atomic
+    real = lofit_bench.records.store.write_json_atomic
 
     def write(path, payload):
         if fail_when(Path(path)):
             raise OSError(error_number, os.strerror(error_number))
         return real(path, payload)
 
-    monkeypatch.setattr(lofit_bench.records, "write_json_atomic", write)
+    monkeypatch.setattr(lofit_bench.records.store, "write_json_atomic", write)
 
 
 def test_a_full_disk_stops_the_sweep_cleanly_and_a_rerun_resumes(capsys, tmp_path, monkeypatch):
@@ -509,20 +509,20 @@ def test_non_finite_numbers_are_written_as_null_and_listed(tmp_path):
 
 
 def test_non_finite_metrics_fail_the_run():
+    from lofit_bench.engine.divergence import check_finite_metrics
     from lofit_bench.errors import Diverged
-    from lofit_bench.faults import check_finite_metrics
 
     with pytest.raises(Diverged, match="non-finite metrics"):
         check_finite_metrics({"exact_match": float("nan")}, "main")
 
 
 # -- the --out lock ---------------------------------------------------------------------------------
-HOLD_LOCK = "import sys, time\nfrom pathlib import Path\nfrom lofit_bench.lock import out_folder_lock\n" \
+HOLD_LOCK = "import sys, time\nfrom pathlib import Path\nfrom lofit_bench.sweep.folder_lock import out_folder_lock\n" \
     "with out_folder_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n"
 
 
 def test_a_second_sweep_on_the_same_out_refuses_naming_the_other_process(capsys, tmp_path, no_model_load):
-    from lofit_bench.lock import out_folder_lock
+    from lofit_bench.sweep.folder_lock import out_folder_lock
 
     out_dir = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out_dir)], stdout=subprocess.PIPE, text=True)
@@ -601,7 +601,7 @@ def test_a_config_json_that_transformers_rejects_is_one_line(capsys, tmp_path, n
 
 
 def test_a_model_folder_with_truncated_weights_is_one_line(capsys, tmp_path):
-    from lofit_bench.models import build_tiny_model
+    from lofit_bench.engine.models import build_tiny_model
 
     model, tokenizer = build_tiny_model(TINY)
     folder = tmp_path / "model"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from lofit_bench.interventions import HeadIntervention, select_top_heads
-from lofit_bench.models import load_model
+from lofit_bench.engine.interventions import HeadIntervention, select_top_heads
+from lofit_bench.engine.models import load_model
 
 IDS = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(0))
 PER_LAYER_CPU_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu",

@@ -115,7 +115,7 @@ def test_unwritable_output_folder(capsys, tmp_path):
 def test_unsupported_architecture(capsys, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lofit_bench.models import byte_level_tokenizer
+    from lofit_bench.engine.models import byte_level_tokenizer
 
     folder = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=259)).save_pretrained(folder)

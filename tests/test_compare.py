@@ -9,8 +9,8 @@ from report_helpers import fake_record, with_examples, write
 
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
-from lofit_bench.compare import compare_folders, render_markdown
 from lofit_bench.errors import UserError
+from lofit_bench.report.compare import compare_folders, render_markdown
 
 
 def run(model: str, method: str, correct: int, total: int = 60, task: str = "clutrr", **options) -> dict:
@@ -125,8 +125,8 @@ def test_cli_prints_and_writes_the_comparison(two_models, tmp_path, capsys):
 
 
 def test_comparison_html_has_a_rank_plot_in_the_reports_method_styles(two_models, tmp_path):
-    from lofit_bench.compare_html import rank_figure
-    from lofit_bench.plot_style import BUILTIN_STYLES
+    from lofit_bench.report.compare_html import rank_figure
+    from lofit_bench.report.plot_style import BUILTIN_STYLES
 
     comparison = compare_folders(list(two_models))
     figure = rank_figure(comparison)

@@ -9,8 +9,8 @@ import os
 import subprocess
 import sys
 
-from lofit_bench.console import RunStatus, SweepConsole
-from lofit_bench.run_folder import RunFolder
+from lofit_bench.records.run_folder import RunFolder
+from lofit_bench.sweep.console import RunStatus, SweepConsole
 
 
 def test_status_line_shows_each_running_runs_phase_and_an_eta(tmp_path):
@@ -83,8 +83,8 @@ def test_the_eta_uses_the_runs_expected_costs_fitted_to_what_finished_runs_took(
 
     import pytest
 
-    from lofit_bench.console import cost_model
-    from lofit_bench.records import write_text_atomic
+    from lofit_bench.records.store import write_text_atomic
+    from lofit_bench.sweep.console import cost_model
 
     now = [0.0]
     costs = {"zero": 0.0, "a": 1.0, "b": 2.0, "c": 4.0, "d": 4.0}
@@ -106,7 +106,7 @@ def test_the_eta_uses_the_runs_expected_costs_fitted_to_what_finished_runs_took(
 
 
 def test_the_cost_model_stays_non_negative():
-    from lofit_bench.console import cost_model
+    from lofit_bench.sweep.console import cost_model
 
     assert cost_model([]) is None
     assert cost_model([(0.0, 4.0), (0.0, 6.0)]) == (5.0, None)

@@ -17,8 +17,8 @@ from plugin_helpers import install_entry_point_plugin
 from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
-from lofit_bench.executors import threads_per_job
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.sweep.executors import threads_per_job
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
 
@@ -238,7 +238,7 @@ def test_a_plugin_adds_an_executor_with_no_core_edit(tmp_path, capsys, monkeypat
     ran: list[str] = []
 
     from lofit_bench import hookimpl
-    from lofit_bench.executors import Executor, run_in_worker
+    from lofit_bench.sweep.executors import Executor, run_in_worker
 
     class CountingExecutor(Executor):
         name = "counting"

@@ -10,10 +10,10 @@ import torch
 from tasks_helpers import FakeScorer
 
 from lofit_bench.budget import get_budget
-from lofit_bench.interventions import HeadIntervention
-from lofit_bench.locality import answers, locality
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
-from lofit_bench.side_effects import base_distribution, heldout_texts, measure_side_effects
+from lofit_bench.engine.interventions import HeadIntervention
+from lofit_bench.engine.locality import answers, locality
+from lofit_bench.engine.side_effects import base_distribution, heldout_texts, measure_side_effects
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 from lofit_bench.tasks.mquake import Mquake
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
@@ -117,13 +117,14 @@ def test_runs_record_side_effects_retention_and_locality_per_fold(tmp_path):
     assert min(speed["base_tokens_per_s"], speed["as_run_tokens_per_s"], speed["served_tokens_per_s"]) > 0
     assert zero["inference_speed"]["served_as"] == "as run"
 
-    from lofit_bench.report import build_report, render_json, render_markdown
+    from lofit_bench.report.build import render_json, render_markdown
+    from lofit_bench.report.write import build_report
 
     report = build_report(tmp_path)
     markdown = render_markdown(report)
     assert "## Beyond accuracy: side effects, locality, inference speed" in markdown
     assert "## Retention: other tasks after the fit" in markdown
-    from lofit_bench.report_side_effects import effects_rows, retention_table
+    from lofit_bench.report.side_effects import effects_rows, retention_table
 
     headers, table = retention_table(effects_rows(report.records))
     assert headers == ["model", "fitted on", "method", "mquake"]
@@ -189,7 +190,7 @@ def test_merged_lora_gives_the_logits_of_the_adapter_as_run(tiny_lm):
 
 
 def test_the_pareto_front_keeps_methods_no_other_beats_with_less_change():
-    from lofit_bench.report_side_effects import EffectsRow, accuracy_vs_kl, pareto_front
+    from lofit_bench.report.side_effects import EffectsRow, accuracy_vs_kl, pareto_front
 
     assert pareto_front([(0.0, 0.1), (0.5, 0.6), (0.4, 0.7), (0.0, 0.1), (0.9, 0.7)]) == [0, 2, 3]
     rows = [

@@ -11,12 +11,12 @@ import torch
 from method_helpers import TINY, small_budget
 
 from lofit_bench import plugins
+from lofit_bench.engine.models import load_model
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext
 from lofit_bench.methods import full_ft as full_ft_module
 from lofit_bench.methods.full_ft import FullFineTuning, FullFTConfig
-from lofit_bench.models import load_model
-from lofit_bench.runner import plan_sweep, run_sweep
+from lofit_bench.sweep.runner import plan_sweep, run_sweep
 
 
 def logits(lm) -> torch.Tensor:

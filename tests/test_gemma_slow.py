@@ -25,7 +25,7 @@ METHODS = "zero-shot,lofit,iti,repe,lora,full-ft,red,loreft"
 
 @pytest.fixture(scope="module")
 def gemma():
-    from lofit_bench.models import load_model
+    from lofit_bench.engine.models import load_model
 
     return load_model("gemma3-270m", device="cpu")
 
@@ -59,7 +59,7 @@ def test_prompt_plus_generated_text_is_the_whole_decoded_sequence(gemma):
     """lm-eval hands the exported tasks prompt + generated text; the harness parses the whole
     decoded sequence. On Gemma's tokenizer the two are the same string for the test prompts,
     so the exported CLUTRR/MQuAKE scores equal the harness's."""
-    from lofit_bench.scoring import Scorer
+    from lofit_bench.engine.scoring import Scorer
     from lofit_bench.tasks.clutrr import Clutrr
     from lofit_bench.tasks.mquake import Mquake
 
@@ -78,7 +78,7 @@ def test_our_scores_equal_lm_evals_on_gemma(gemma):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from lofit_bench.scoring import Scorer
+    from lofit_bench.engine.scoring import Scorer
     from lofit_bench.tasks.truthfulqa import TruthfulQA, scoring_context
 
     requests = []

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lofit_bench.models import load_model
-from lofit_bench.standin_model import SMOLLM2_135M_SHAPE, build_standin
+from lofit_bench.engine.models import load_model
+from lofit_bench.engine.standin_model import SMOLLM2_135M_SHAPE, build_standin
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))

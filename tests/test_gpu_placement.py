@@ -17,14 +17,14 @@ from torch import nn
 from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
+from lofit_bench.engine.interventions import HeadIntervention
+from lofit_bench.engine.models import check_model, load_model, module_device
+from lofit_bench.engine.training import never_data_parallel
 from lofit_bench.errors import UserError
-from lofit_bench.executors import GpuPool, execute, gpus_wanted, visible_gpus
-from lofit_bench.interventions import HeadIntervention
 from lofit_bench.measure import MIB, MemoryMeter
-from lofit_bench.models import check_model, load_model, module_device
-from lofit_bench.run_folder import RunFolder
-from lofit_bench.runner import ModelSettings, RunSpec, plan_sweep
-from lofit_bench.training import never_data_parallel
+from lofit_bench.records.run_folder import RunFolder
+from lofit_bench.sweep.executors import GpuPool, execute, gpus_wanted, visible_gpus
+from lofit_bench.sweep.runner import ModelSettings, RunSpec, plan_sweep
 
 PROBE_PLUGIN = '''
 """A method that reports what its process sees: CUDA_VISIBLE_DEVICES, and whether the other
@@ -165,8 +165,8 @@ def test_the_cli_process_never_initialises_cuda_nor_loads_a_model(tmp_path, buil
 
     monkeypatch.setattr(torch.cuda, "_lazy_init", refuse)
     monkeypatch.setattr(torch.cuda, "init", refuse)
-    monkeypatch.setattr("lofit_bench.models.load_model", refuse)
-    monkeypatch.setattr("lofit_bench.run_one.load_model", refuse)  # an inline run would use this one
+    monkeypatch.setattr("lofit_bench.engine.models.load_model", refuse)
+    monkeypatch.setattr("lofit_bench.sweep.worker.load_model", refuse)  # an inline run would use this one
     code = main([
         "run", "--methods", "zero-shot", "--tasks", "clutrr", "--model-args", "pretrained=tiny-random-llama,dtype=fp32",
         "--budget", "smoke", "--budget-set", "eval_examples=1", "--out", str(tmp_path / "out"), "--quiet",
@@ -212,8 +212,8 @@ def test_never_data_parallel_counts_one_gpu_on_a_fake() -> None:
 def test_the_trainer_does_not_wrap_when_it_counts_two_gpus(tiny_lm, tmp_path, monkeypatch) -> None:
     from transformers import TrainingArguments
 
+    from lofit_bench.engine.training import OptimizerSettings, _build_trainer
     from lofit_bench.task import SFTExample
-    from lofit_bench.training import OptimizerSettings, _build_trainer
 
     original = TrainingArguments.__dict__["_setup_devices"].func
 
@@ -258,8 +258,8 @@ def test_each_layers_vectors_go_to_that_layers_device(tiny_lm) -> None:
 
 
 def test_a_device_mapped_model_edits_trains_and_removes_exactly(tmp_path) -> None:
+    from lofit_bench.engine.training import OptimizerSettings, train
     from lofit_bench.task import SFTExample
-    from lofit_bench.training import OptimizerSettings, train
 
     plain = load_model("tiny-random-llama", device="cpu")
     mapped = load_model("tiny-random-llama", device="cpu", device_map=PER_LAYER_CPU_MAP)
@@ -293,8 +293,8 @@ def test_a_device_mapped_model_edits_trains_and_removes_exactly(tmp_path) -> Non
 def one_step_gradients(lm, tmp_path, **budget_changes) -> list[torch.Tensor]:
     """The gradient of every vector of a RED-style (scale and shift on every head) intervention
     in the first optimizer step, summed over the step's micro-batches."""
+    from lofit_bench.engine.training import OptimizerSettings, train
     from lofit_bench.task import SFTExample
-    from lofit_bench.training import OptimizerSettings, train
 
     intervention = HeadIntervention(lm.layout, scale=True, shift=True).init_normal_(1e-2, seed=0)
     examples = [SFTExample(str(i), f"Q: what is {i} + {i}?\nA:", f" {2 * i}") for i in range(4)]

@@ -11,13 +11,14 @@ from report_helpers import fake_record, write
 from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
-from lofit_bench.head_overlap import jaccard, mean_overlap, overlap_matrix
+from lofit_bench.engine.training import TrainResult
 from lofit_bench.method import FitContext
 from lofit_bench.methods import lofit as lofit_module
 from lofit_bench.methods.iti import heads_of_best_layers, layer_probe_accuracies
 from lofit_bench.methods.lofit import LoFiT, LoFiTConfig
-from lofit_bench.report import build_report, render_markdown
-from lofit_bench.training import TrainResult
+from lofit_bench.report.build import render_markdown
+from lofit_bench.report.head_overlap import jaccard, mean_overlap, overlap_matrix
+from lofit_bench.report.write import build_report
 
 
 def planted_pairs(n: int, generator: torch.Generator, layers: int = 3, heads: int = 2, dim: int = 4):

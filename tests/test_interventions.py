@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lofit_bench.errors import UserError
-from lofit_bench.interventions import (
+from lofit_bench.engine.interventions import (
     HeadIntervention,
     load_intervention,
     rank_heads,
@@ -15,7 +14,8 @@ from lofit_bench.interventions import (
     save_intervention,
     select_top_heads,
 )
-from lofit_bench.models import load_model
+from lofit_bench.engine.models import load_model
+from lofit_bench.errors import UserError
 
 MODELS = ["tiny-random-llama", "tiny-random-gemma"]  # gemma: head_dim 24 != hidden 64 / 4 heads
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lofit_bench import plugins
-from lofit_bench.activations import contrast_pairs
 from lofit_bench.budget import get_budget
+from lofit_bench.engine.activations import contrast_pairs
+from lofit_bench.engine.heads import HEADS_FILE, HeadSelection
 from lofit_bench.errors import UserError
-from lofit_bench.heads import HEADS_FILE, HeadSelection
 from lofit_bench.method import FitContext
 from lofit_bench.methods.iti import (
     ITI,
@@ -21,7 +21,7 @@ from lofit_bench.methods.iti import (
     probe_accuracies,
     projection_std,
 )
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 from lofit_bench.task import PreferenceExample, SFTExample
 
 PLANTED = (1, 2)  # (layer, head)

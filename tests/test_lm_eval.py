@@ -26,13 +26,13 @@ pytest.importorskip("lm_eval")
 
 from lofit_bench import hookimpl, plugins  # noqa: E402
 from lofit_bench.cli import main  # noqa: E402
+from lofit_bench.engine.models import load_model  # noqa: E402
+from lofit_bench.engine.scoring import Scorer  # noqa: E402
 from lofit_bench.errors import UserError  # noqa: E402
 from lofit_bench.lmeval import INCLUDE_VARIABLE, INSTALL_HINT  # noqa: E402
 from lofit_bench.lmeval.export import export_lm_eval_tasks  # noqa: E402
 from lofit_bench.lmeval.tasks import evaluate_model, lm_eval_task_class  # noqa: E402
-from lofit_bench.models import load_model  # noqa: E402
 from lofit_bench.registry import Registry  # noqa: E402
-from lofit_bench.scoring import Scorer  # noqa: E402
 from lofit_bench.tasks.clutrr import Clutrr  # noqa: E402
 from lofit_bench.tasks.mquake import Mquake  # noqa: E402
 from lofit_bench.tasks.truthfulqa import TruthfulQA, scoring_context  # noqa: E402
@@ -425,7 +425,7 @@ def test_run_command_with_an_lm_eval_task_from_an_include_path(tmp_path, monkeyp
 def test_methods_that_train_are_refused_up_front():
     from lofit_bench.budget import get_budget
     from lofit_bench.method import Method
-    from lofit_bench.runner import ModelSettings, plan_sweep
+    from lofit_bench.sweep.runner import ModelSettings, plan_sweep
 
     class Trains(Method):
         name = "trains"
@@ -472,7 +472,7 @@ def test_a_task_that_needs_a_download_fails_fast_and_says_so(tmp_path, monkeypat
     if not offline_flags:  # no switch set, and the hub does not answer
         for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             monkeypatch.delenv(variable, raising=False)
-        monkeypatch.setattr("lofit_bench.models.hub_reachable", lambda timeout=3.0: False)
+        monkeypatch.setattr("lofit_bench.engine.models.hub_reachable", lambda timeout=3.0: False)
     started = time.monotonic()
     with pytest.raises(UserError, match="needs a download from the Hugging Face Hub") as error:
         plugins.get_host().tasks.get("lm_eval:hub_truthfulqa")
@@ -584,7 +584,7 @@ def test_a_changed_include_folder_changes_the_run_key(tmp_path, monkeypatch):
     a task file there runs again instead of being skipped as done; built-in tasks keep their keys."""
     from lofit_bench.budget import get_budget
     from lofit_bench.lmeval import lookup, tasks
-    from lofit_bench.runner import ModelSettings, plan_sweep
+    from lofit_bench.sweep.runner import ModelSettings, plan_sweep
 
     folder = tmp_path / "my-tasks"
     folder.mkdir()

@@ -12,13 +12,13 @@ import torch
 from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
+from lofit_bench.engine.interventions import HeadIntervention
+from lofit_bench.engine.models import load_model
 from lofit_bench.errors import UserError
-from lofit_bench.interventions import HeadIntervention
 from lofit_bench.method import FitContext
 from lofit_bench.methods import lofit as lofit_module
 from lofit_bench.methods.lofit import LoFiT, LoFiTConfig, resolve_hyperparameters
-from lofit_bench.models import load_model
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
 HEAD_DIM = 16  # tiny-random-llama: hidden 64, 4 heads, 2 layers

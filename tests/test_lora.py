@@ -12,10 +12,10 @@ from method_helpers import TINY, small_budget
 from torch import nn
 
 from lofit_bench import plugins
+from lofit_bench.engine.models import load_model
 from lofit_bench.method import FitContext
 from lofit_bench.methods.lora import LoRA, LoRAConfig
-from lofit_bench.models import load_model
-from lofit_bench.runner import plan_sweep, run_sweep
+from lofit_bench.sweep.runner import plan_sweep, run_sweep
 
 
 def logits(model: nn.Module, tokenizer) -> torch.Tensor:

@@ -11,13 +11,13 @@ import torch
 from method_helpers import TINY, small_budget
 
 from lofit_bench import plugins
+from lofit_bench.engine.models import load_model
+from lofit_bench.engine.scoring import Scorer, cache_argument
 from lofit_bench.errors import UserError
 from lofit_bench.method import Capabilities, FitContext
 from lofit_bench.methods.loreft import LoReFT, LoReFTConfig, LoReFTEdits, edited_positions
-from lofit_bench.models import load_model
 from lofit_bench.prompt_positions import PromptSpans, declare_prompt
-from lofit_bench.runner import plan_sweep, run_sweep
-from lofit_bench.scoring import Scorer, cache_argument
+from lofit_bench.sweep.runner import plan_sweep, run_sweep
 
 PROMPT = "Alice is Bob's sister. Who is Alice to Bob?"
 

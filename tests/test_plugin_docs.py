@@ -14,7 +14,7 @@ import pytest
 
 from lofit_bench import plugins
 from lofit_bench.cli import main
-from lofit_bench.heads import SCHEMA_FILE, HeadSelection
+from lofit_bench.engine.heads import SCHEMA_FILE, HeadSelection
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "writing-a-plugin.md"

@@ -25,12 +25,12 @@ import torch
 from lofit_bench import hookimpl
 from lofit_bench import plugins as plugins_module
 from lofit_bench.budget import get_budget
+from lofit_bench.engine.models import load_model
+from lofit_bench.engine.scoring import Generation
 from lofit_bench.errors import UserError
 from lofit_bench.method import CONFIG_FILE, FitContext
 from lofit_bench.methods.zero_shot import ZeroShot
-from lofit_bench.models import load_model
 from lofit_bench.plugins import ALLOWLIST_VARIABLE, PluginHost, PluginWarning
-from lofit_bench.scoring import Generation
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "lofit-bench-bitfit"
 EXAMPLE_MODULE = "lofit_bench_bitfit"

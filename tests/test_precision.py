@@ -11,16 +11,16 @@ import weakref
 import pytest
 import torch
 
-from lofit_bench import run_one
 from lofit_bench.budget import get_budget
+from lofit_bench.engine.precision import computing_in, resolve_precision, weights_dtype
 from lofit_bench.errors import UserError
-from lofit_bench.precision import computing_in, resolve_precision, weights_dtype
-from lofit_bench.records import load_records
-from lofit_bench.report_model import build_report_model
-from lofit_bench.run_folder import RunFolder
-from lofit_bench.run_record import parse_record
-from lofit_bench.run_spec import run_identity
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.records.record import parse_record
+from lofit_bench.records.run_folder import RunFolder
+from lofit_bench.records.store import load_records
+from lofit_bench.report.model import build_report_model
+from lofit_bench.sweep import worker as run_one
+from lofit_bench.sweep.identity import run_identity
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
 
 def budget(**changes):
@@ -87,7 +87,7 @@ def test_a_device_mapped_run_writes_a_valid_record_that_reports(builtin_host, tm
     assert [loaded.key for loaded in load_records(tmp_path)] == [record.key]
     assert len(build_report_model(tmp_path).finished) == 1
     jsonschema = pytest.importorskip("jsonschema")
-    from lofit_bench.run_record import SCHEMA_FILE
+    from lofit_bench.records.record import SCHEMA_FILE
 
     jsonschema.validate(json.loads(outcome.path.read_text()), json.loads(SCHEMA_FILE.read_text()))
 

@@ -10,11 +10,11 @@ import torch
 from method_helpers import TINY, small_budget
 
 from lofit_bench import plugins
+from lofit_bench.engine.models import load_model
 from lofit_bench.errors import UserError
 from lofit_bench.method import FitContext, resolve_paper_defaults
 from lofit_bench.methods.red import PAPER_TABLE_7, RED, REDConfig
-from lofit_bench.models import load_model
-from lofit_bench.runner import plan_sweep, run_sweep
+from lofit_bench.sweep.runner import plan_sweep, run_sweep
 
 
 def logits(lm) -> torch.Tensor:

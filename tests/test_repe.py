@@ -22,7 +22,7 @@ from lofit_bench.methods.repe import (
     reading_vectors,
     separation,
 )
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
 PROMPTS = ["Alice is Bob's sister. Bob is Alice 's", "Q: Can pigs fly? A:"]
 
@@ -169,7 +169,7 @@ def test_only_the_attached_contrast_vector_declares_it_watches_whole_forward(tin
 def test_an_undeclared_shared_opening_fails_loudly_for_the_contrast_vector(tiny_lm):
     """Scored without the method's declaration, the Scorer would encode the shared opening once:
     the contrast vector refuses a cache it did not start, and with the declaration all is well."""
-    from lofit_bench.scoring import Scorer
+    from lofit_bench.engine.scoring import Scorer
 
     prompts = ['Read the story. "Ann met Bob." Who met Bob?', 'Read the story. "Eve left." Who left?']
     method = RepE()

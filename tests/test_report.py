@@ -10,8 +10,9 @@ from report_helpers import fake_record, with_examples, write
 
 from lofit_bench.budget import get_budget
 from lofit_bench.errors import LofitBenchWarning, UserError
-from lofit_bench.records import RECORD_SCHEMA
-from lofit_bench.report import build_report, render_markdown
+from lofit_bench.records.store import RECORD_SCHEMA
+from lofit_bench.report.build import render_markdown
+from lofit_bench.report.write import build_report
 
 
 def test_seeds_are_aggregated_as_mean_and_std(tmp_path):
@@ -91,7 +92,7 @@ def test_json_and_self_contained_html_are_written(tmp_path):
 
 
 def test_pareto_front():
-    from lofit_bench.report_html import pareto_front
+    from lofit_bench.report.html import pareto_front
 
     # (cost, accuracy): the cheap-and-bad and the costly-and-good points are on the front,
     # the costly-and-bad one is not.
@@ -180,7 +181,7 @@ def test_reference_with_options_still_gives_p_values(tmp_path):
 
 
 def test_bootstrap_p_value_is_never_zero():
-    from lofit_bench.stats import paired_bootstrap_p_value
+    from lofit_bench.report.stats import paired_bootstrap_p_value
 
     better = {("main", str(index)): 1.0 for index in range(50)}
     worse = {("main", str(index)): 0.0 for index in range(50)}
@@ -212,7 +213,7 @@ def test_records_of_different_library_versions_are_flagged(tmp_path):
 
 
 def test_html_has_a_heatmap_for_every_run_that_chose_heads(tmp_path):
-    from lofit_bench.heads import HEADS_FILE, HeadSelection
+    from lofit_bench.engine.heads import HEADS_FILE, HeadSelection
 
     records = []
     for seed in range(8):  # more than any cap: every selection must be drawn
@@ -233,7 +234,7 @@ def test_html_has_a_heatmap_for_every_run_that_chose_heads(tmp_path):
 
 
 def test_scatter_axes_are_labelled_by_their_cost(tmp_path):
-    from lofit_bench.report_html import scatter_figure
+    from lofit_bench.report.html import scatter_figure
 
     write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("zero-shot", 1, 0.1)])
     figure = scatter_figure(build_report(tmp_path, write=False).summary, lambda row: row.trainable_parameters,
@@ -242,7 +243,7 @@ def test_scatter_axes_are_labelled_by_their_cost(tmp_path):
 
 
 def test_methods_on_one_spot_are_named_in_the_legend(tmp_path):
-    from lofit_bench.report_html import scatter_figure
+    from lofit_bench.report.html import scatter_figure
 
     write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("zero-shot", 1, 0.0), fake_record("iti", 1, 0.0)])
     figure = scatter_figure(build_report(tmp_path, write=False).summary, lambda row: row.trainable_parameters,
@@ -253,7 +254,7 @@ def test_methods_on_one_spot_are_named_in_the_legend(tmp_path):
 
 
 def test_report_files_are_replaced_atomically(tmp_path, monkeypatch):
-    from lofit_bench import report_html
+    from lofit_bench.report import html as report_html
 
     write(tmp_path, [fake_record("lofit", 1, 0.5)])
     build_report(tmp_path)
@@ -305,6 +306,6 @@ def test_the_report_says_what_runs_reused_and_which_tuning_scheme_was_used(tmp_p
     [(None, "-"), (0.0, "0.0000"), (100.0 * 27 / 134_515_008, "2.01e-05"), (0.004, "0.004"), (0.0186, "0.0186"), (100.0, "100.0000")],
 )
 def test_a_tiny_share_of_parameters_keeps_its_significant_digits(percent, shown):
-    from lofit_bench.report_model import format_parameter_share
+    from lofit_bench.report.model import format_parameter_share
 
     assert format_parameter_share(percent) == shown

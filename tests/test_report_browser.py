@@ -13,7 +13,7 @@ from report_helpers import fake_record, write
 from test_report_page import full_folder
 
 from lofit_bench.cli import main
-from lofit_bench.records import write_json_atomic
+from lofit_bench.records.store import write_json_atomic
 
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
 
@@ -56,7 +56,7 @@ def open_in_browser(page, tmp_path) -> dict:
 
 
 def test_every_image_loads_and_every_anchor_resolves_in_the_report(tmp_path):
-    from lofit_bench.heads import HEADS_FILE, HeadSelection
+    from lofit_bench.engine.heads import HEADS_FILE, HeadSelection
 
     runs = tmp_path / "runs"
     full_folder(runs, methods=["lofit", "lora", "zero-shot"], tasks=["clutrr", "mquake"])

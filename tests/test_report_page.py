@@ -14,9 +14,9 @@ from report_helpers import fake_record, write
 from lofit_bench import hookimpl, plugins
 from lofit_bench.cli import main
 from lofit_bench.errors import UserError
-from lofit_bench.plot_style import BUILTIN_STYLES, method_styles
-from lofit_bench.report import build_report
-from lofit_bench.report_formats import ReportFormat
+from lofit_bench.report.formats import ReportFormat
+from lofit_bench.report.plot_style import BUILTIN_STYLES, method_styles
+from lofit_bench.report.write import build_report
 
 matplotlib.use("Agg")
 
@@ -56,7 +56,7 @@ def full_folder(tmp_path, methods=EIGHT_METHODS, tasks=THREE_TASKS):
 
 
 def all_figures(report):
-    from lofit_bench.report_html import (
+    from lofit_bench.report.html import (
         Page,
         bars_figure,
         scatter_figure,
@@ -145,7 +145,7 @@ def test_eight_methods_on_three_tasks_draw_no_overlapping_text(tmp_path):
 
 
 def test_curves_are_drawn_from_planted_trials_and_losses(tmp_path):
-    from lofit_bench.report_html import (
+    from lofit_bench.report.html import (
         Page,
         best_so_far,
         training_figure,
@@ -180,7 +180,7 @@ def test_curves_are_drawn_from_planted_trials_and_losses(tmp_path):
 
 
 def test_summary_marks_the_best_of_each_column(tmp_path):
-    from lofit_bench.report_html import summary_table
+    from lofit_bench.report.html import summary_table
 
     write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("iti", 1, 0.5), fake_record("zero-shot", 1, 0.1),
                      fake_record("lofit", 1, 0.2, task="mquake"), fake_record("iti", 1, 0.3, task="mquake")])
@@ -192,8 +192,8 @@ def test_summary_marks_the_best_of_each_column(tmp_path):
 
 def test_the_page_has_a_toc_short_warnings_the_time_table_and_every_section(tmp_path):
     from lofit_bench.budget import get_budget
-    from lofit_bench.records import write_json_atomic
-    from lofit_bench.report_html import SECTIONS, render_html
+    from lofit_bench.records.store import write_json_atomic
+    from lofit_bench.report.html import SECTIONS, render_html
 
     full_folder(tmp_path, methods=["lofit", "zero-shot"], tasks=["clutrr"])
     write_json_atomic(tmp_path / "records" / "extra.json", fake_record("iti", 1, 0.2, budget=get_budget("paper")))
@@ -209,7 +209,7 @@ def test_the_page_has_a_toc_short_warnings_the_time_table_and_every_section(tmp_
 
 
 def test_a_section_is_one_entry_in_the_list(tmp_path, monkeypatch):
-    from lofit_bench import report_html
+    from lofit_bench.report import html as report_html
 
     monkeypatch.setattr(report_html, "SECTIONS", list(report_html.SECTIONS))
     report_html.add_section(report_html.Section("side-effects", "Side effects", lambda page: "<p>planted</p>"), after="plots")
@@ -227,7 +227,7 @@ def _tree(folder) -> dict[str, tuple[str, int]]:
 
 
 def test_report_out_leaves_the_run_folder_byte_identical(tmp_path, capsys):
-    from lofit_bench.heads import HEADS_FILE, HeadSelection
+    from lofit_bench.engine.heads import HEADS_FILE, HeadSelection
 
     runs = tmp_path / "runs"
     record = fake_record("lofit", 1, 0.5)

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from lofit_bench.errors import UserError
-from lofit_bench.run_folder import RunFolder
+from lofit_bench.records.run_folder import RunFolder
 
 
 def test_the_layout_of_a_run_folder(tmp_path):

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lofit_bench import run_record
 from lofit_bench.budget import get_budget
 from lofit_bench.errors import LofitBenchWarning
-from lofit_bench.records import read_record, save_record
-from lofit_bench.run_record import (
+from lofit_bench.records import record as run_record
+from lofit_bench.records.record import (
     RECORD_SCHEMA,
     SCHEMA_FILE,
     RecordError,
@@ -20,6 +19,7 @@ from lofit_bench.run_record import (
     parse_record,
     schema_text,
 )
+from lofit_bench.records.store import read_record, save_record
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 COMMITTED = sorted(REPOSITORY.glob("reports/*/records/*.json"))
@@ -35,7 +35,7 @@ def minimal(**changes) -> dict:
 
 def test_the_shipped_schema_is_the_one_the_code_generates():
     assert SCHEMA_FILE.read_text() == schema_text(), (
-        "regenerate it: python -c 'from lofit_bench.run_record import *; SCHEMA_FILE.write_text(schema_text())'"
+        "regenerate it: python -c 'from lofit_bench.records.record import *; SCHEMA_FILE.write_text(schema_text())'"
     )
     schema = json.loads(SCHEMA_FILE.read_text())
     assert schema["additionalProperties"] is False and set(schema["required"]) >= {"schema", "key", "status", "method"}
@@ -98,7 +98,7 @@ def test_the_git_state_counts_only_source_paths(tmp_path, monkeypatch):
     dirty; only a change to the code does."""
     import subprocess
 
-    from lofit_bench import records
+    from lofit_bench.records import store as records
 
     calls = []
 

@@ -12,10 +12,10 @@ from torch import nn
 from lofit_bench import hookimpl, plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
+from lofit_bench.engine.training import OptimizerSettings, train
 from lofit_bench.method import FitContext, Method, MethodConfig
-from lofit_bench.records import write_json_atomic
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
-from lofit_bench.training import OptimizerSettings, train
+from lofit_bench.records.store import write_json_atomic
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
 
@@ -204,7 +204,7 @@ def test_the_key_covers_everything_that_changes_a_result(tmp_path):
 
 
 def test_a_local_model_folder_is_fingerprinted_by_its_content(tmp_path):
-    from lofit_bench.runner import model_source_fingerprint
+    from lofit_bench.sweep.runner import model_source_fingerprint
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"a" * 100)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lofit_bench import runner
 from lofit_bench.budget import get_budget
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
-from lofit_bench.schedule import expected_cost, longest_first, training_characters
+from lofit_bench.sweep import runner
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.sweep.schedule import expected_cost, longest_first, training_characters
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lofit_bench.engine.scoring import Scorer
 from lofit_bench.method import Capabilities
 from lofit_bench.prompt_positions import PromptListener, PromptSpans
-from lofit_bench.scoring import Scorer
 
 QUESTION = "Q: Which is heavier, a kilo of feathers or a kilo of iron?\nA:"
 REQUESTS = [
@@ -268,8 +268,9 @@ def test_a_declaration_the_model_contradicts_fails_loudly(tiny_lm) -> None:
 
 
 def test_the_tuner_scores_with_the_methods_declaration(tiny_lm, monkeypatch) -> None:
-    from lofit_bench import scoring, tuning
+    from lofit_bench.engine import scoring
     from lofit_bench.methods.repe import RepE
+    from lofit_bench.sweep import tuning
 
     seen: list[Capabilities | None] = []
 
@@ -290,7 +291,7 @@ def test_the_tuner_scores_with_the_methods_declaration(tiny_lm, monkeypatch) -> 
         assert tuning.evaluate(method, Task(), "main", 1, 1, False) == "dev"
     finally:
         method.remove()
-    assert seen == [Capabilities(watches_whole_forward=True)]
+    assert seen == [Capabilities(watches_whole_forward=True, scores_continuations=False)]
 
 
 def test_built_in_methods_declare_only_what_their_edits_need(builtin_host) -> None:

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import torch
 
-from lofit_bench.models import load_model
-from lofit_bench.scoring import Scorer
-from lofit_bench.training import labelled_positions_loss
+from lofit_bench.engine.models import load_model
+from lofit_bench.engine.scoring import Scorer
+from lofit_bench.engine.training import labelled_positions_loss
 
 PER_LAYER_CPU_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu",
                      "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}

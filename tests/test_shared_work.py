@@ -12,9 +12,9 @@ import pytest
 import torch
 from method_helpers import TINY, small_budget
 
-from lofit_bench.run_folder import RunFolder
-from lofit_bench.runner import plan_sweep, run_sweep
+from lofit_bench.records.run_folder import RunFolder
 from lofit_bench.shared_work import SharedWork
+from lofit_bench.sweep.runner import plan_sweep, run_sweep
 
 SHARED_FOLDER = RunFolder.SHARED
 
@@ -162,7 +162,7 @@ def _tuning(record):
 
 
 def test_tune_per_fold_tunes_the_first_seed_once_and_other_seeds_train_with_its_values(builtin_host, tmp_path, monkeypatch):
-    from lofit_bench.tuning import Tuner
+    from lofit_bench.sweep.tuning import Tuner
 
     tunings = []
     original = Tuner.tune
@@ -209,7 +209,7 @@ def test_the_values_do_not_depend_on_which_seed_runs_first(builtin_host, tmp_pat
 
 
 def test_without_shared_work_the_seeds_still_share_one_tuning(builtin_host, tmp_path, monkeypatch):
-    from lofit_bench.tuning import Tuner
+    from lofit_bench.sweep.tuning import Tuner
 
     tunings = []
     original = Tuner.tune
@@ -222,8 +222,8 @@ def test_without_shared_work_the_seeds_still_share_one_tuning(builtin_host, tmp_
 
 
 def test_the_command_line_passes_tune_per_and_no_shared_work_to_the_plan(builtin_host, tmp_path, monkeypatch):
-    from lofit_bench import runner
     from lofit_bench.cli import main
+    from lofit_bench.sweep import runner
 
     planned = []
     monkeypatch.setattr(runner, "run_sweep", lambda specs, *args, **kwargs: planned.extend(specs) or [])

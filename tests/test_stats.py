@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lofit_bench.stats import bootstrap_interval, holm_adjusted, is_binary, mcnemar_exact_p_value
+from lofit_bench.report.stats import (
+    bootstrap_interval,
+    holm_adjusted,
+    is_binary,
+    mcnemar_exact_p_value,
+)
 
 
 def planted_pairs(better: int, worse: int, ties: int) -> tuple[dict, dict]:

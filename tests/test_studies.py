@@ -14,9 +14,10 @@ from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
 from lofit_bench.errors import UserError
-from lofit_bench.report import build_report, render_markdown
-from lofit_bench.runner import ModelSettings, plan_sweep
-from lofit_bench.studies import BUILTIN_FOLDER, find_study, load_study
+from lofit_bench.report.build import render_markdown
+from lofit_bench.report.write import build_report
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep
+from lofit_bench.sweep.studies import BUILTIN_FOLDER, find_study, load_study
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
 BUILTIN = {"table1": 24, "table2": 30, "figure2": 30, "table3": 24, "figure4": 48, "figure5": 30, "appendix-g": 12}
@@ -226,7 +227,7 @@ def test_the_readmes_study_file_and_sweep_file_load_and_plan(tmp_path):
     assert len(specs) == 6  # zero-shot + two LoFiT configs, two seeds
     sweep_file = tmp_path / "sweep.toml"
     sweep_file.write_text(_readme_block("- **Sweep files.**", "toml"))
-    from lofit_bench.sweep_config import load_sweep_config
+    from lofit_bench.sweep.sweep_file import load_sweep_config
 
     sweep = load_sweep_config(sweep_file)
     assert sweep.method_grid == {"iti": {"alpha": [5.0, 15.0]}} and sweep.budget_axis == {"train_examples": [50, 100]}

@@ -12,9 +12,10 @@ from report_helpers import fake_record, write
 from lofit_bench.budget import get_budget
 from lofit_bench.cli import main
 from lofit_bench.errors import UserError
-from lofit_bench.report import build_report, render_markdown
-from lofit_bench.runner import ModelSettings, plan_sweep
-from lofit_bench.sweep_config import load_sweep_config
+from lofit_bench.report.build import render_markdown
+from lofit_bench.report.write import build_report
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep
+from lofit_bench.sweep.sweep_file import load_sweep_config
 
 pytestmark = pytest.mark.usefixtures("builtin_plugins_only")
 TINY = ModelSettings("tiny-random-llama", device="cpu")

@@ -9,8 +9,8 @@ import pytest
 from report_helpers import fake_record, write
 
 from lofit_bench.cli import main
-from lofit_bench.records import read_record
-from lofit_bench.tracking import SENDERS, TrackingWarning, track_record, tracked_runs
+from lofit_bench.records.store import read_record
+from lofit_bench.sweep.tracking import SENDERS, TrackingWarning, track_record, tracked_runs
 
 
 def planted(tmp_path):

@@ -12,17 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from lofit_bench import training as training_module
 from lofit_bench.budget import get_budget
-from lofit_bench.method import Capabilities
-from lofit_bench.prompt_positions import PromptListener, PromptSpans, declare_prompt
-from lofit_bench.task import PreferenceExample, SFTExample
-from lofit_bench.training import (
+from lofit_bench.engine import training as training_module
+from lofit_bench.engine.training import (
     OptimizerSettings,
     _build_trainer,
     train,
     trainable_parameter_count,
 )
+from lofit_bench.method import Capabilities
+from lofit_bench.prompt_positions import PromptListener, PromptSpans, declare_prompt
+from lofit_bench.task import PreferenceExample, SFTExample
 
 SFT_EXAMPLES = [SFTExample(str(i), f"Q: what is {i} + {i}?\nA:", f" {2 * i}") for i in range(5)]
 DPO_EXAMPLES = [
@@ -309,7 +309,7 @@ def test_trl_leaves_changes_on_the_model_that_model_left_as_found_undoes(biased_
 def test_checkpointing_is_named_as_the_installed_config_accepts() -> None:
     from trl import DPOConfig, SFTConfig
 
-    from lofit_bench.training import checkpointing_arguments
+    from lofit_bench.engine.training import checkpointing_arguments
 
     class OldConfig:
         def __init__(self, gradient_checkpointing=True, gradient_checkpointing_kwargs=None): ...

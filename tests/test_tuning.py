@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lofit_bench import plugins, tuning
+from lofit_bench import plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.errors import Diverged, UserError
 from lofit_bench.method import MethodConfig
 from lofit_bench.methods.lora import LoRA
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
 from lofit_bench.search_space import Choice, IntRange, LogUniform, Uniform, contains, declared_space
+from lofit_bench.sweep import tuning
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 from lofit_bench.task import EvalResult
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
@@ -170,8 +171,8 @@ def test_ties_go_to_the_earliest_trial_and_other_metrics_break_them(tmp_path, mo
 
 
 def test_all_trials_tied_on_every_dev_metric_is_recorded_and_reported_as_no_signal(tmp_path, monkeypatch):
-    from lofit_bench.records import load_records
-    from lofit_bench.report_model import tuning_label
+    from lofit_bench.records.store import load_records
+    from lofit_bench.report.model import tuning_label
 
     planted_dev_scores(monkeypatch, [0.0, 0.0, 0.0])  # every metric, secondary ones included, ties at 0
     [outcome] = sweep(["lora"], ["mquake"], tmp_path)
@@ -304,7 +305,8 @@ def test_every_trained_method_runs_tuned_on_a_task_without_paper_values(example_
 
 # -- the report -----------------------------------------------------------------------------------
 def test_the_report_shows_tuning_per_row_carries_the_trials_and_flags_a_mix(tmp_path):
-    from lofit_bench.report import build_report, render_markdown
+    from lofit_bench.report.build import render_markdown
+    from lofit_bench.report.write import build_report
 
     sweep(["lora", "zero-shot"], ["mquake"], tmp_path)
     sweep(["iti"], ["mquake"], tmp_path, budget(tune=False))

@@ -10,12 +10,12 @@ import pytest
 from lofit_bench import hookimpl, plugins
 from lofit_bench.budget import get_budget
 from lofit_bench.method import Method, MethodConfig
-from lofit_bench.records import read_record
-from lofit_bench.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.records.store import read_record
 from lofit_bench.search_space import Choice, IntRange, LogUniform, Uniform
+from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
+from lofit_bench.sweep.tuning import TuningPlan, untuned_fill
 from lofit_bench.tasks.mquake import Mquake
 from lofit_bench.tasks.truthfulqa import TruthfulQA
-from lofit_bench.tuning import TuningPlan, untuned_fill
 
 TINY = ModelSettings("tiny-random-llama", device="cpu")
 

@@ -15,7 +15,7 @@ The exported ``utils.py`` holds one two-line function per task that calls
 :func:`score_document`, so lofit-bench (and the plugin that provides the task) must be
 importable wherever lm-eval runs.
 
-Generation tasks rebuild the harness's :class:`~lofit_bench.scoring.Generation` from lm-eval's
+Generation tasks rebuild the harness's :class:`~lofit_bench.engine.scoring.Generation` from lm-eval's
 continuation: ``full_text`` is prompt + generated text. The two are equal for tokenizers
 whose decoding is concatenative (byte-level BPE, as SmolLM2, GPT-2, Llama-3 and Qwen use); a
 SentencePiece tokenizer that drops the leading space of a separately decoded continuation can
@@ -141,7 +141,7 @@ def log_likelihoods(results: Sequence[Any]) -> list[float]:
 
 def generation(item: Any, text: str) -> Any:
     """The harness's Generation for lm-eval's continuation (see the module docstring)."""
-    from lofit_bench.scoring import Generation
+    from lofit_bench.engine.scoring import Generation
 
     return Generation(
         prompt=item.prompt,

@@ -85,7 +85,7 @@ def _offline_requested() -> bool:
 
 def offline_first(task_name: str, action: Callable[[], T]) -> T:
     """Run ``action`` (which loads lm-eval datasets) without the hub; online only as a fallback."""
-    from lofit_bench.models import hub_reachable
+    from lofit_bench.engine.models import hub_reachable
 
     try:
         with hub_switched_off():

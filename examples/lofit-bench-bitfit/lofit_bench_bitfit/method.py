@@ -21,7 +21,7 @@ Trainable values: the numel of the existing biases (when trained) plus, for adde
 ``n_layers * hidden_size`` per site; on a Llama with ``L`` layers and width ``d`` that is
 ``2 * L * d`` (256 on lofit-bench's tiny-random-llama, 2 layers x 64).
 
-Weight decay: the Hugging Face Trainer that :func:`lofit_bench.training.train` drives leaves
+Weight decay: the Hugging Face Trainer that :func:`lofit_bench.engine.training.train` drives leaves
 every parameter whose name contains "bias" out of weight decay, so ``weight_decay`` has no
 effect on BitFit's parameters (the BitFit paper used none either). The field is kept so the
 config names the same optimizer settings as the other methods.
@@ -38,12 +38,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lofit_bench.architectures import Architecture
+from lofit_bench.engine.architectures import Architecture
+from lofit_bench.engine.models import LoadedModel
+from lofit_bench.engine.training import OptimizerSettings, train
 from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.method import FitContext, Method, MethodConfig
-from lofit_bench.models import LoadedModel
 from lofit_bench.search_space import LogUniform
-from lofit_bench.training import OptimizerSettings, train
 
 STATE_FILE = "bitfit_biases.safetensors"
 ADDED_PARAMETER = "bitfit_bias"
