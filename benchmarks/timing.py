@@ -44,11 +44,11 @@ def clutrr_sft_batch(lm, size: int = 8):
     """(trainer, one collated SFT batch of ``size`` CLUTRR training examples), as the harness's
     trainer builds them for ``lm``."""
     from lofit_bench.budget import get_budget
-    from lofit_bench.engine.training import OptimizerSettings, _build_trainer
+    from lofit_bench.engine.training import OptimizerSettings, build_trainer
     from lofit_bench.tasks.clutrr import Clutrr
 
     examples = Clutrr().training_examples("main")[:size]
-    trainer = _build_trainer(
+    trainer = build_trainer(
         lm.model, lm.tokenizer, examples, "sft", get_budget("paper").replace(epochs=1),
         OptimizerSettings(1e-2), 0, Path(tempfile.mkdtemp()), None, None, False,
     )

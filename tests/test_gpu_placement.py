@@ -212,7 +212,7 @@ def test_never_data_parallel_counts_one_gpu_on_a_fake() -> None:
 def test_the_trainer_does_not_wrap_when_it_counts_two_gpus(tiny_lm, tmp_path, monkeypatch) -> None:
     from transformers import TrainingArguments
 
-    from lofit_bench.engine.training import OptimizerSettings, _build_trainer
+    from lofit_bench.engine.training import OptimizerSettings, build_trainer
     from lofit_bench.task import SFTExample
 
     original = TrainingArguments.__dict__["_setup_devices"].func
@@ -226,7 +226,7 @@ def test_the_trainer_does_not_wrap_when_it_counts_two_gpus(tiny_lm, tmp_path, mo
     patched.__set_name__(TrainingArguments, "_setup_devices")
     monkeypatch.setattr(TrainingArguments, "_setup_devices", patched)
     examples = [SFTExample(str(i), f"Q: {i}?\nA:", f" {i}") for i in range(2)]
-    trainer = _build_trainer(tiny_lm.model, tiny_lm.tokenizer, examples, "sft", get_budget("smoke"),
+    trainer = build_trainer(tiny_lm.model, tiny_lm.tokenizer, examples, "sft", get_budget("smoke"),
                              OptimizerSettings(1e-3), 0, tmp_path, None, None, False)
     assert trainer.args.n_gpu == 1
     assert not isinstance(trainer._wrap_model(trainer.model), nn.DataParallel)
@@ -430,3 +430,16 @@ def test_model_args_on_the_command_line_and_in_sweep_files(tmp_path, builtin_hos
     sweep.write_text('methods = ["zero-shot"]\ntasks = ["clutrr"]\n[model_args]\npretrained = "tiny-random-llama"\nrevision = "main"\n')
     assert main(["run", "--config", str(sweep), "--out", str(tmp_path / "o")]) == 2
     assert "applies to hub ids" in capsys.readouterr().err
+
+
+def test_the_real_training_arguments_count_gpus_in_the_private_field_never_data_parallel_sets(tmp_path) -> None:
+    """``never_data_parallel`` writes transformers' private ``_n_gpu`` (there is no public switch);
+    this fails loudly if ``TrainingArguments.n_gpu`` stops reading it."""
+    from transformers import TrainingArguments
+
+    arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    assert arguments.n_gpu == 0  # devices set up: a CPU run
+    arguments._n_gpu = 2  # what the Trainer would count on a machine with two GPUs
+    assert arguments.n_gpu == 2
+    never_data_parallel(arguments)
+    assert arguments.n_gpu == 1

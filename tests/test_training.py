@@ -16,7 +16,7 @@ from lofit_bench.budget import get_budget
 from lofit_bench.engine import training as training_module
 from lofit_bench.engine.training import (
     OptimizerSettings,
-    _build_trainer,
+    build_trainer,
     train,
     trainable_parameter_count,
 )
@@ -277,7 +277,7 @@ def test_one_trainer_subclass_per_trl_trainer(biased_lm, tmp_path) -> None:
 
     lm, _ = biased_lm
     for objective, examples, trl_class in (("sft", SFT_EXAMPLES, SFTTrainer), ("dpo", DPO_EXAMPLES, DPOTrainer)):
-        trainer = _build_trainer(lm.model, lm.tokenizer, examples, objective, BUDGET, OptimizerSettings(1e-2), 0,
+        trainer = build_trainer(lm.model, lm.tokenizer, examples, objective, BUDGET, OptimizerSettings(1e-2), 0,
                                  tmp_path / objective, None, None, False)
         assert type(trainer).__mro__[1] is trl_class
         assert type(trainer).__name__ == f"Harness{trl_class.__name__}"

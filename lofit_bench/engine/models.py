@@ -165,7 +165,9 @@ def _dequantised(target: Path, gguf: Callable[[], Path], package: str) -> Path:
     source = gguf()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    # The weights are plain fp32 after dequantisation; without this save_pretrained refuses.
+    # The weights are plain fp32 after dequantisation; without this save_pretrained refuses. There is
+    # no public way to drop a GGUF quantizer from a model already dequantised (``dequantize()`` is
+    # not implemented for GGUF); the bundled model's slow load test fails loudly if this changes.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

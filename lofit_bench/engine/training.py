@@ -147,7 +147,7 @@ def train(
     from transformers.trainer_callback import PrinterCallback
 
     with model_left_as_found(model):
-        trainer = _build_trainer(
+        trainer = build_trainer(
             model, tokenizer, examples, objective, budget, optimizer, seed, work_dir, extra_loss, peft_config, progress,
             listeners,
         )
@@ -289,7 +289,7 @@ def checkpointing_arguments(config_class: type, enabled: bool) -> dict[str, Any]
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
-def _build_trainer(
+def build_trainer(
     model: nn.Module,
     tokenizer: Any,
     examples: Sequence[SFTExample | PreferenceExample],
@@ -353,6 +353,9 @@ def never_data_parallel(arguments: Any) -> None:
     does it whatever the map looks like (a small model mapped onto one of two GPUs included).
     """
     if arguments.n_gpu > 1:
+        # Private, and on purpose: ``TrainingArguments.n_gpu`` is a read-only property over
+        # ``_n_gpu`` and transformers offers no public switch; the Trainer itself sets ``_n_gpu``
+        # for model-parallel models. tests/test_gpu_placement.py fails loudly if that changes.
         arguments._n_gpu = 1
 
 
