@@ -314,7 +314,10 @@ def build_trainer(
             raise TypeError("SFT training needs SFTExample items")
         dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
         arguments |= checkpointing_arguments(SFTConfig, budget.gradient_checkpointing)
-        config = SFTConfig(completion_only_loss=True, packing=False, **arguments)
+        # loss_type "nll" is trl 1.16's default; trl 1.12 defaults to "chunked_nll", which patches the
+        # model's forward (and fails on a device-mapped model, whose forward accelerate wraps):
+        # naming it keeps one computation on every trl the project declares.
+        config = SFTConfig(completion_only_loss=True, packing=False, loss_type="nll", **arguments)
         trainer_class = harness_trainer(SFTTrainer, TrainerNeeds(extra_loss, tuple(listeners), loss_positions_only=True))
     elif objective == "dpo":
         from trl import DPOConfig, DPOTrainer
