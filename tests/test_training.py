@@ -302,7 +302,9 @@ def test_trl_leaves_changes_on_the_model_that_model_left_as_found_undoes(biased_
     monkeypatch.setattr(training_module, "model_left_as_found", lambda model: contextlib.nullcontext())
     run_training(lm, SFT_EXAMPLES[:2], "sft", tmp_path / "unguarded", budget=BUDGET.replace(epochs=1))
     left, use_cache_left, training_left = instance_state(lm.model)
-    assert {"forward", "_is_accelerate_prepared"} <= set(left) - set(before)  # what the guard protects
+    # What the guard protects against: accelerate marks the model on every trl the project declares;
+    # trl 1.16 also patches ``forward`` on the instance (trl 1.12 with loss_type "nll" does not).
+    assert "_is_accelerate_prepared" in set(left) - set(before)
     assert (use_cache_left, training_left) == (False, True)
 
 
