@@ -37,6 +37,7 @@ from lofit_bench.report.model import (
 )
 from lofit_bench.report.plot_style import PLOT_RC, MethodStyle, legend_handles, method_styles
 from lofit_bench.report.sections import Section as ReportSection
+from lofit_bench.report.stats import pareto_front
 
 #: Figures are drawn this wide (inches, at ``PLOT_RC`` dpi): about the page's width at 1400 px.
 FIGURE_WIDTH = 12.0
@@ -90,20 +91,6 @@ def figure_html(figure, caption: str) -> str:
     """A drawn figure as an inlined PNG with its caption (the figure is closed)."""
     return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(figure)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points no other point beats: lower or equal cost and higher or equal accuracy
-    (strictly better in one)."""
-    front = []
-    for index, (cost, accuracy) in enumerate(points):
-        dominated = any(
-            other_cost <= cost and other_accuracy >= accuracy and (other_cost < cost or other_accuracy > accuracy)
-            for other_cost, other_accuracy in points
-        )
-        if not dominated:
-            front.append(index)
-    return front
 
 
 def _panels(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from lofit_bench.records.record import RunRecord
 from lofit_bench.report.labels import method_label, model_label
+from lofit_bench.report.stats import pareto_front
 
 EFFECTS_HELP = {
     "KL from base": "KL(base || fitted) of the next-token distributions on held-out text (Python Language Reference "
@@ -162,18 +163,6 @@ def retention_table(rows: list[EffectsRow]) -> tuple[list[str], list[list[str]]]
         for row in rows if row.retention
     ]
     return headers, table
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the (change, accuracy) points no other point beats: no more change and at
-    least the accuracy, strictly better in one."""
-    return [
-        index for index, (change, accuracy) in enumerate(points)
-        if not any(
-            other_change <= change and other_accuracy >= accuracy and (other_change < change or other_accuracy > accuracy)
-            for other_change, other_accuracy in points
-        )
-    ]
 
 
 def accuracy_vs_kl(rows: list[EffectsRow]) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -113,3 +113,17 @@ def bootstrap_interval(
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (cost, accuracy) points no other point beats: lower or equal cost and higher
+    or equal accuracy, strictly better in one (the plots' front over parameters, memory or KL)."""
+    front = []
+    for index, (cost, accuracy) in enumerate(points):
+        dominated = any(
+            other_cost <= cost and other_accuracy >= accuracy and (other_cost < cost or other_accuracy > accuracy)
+            for other_cost, other_accuracy in points
+        )
+        if not dominated:
+            front.append(index)
+    return front
