@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="the --out folder of a run")
     report.add_argument("--reference", default=None, metavar="METHOD", help="method the p-values compare against, e.g. lofit (default: none, no p-values)")
     report.add_argument("--out", type=Path, default=None, metavar="DIR", help="write the report files into DIR instead of RUNS_DIR (RUNS_DIR is left untouched)")
+    report.add_argument("--strict", action="store_true", help="refuse a folder whose runs do not all come from one clean commit (mixed commits, uncommitted code)")
     formats = report.add_argument("--formats", type=_split_names, default=None, metavar="NAME,...", help="report formats")
     formats.late_help = _formats_help
 
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs_dirs", type=Path, nargs="+", metavar="RUNS_DIR", help="--out folders of runs (two models or more in all)")
     compare.add_argument("--tasks", type=_split_names, default=None, help="comma-separated tasks to compare (default: every task in the folders)")
     compare.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write comparison.md, comparison.json and comparison.html (with a rank plot) into DIR")
+    compare.add_argument("--strict", action="store_true", help="refuse folders whose runs do not all come from one clean commit")
 
     listing = commands.add_parser("list", help="list methods, tasks, models, budgets, studies, executors or report formats", description="List what lofit-bench knows.")
     listing.add_argument("what", choices=["methods", "tasks", "models", "budgets", "studies", "executors", "formats"], help="what to list")
@@ -437,7 +439,7 @@ def command_report(arguments: argparse.Namespace) -> int:
     names = arguments.formats if arguments.formats is not None else registry.names()
     files = ", ".join(format_.file_name for format_ in registry.resolve(names))
     out_dir = arguments.out or arguments.runs_dir
-    report = build_report(arguments.runs_dir, reference=arguments.reference, out_dir=out_dir, formats=names)
+    report = build_report(arguments.runs_dir, reference=arguments.reference, out_dir=out_dir, formats=names, strict=arguments.strict)
     print(render_markdown(report))
     print(f"\nwrote {files} in {out_dir}")
     return 0
@@ -447,7 +449,7 @@ def command_compare(arguments: argparse.Namespace) -> int:
     from lofit_bench.report.compare import compare_folders, render_markdown
     from lofit_bench.report.compare_html import write_comparison
 
-    comparison = compare_folders(arguments.runs_dirs, arguments.tasks)
+    comparison = compare_folders(arguments.runs_dirs, arguments.tasks, strict=arguments.strict)
     print(render_markdown(comparison))
     if arguments.out is not None:
         write_comparison(comparison, arguments.out)
@@ -476,7 +478,7 @@ def command_list(arguments: argparse.Namespace) -> int:
     if arguments.what == "budgets":
         from lofit_bench.budget import BUDGETS
 
-        rows = [[name, *(_show(value) for key, value in budget.to_dict().items() if key != "name")] for name, budget in BUDGETS.items()]
+        rows = [[name, *(_show_budget_field(key, value) for key, value in budget.to_dict().items() if key != "name")] for name, budget in BUDGETS.items()]
         headers = ["budget", *(key for key in next(iter(BUDGETS.values())).to_dict() if key != "name")]
         print(tabulate(rows, headers=headers, tablefmt="simple"))
         return 0
@@ -523,8 +525,12 @@ def command_list(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _show(value: Any) -> str:
-    return "all" if value is None else str(value)
+def _show_budget_field(name: str, value: Any) -> str:
+    """A budget field as `list budgets` prints it: an unset size is the whole split, but an
+    unset ``prune_examples`` means no pruning at all."""
+    if value is None:
+        return "off" if name == "prune_examples" else "all"
+    return str(value)
 
 
 def command_plugins(arguments: argparse.Namespace) -> int:

@@ -228,15 +228,25 @@ class Method(ABC):
     generic_source: ClassVar[str] = ""
 
     @classmethod
-    def untuned_values(cls, task: Task) -> dict[str, tuple[Any, str]]:
+    def model_values(cls, task: Task, lm: LoadedModel) -> dict[str, tuple[Any, str]]:
+        """Untuned values that depend on the model (a paper's rate calibrated at 7B parameters
+        that is wrong at 135M), each with its source; they win over :meth:`default_values`.
+        Default: none."""
+        return {}
+
+    @classmethod
+    def untuned_values(cls, task: Task, lm: LoadedModel | None = None) -> dict[str, tuple[Any, str]]:
         """Each field's untuned value on ``task`` with its source, first found of: the task's own
-        declaration for this method (``Task.method_values``), :meth:`default_values` (the paper's
-        table), :attr:`generic_values` for the task's objective. Fields none gives are absent."""
+        declaration for this method (``Task.method_values``), :meth:`model_values` for the loaded
+        model ``lm`` (when given), :meth:`default_values` (the paper's table),
+        :attr:`generic_values` for the task's objective. Fields none gives are absent."""
         found: dict[str, tuple[Any, str]] = {}
         for name, value in cls.generic_values.get(task.objective, {}).items():
             found[name] = (value, cls.generic_source or "the method's generic value")
         for name, value in cls.default_values(task).items():
             found[name] = (value, "the method's default for the task")
+        if lm is not None:
+            found |= cls.model_values(task, lm)
         declared = getattr(task, "method_values", {}).get(cls.name, {})
         for name, value in declared.items():
             found[name] = (value, f"declared by task {task.name}")

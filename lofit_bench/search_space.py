@@ -143,3 +143,31 @@ def contains(space: Space, value: Any) -> bool:
     if isinstance(space, IntRange):
         return isinstance(value, int) and space.low <= value <= space.high and (value - space.low) % space.step == 0
     return space.low <= value <= space.high
+
+
+#: How close to an end of its range a tuned value may sit before the report flags it: a tenth of
+#: the range, measured on the range's own scale (decades for a log-uniform range).
+EDGE_FRACTION = 0.1
+
+
+def range_edge(space: Space, value: Any) -> str | None:
+    """"lower" or "upper" when ``value`` lies within :data:`EDGE_FRACTION` of that end of
+    ``space``: the tuner's best value pressed against the range says the range, not the method,
+    decided it (the optimum may lie outside). None inside, and for a :class:`Choice` (its
+    options are not a scale)."""
+    if isinstance(space, Choice) or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(space, LogUniform):
+        if value <= 0:
+            return None
+        low, high, point = math.log(space.low), math.log(space.high), math.log(value)
+    else:
+        low, high, point = float(space.low), float(space.high), float(value)
+    if high <= low:
+        return None
+    position = (point - low) / (high - low)
+    if position <= EDGE_FRACTION:
+        return "lower"
+    if position >= 1 - EDGE_FRACTION:
+        return "upper"
+    return None

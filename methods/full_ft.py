@@ -9,7 +9,7 @@ every other method. Trained values: all of the model's parameters (tied embeddin
 Learning rate: 1e-5 for SFT (the common full fine-tuning rate for 0.1B-7B decoder models
 with AdamW) and 1e-6 for DPO (trl's DPO default; preference training of all weights is run
 well below the SFT rate). Tuned by the harness (:mod:`lofit_bench.sweep.tuning`): log-uniform in
-[1e-6, 1e-4], that default first; every trial trains from the original weights.
+[1e-6, 3e-4], that default first; every trial trains from the original weights.
 
 Precision: trained in fp32. On a bf16 / fp16 model the parameters are cast to fp32 for
 training (an AdamW update of ~1e-5 is below bf16's resolution for most weights and would be
@@ -51,7 +51,7 @@ class FullFTConfig(MethodConfig):
     learning_rate: float | None = field(
         default=None,
         metadata={"help": "AdamW learning rate; None: 1e-5 for SFT tasks, 1e-6 for DPO (our choice)",
-                  "exclusive_minimum": 0, "tune": LogUniform(1e-6, 1e-4)},
+                  "exclusive_minimum": 0, "tune": LogUniform(1e-6, 3e-4)},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "minimum": 0})
 

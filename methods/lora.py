@@ -77,7 +77,7 @@ class LoRAConfig(MethodConfig):
     learning_rate: float | None = field(
         default=None,
         metadata={"help": "AdamW learning rate; None: paper Table 7 (Llama-2-7B) for the task", "exclusive_minimum": 0,
-                  "tune": LogUniform(1e-5, 1e-2)},
+                  "tune": LogUniform(1e-5, 5e-2)},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "minimum": 0})
 

@@ -16,7 +16,7 @@ def test_paper_preset_is_the_papers_protocol() -> None:
     assert (paper.epochs, paper.batch_size) == (5, 8)
     assert paper.train_examples is paper.dev_examples is paper.eval_examples is None  # full splits
     assert paper.lr_scheduler == "linear" and paper.warmup_ratio == 0.0
-    assert paper.seeds == (42,)
+    assert paper.seeds == (42, 43)
 
 
 def test_smoke_preset_is_small() -> None:

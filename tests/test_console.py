@@ -64,7 +64,7 @@ def test_a_sweep_prints_its_own_lines_and_keeps_the_runs_output_in_a_log(tmp_pat
     out, result = _sweep(tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert "[1/1] zero-shot on mquake (seed 42, tiny-random-llama): exact_match 0.000" in result.stdout
+    assert "[1/1] zero-shot on mquake (seed 42, tiny-random-llama): exact_match 0.0 %" in result.stdout
     assert "it/s]" not in result.stdout and "Loading" not in result.stdout  # no library bars
     record = json.loads(next((out / "records").glob("*.json")).read_text())
     assert record["log"].startswith("logs/") and (out / record["log"]).exists()

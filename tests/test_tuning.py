@@ -13,7 +13,15 @@ from lofit_bench.budget import get_budget
 from lofit_bench.errors import Diverged, UserError
 from lofit_bench.method import MethodConfig
 from lofit_bench.methods.lora import LoRA
-from lofit_bench.search_space import Choice, IntRange, LogUniform, Uniform, contains, declared_space
+from lofit_bench.search_space import (
+    Choice,
+    IntRange,
+    LogUniform,
+    Uniform,
+    contains,
+    declared_space,
+    range_edge,
+)
 from lofit_bench.sweep import tuning
 from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 from lofit_bench.task import EvalResult
@@ -57,7 +65,7 @@ def planted_dev_scores(monkeypatch, scores):
 
 # -- search spaces --------------------------------------------------------------------------------
 def test_spaces_are_read_from_field_metadata_and_check_their_values():
-    assert declared_space(LoRA.config_class) == {"learning_rate": LogUniform(1e-5, 1e-2)}
+    assert declared_space(LoRA.config_class) == {"learning_rate": LogUniform(1e-5, 5e-2)}
     assert contains(LogUniform(1e-3, 1.0), 1e-2) and not contains(LogUniform(1e-3, 1.0), 2.0)
     assert contains(IntRange(0, 2), 2) and not contains(IntRange(0, 2), 1.5) and not contains(IntRange(0, 2), True)
     assert contains(Choice(0.01, 0.03), 0.03) and not contains(Choice(0.01, 0.03), 0.05)
@@ -96,7 +104,7 @@ def test_the_same_sampler_seed_gives_the_same_trials(tmp_path):
     assert [trial["values"] for trial in first["trials"]] == [trial["values"] for trial in second["trials"]]
     assert first["trials"][0]["values"] == {"learning_rate": 1e-3}  # the paper's Table 7 value comes first
     assert len({trial["values"]["learning_rate"] for trial in first["trials"]}) == 3
-    assert all(1e-5 <= trial["values"]["learning_rate"] <= 1e-2 for trial in first["trials"])
+    assert all(1e-5 <= trial["values"]["learning_rate"] <= 5e-2 for trial in first["trials"])
     other_seed = sweep(["lora"], ["mquake"], tmp_path / "c", budget(seeds=(7,)))[0]
     assert [t["values"] for t in tuning_record(other_seed)["trials"]][1:] != [t["values"] for t in first["trials"]][1:]
 
@@ -153,6 +161,8 @@ def test_a_later_trial_that_scores_best_on_dev_is_chosen_and_its_state_evaluated
     assert record["chosen_trial"] == 1
     sampled = record["trials"][1]["values"]["learning_rate"]
     assert sampled != 1e-3 and record["chosen"] == {"learning_rate": sampled}
+    edge = range_edge(LogUniform(1e-5, 5e-2), sampled)
+    assert record["range_edges"] == ({"learning_rate": edge} if edge else {})  # recorded for the report to flag
     run = json.loads(outcome.path.read_text())
     assert run["method"]["config"]["learning_rate"] == sampled  # trial 1's state was loaded back and tested
 
@@ -266,7 +276,11 @@ def test_tuning_off_runs_the_paper_values_without_dev_trials(tmp_path, monkeypat
     [outcome] = sweep(["lofit"], ["mquake"], tmp_path, budget(tune=False))
     record = json.loads(outcome.path.read_text())
     assert record["folds"]["main"]["tuning"]["mode"] == "off"
-    assert record["folds"]["main"]["fit"]["hyperparameters"]["stage2_learning_rate"] == 1e-2  # Table 6
+    # Stage 1 keeps Table 6's values; stage 2 takes LoFiT's rate for a model under 1B parameters
+    hyperparameters = record["folds"]["main"]["fit"]["hyperparameters"]
+    assert (hyperparameters["stage1_learning_rate"], hyperparameters["stage2_learning_rate"]) == (5e-3, 0.1)
+    assert record["folds"]["main"]["tuning"]["sources"] == {
+        "stage2_learning_rate": "lofit-bench's default for models under 1B parameters (README, LoFiT defaults)"}
     assert record["budget"]["tune"] is False
 
 

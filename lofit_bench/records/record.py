@@ -280,6 +280,8 @@ class Environment:
     versions: dict[str, str | None] = field(default_factory=dict)
     git_commit: str | None = None  # "-dirty" appended when the code differed from the commit
     git_dirty: bool | None = None  # whether it did (None: not a git checkout, or a record written before 0.2)
+    #: The recorded libraries the run's process imported (None: a record written before 0.2).
+    used_libraries: list[str] | None = None
     #: The GPU(s) the run used, the NVIDIA driver and torch's CUDA version (None on CPU).
     gpus: list[str] | None = None
     gpu_driver: str | None = None

@@ -243,6 +243,18 @@ def environment() -> dict[str, Any]:
     }
 
 
+#: The module each recorded distribution is imported as (where the names differ).
+IMPORT_NAMES = {"lofit-bench": "lofit_bench", "scikit-learn": "sklearn"}
+
+
+def imported_libraries() -> list[str]:
+    """The recorded distributions this process imported: the libraries that took part in the
+    run (a report warns about version differences only among those)."""
+    import sys
+
+    return [package for package in ENVIRONMENT_PACKAGES if IMPORT_NAMES.get(package, package) in sys.modules]
+
+
 def _torch_threads() -> int | None:
     try:
         import torch

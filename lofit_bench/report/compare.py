@@ -30,7 +30,10 @@ from lofit_bench.report.model import (
     failure_line,
     method_label,
     model_label,
+    provenance_lines,
+    provenance_problems,
     summarize,
+    version_differences,
 )
 from lofit_bench.report.stats import paired_bootstrap_p_value, per_example_values
 
@@ -97,9 +100,15 @@ class Comparison:
     skipped: list[tuple[Path, str]]
 
 
-def compare_folders(folders: list[Path], tasks: list[str] | None = None) -> Comparison:
-    """Read the records of ``folders`` and compare the methods' rankings across models, per task."""
+def compare_folders(folders: list[Path], tasks: list[str] | None = None, strict: bool = False) -> Comparison:
+    """Read the records of ``folders`` and compare the methods' rankings across models, per task.
+    ``strict``: refuse records that do not all come from one clean commit."""
     records, skipped = _read(folders)
+    if strict:
+        problems = provenance_problems(records)
+        if problems:
+            raise UserError(f"--strict: {', '.join(map(str, folders))} do not hold one clean commit's runs: {'; '.join(problems)}. "
+                            "Rerun the sweeps from a clean checkout of one commit, or leave out --strict")
     if tasks:
         unknown = sorted(set(tasks) - {record.task.name for record in records})
         if unknown:
@@ -122,6 +131,8 @@ def compare_folders(folders: list[Path], tasks: list[str] | None = None) -> Comp
         for task in sorted({row.task for row in summary})
     ]
     warnings = budget_differences(records, which="the runs compared")
+    warnings += [line.text for line in provenance_lines(records) if line.warning]
+    warnings += version_differences(records)
     for comparison in comparisons:
         if len(set(comparison.test_examples.values())) > 1:
             sizes = ", ".join(f"{model}: {count}" for model, count in comparison.test_examples.items())
@@ -167,8 +178,8 @@ def _compare_task(task: str, rows: list, all_models: list[str], records: list[Ru
     for model in models:
         scores = {row.method: row for row in rows if row.model == model}
         for method, row in scores.items():
-            higher = sum(1 for other in scores.values() if other.primary > row.primary)
-            tied = sum(1 for other in scores.values() if other.primary == row.primary) > 1
+            higher = sum(1 for other in scores.values() if shown(other.primary) > shown(row.primary))
+            tied = sum(1 for other in scores.values() if shown(other.primary) == shown(row.primary)) > 1
             cells[(method, model)] = Cell(score=row.primary, rank=1 + higher, tied=tied, seeds=len(row.seeds))
     methods = sorted({row.method for row in rows}, key=lambda method: (*_ranks(method, models, cells), method))
     primary = rows[0].primary_metric
@@ -176,6 +187,12 @@ def _compare_task(task: str, rows: list, all_models: list[str], records: list[Ru
     agreements = [_agreement(pair, methods, cells, values) for pair in itertools.combinations(models, 2)]
     test_examples = {model: next(row.test_examples for row in rows if row.model == model) for model in models}
     return TaskComparison(task, primary, models, methods, cells, test_examples, agreements)
+
+
+def shown(score: float) -> float:
+    """A score as the tables print it (percent, one decimal): methods that print the same are
+    tied, not ranked on a difference of 3e-6 no reader can see."""
+    return round(100 * score, 1)
 
 
 def _ranks(method: str, models: list[str], cells: dict[tuple[str, str], Cell]) -> list[float]:
@@ -198,8 +215,8 @@ def _agreement(
     from scipy.stats import kendalltau
 
     shared = [method for method in methods if all((method, model) in cells for model in models)]
-    first = [cells[(method, models[0])].score for method in shared]
-    second = [cells[(method, models[1])].score for method in shared]
+    first = [shown(cells[(method, models[0])].score) for method in shared]
+    second = [shown(cells[(method, models[1])].score) for method in shared]
     tau = None
     if len(shared) >= 2 and len(set(first)) > 1 and len(set(second)) > 1:
         tau = float(kendalltau(first, second).statistic)

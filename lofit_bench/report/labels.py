@@ -24,6 +24,11 @@ def format_percent(value: tuple[float, float | None]) -> str:
     return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
+def format_interval(interval: tuple[float, float] | None) -> str:
+    """A fraction's interval in percent, e.g. ``[38.0, 57.0]``."""
+    return "-" if interval is None else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
 def format_count(count: int | None) -> str:
     if count is None:
         return "-"

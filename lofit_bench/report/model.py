@@ -23,6 +23,7 @@ from lofit_bench.records.store import read_record_folder
 from lofit_bench.report.labels import (  # noqa: F401 - re-exported: the report's label and number formats
     budget_axes,
     format_count,
+    format_interval,
     format_p,
     format_parameter_share,
     format_percent,
@@ -30,7 +31,12 @@ from lofit_bench.report.labels import (  # noqa: F401 - re-exported: the report'
     model_label,
     run_label,
 )
-from lofit_bench.report.stats import paired_bootstrap_p_value, per_example_values
+from lofit_bench.report.stats import (
+    bootstrap_interval,
+    holm_adjusted,
+    paired_p_value,
+    per_example_values,
+)
 
 MEMORY_LABELS = {
     "cpu_peak_rss_delta": "peak RSS over model (CPU, MiB)",
@@ -42,10 +48,16 @@ COLUMN_HELP = {
     "several configs of one method, so configs are never averaged as if they were seeds",
     "seeds": "number of seeds that finished",
     "metric (%)": "the task's metrics: mean over seeds (± sample std with several seeds), each first averaged over the task's folds",
-    "p vs REFERENCE": "two-sided paired bootstrap p-value ((k+1)/(B+1) with B = 10,000 resamples of the test examples, "
-    "values averaged over seeds) of the primary metric against the reference method's on the same examples of the "
-    "same model; '-' for the reference itself, when it did not run, or when no reference was chosen (`lofit-bench report --reference METHOD`)",
-    "params": "trainable parameters (exact numel of trained tensors)",
+    "PRIMARY 95 % CI": "95 % percentile bootstrap interval of the primary metric's mean (10,000 resamples of the test "
+    "examples; with several seeds each resample also draws the seeds, so the interval covers seed variation too)",
+    "p vs REFERENCE (Holm)": "two-sided p-value of the primary metric against the reference method's on the same test "
+    "examples of the same model, Holm-adjusted over the table's methods (each is tested against one reference); the "
+    "test is named: 'McNemar' (exact binomial test on the discordant examples, when both are right/wrong per example "
+    "with one seed) or 'bootstrap' (paired, (k+1)/(B+1) with B = 10,000 resamples of the examples, values averaged "
+    "over seeds); '-' for the reference itself, when it did not run, or when no reference was chosen "
+    "(`lofit-bench report --reference METHOD`)",
+    "params": "trainable parameters (exact numel of trained tensors); '+N stored' for values a method computes "
+    "without training and adds to the model (ITI's shift directions)",
     "% params": "trainable parameters as a percentage of the base model's",
     "train s": "wall time of prepare + training/fitting, summed over folds (mean over seeds)",
     "eval s": "wall time of evaluation on the test split, summed over folds (mean over seeds)",
@@ -61,7 +73,9 @@ COLUMN_HELP = {
     "its computation took there, and what it computed for the others (OUT/shared/: activations, iti-probes, "
     "lofit-stage1, tuned-values)",
     "chosen values": "the tuned values the test split was evaluated with (per fold and seed when they differ); "
-    "every trial is in results.json ('trials') and in the record (folds.FOLD.tuning)",
+    "every trial is in results.json ('trials') and in the record (folds.FOLD.tuning); 'at range edge' names a "
+    "value within a tenth of an end of its search range (on the range's scale: decades for log ranges), where "
+    "the best value may lie outside the range",
 }
 
 
@@ -76,6 +90,7 @@ class SummaryRow:
     metrics: dict[str, tuple[float, float | None]]
     primary_metric: str
     reference: str | None
+    #: Against the reference, Holm-adjusted over the table's methods (``p_raw``: unadjusted).
     p_value: float | None
     trainable_parameters: int | None
     percent_parameters: float | None
@@ -88,6 +103,15 @@ class SummaryRow:
     tuning: str = "-"
     chosen: str = "-"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The test behind ``p_value``: "McNemar" (exact, right/wrong per example) or "bootstrap".
+    p_test: str | None = None
+    p_raw: float | None = None
+    #: 95 % bootstrap interval of the primary metric (over test examples, and seeds when several).
+    interval: tuple[float, float] | None = None
+    #: Values stored beside the trained ones (ITI's directions), exact numel.
+    stored_values: int | None = None
+    #: Chosen values within a tenth of their search range of its edge: "NAME (upper edge)".
+    range_edges: list[str] = field(default_factory=list)
 
     @property
     def primary(self) -> float:
@@ -148,9 +172,9 @@ def summarize(records: list[RunRecord], reference: str | None = None) -> list[Su
         primary = first.task.primary_metric
         labels = [label for (other_model, other_task, label) in groups if (other_model, other_task) == (model, task)]
         reference_label = _reference_label(reference, labels, method_names) if reference else None
-        p_value = None
+        p_value, p_test = None, None
         if reference_label is not None and method != reference_label:
-            p_value = paired_bootstrap_p_value(
+            p_value, p_test = paired_p_value(
                 per_example_values(items, primary), per_example_values(groups[(model, task, reference_label)], primary)
             )
         params = first.trainable_parameters
@@ -165,8 +189,12 @@ def summarize(records: list[RunRecord], reference: str | None = None) -> list[Su
                 primary_metric=primary,
                 reference=reference_label,
                 p_value=p_value,
+                p_raw=p_value,
+                p_test=p_test,
+                interval=bootstrap_interval([per_example_values([record], primary) for record in items]),
                 trainable_parameters=params.count if params else None,
                 percent_parameters=params.percent_of_base if params else None,
+                stored_values=params.stored_values if params else None,
                 peak_memory_mib=max(memory) if memory else None,
                 memory_kind=first.memory.kind if first.memory else None,
                 train_seconds=statistics.fmean(record.timings.fit if record.timings else 0.0 for record in items),
@@ -175,9 +203,20 @@ def summarize(records: list[RunRecord], reference: str | None = None) -> list[Su
                 test_examples=sum(fold.eval_size for fold in first.folds.values()),
                 tuning=tuning_label(items),
                 chosen=chosen_label(items),
+                range_edges=range_edge_labels(items),
             )
         )
+    _adjust_for_several_methods(summary)
     return summary
+
+
+def _adjust_for_several_methods(summary: list[SummaryRow]) -> None:
+    """Holm's adjustment of each table's p-values: every method of one (model, task) is tested
+    against the same reference, so the table's smallest p-value alone would over-claim."""
+    for _, _, rows in table_groups(summary):
+        adjusted = holm_adjusted({row.method: row.p_raw for row in rows})
+        for row in rows:
+            row.p_value = adjusted[row.method]
 
 
 def table_groups(summary: list[SummaryRow]) -> list[tuple[str, str, list[SummaryRow]]]:
@@ -221,8 +260,18 @@ def header_lines(records: list[RunRecord], finished: list[RunRecord], reference:
     tuning = tuning_scheme(finished)
     if tuning:
         lines.append(HeaderLine(tuning))
+    lines += provenance_lines(records)
     lines += [HeaderLine(text, warning=True) for text in budget_differences(records)]
     lines += [HeaderLine(text, warning=True) for text in version_differences(records)]
+    edges = sorted({
+        f"{record.method.name} {field} on {record.task.name}"
+        for record in finished
+        for field in range_edge_labels([record])
+    })
+    if edges:
+        lines.append(HeaderLine(
+            "tuned values within a tenth of an edge of their search range (the best value may lie outside it, "
+            f"so these methods were tuned less well than the others): {'; '.join(edges)}", warning=True))
     return lines
 
 
@@ -247,8 +296,9 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
     kinds = sorted({row.memory_kind for row in rows if row.memory_kind})
     memory_header = " / ".join(MEMORY_LABELS.get(kind, kind) for kind in kinds) or "peak memory"
     reference = next((row.reference for row in rows if row.reference), None)
+    primary = rows[0].primary_metric
     headers = [
-        "method", "seeds", *[f"{name} (%)" for name in metric_names], f"p vs {reference or '-'}",
+        "method", "seeds", *[f"{name} (%)" for name in metric_names], f"{primary} 95 % CI", f"p vs {reference or '-'} (Holm)",
         "params", "% params", "train s", "eval s", memory_header, "tuning", "chosen values",
     ]
     table = [
@@ -256,14 +306,15 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
             row.method,
             str(len(row.seeds)),
             *[format_percent(row.metrics[name]) for name in metric_names],
-            format_p(row.p_value),
-            format_count(row.trainable_parameters),
+            format_interval(row.interval),
+            format_p(row.p_value) + (f" ({row.p_test})" if row.p_test and row.p_value is not None else ""),
+            format_count(row.trainable_parameters) + (f" (+{format_count(row.stored_values)} stored)" if row.stored_values else ""),
             format_parameter_share(row.percent_parameters),
             f"{row.train_seconds:.1f}",
             f"{row.eval_seconds:.1f}",
             "-" if row.peak_memory_mib is None else f"{row.peak_memory_mib:.0f}",
             row.tuning,
-            row.chosen,
+            row.chosen + (f"; at range edge: {', '.join(row.range_edges)}" if row.range_edges else ""),
         ]
         for row in rows
     ]
@@ -329,12 +380,17 @@ def budget_name(budget: dict[str, Any]) -> str:
     return f"{budget['name']} ({', '.join(f'{name}={json.dumps(value)}' for name, value in sorted(overrides.items()))})"
 
 
+def _count(number: Any, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def budget_label(budget: dict[str, Any]) -> str:
     """The budget as a line of the report header, overrides included."""
-    parts = [f"{budget['epochs']} epochs", f"batch {budget['batch_size']}"]
+    parts = [_count(budget["epochs"], "epoch"), f"batch {budget['batch_size']}"]
     for name in ("train_examples", "dev_examples", "eval_examples"):
         parts.append(f"{name.split('_')[0]} {budget.get(name) or 'all'}")
-    parts += [f"max_length {budget.get('max_length')}", f"trials {budget.get('trials')}"]
+    parts += [f"max_length {budget.get('max_length')}", f"{_count(budget.get('trials'), 'trial')} per fold"]
     parts.append({True: "tuned on dev", False: "untuned (tune off)"}.get(budget.get("tune"), "untuned (recorded before tuning)"))
     overrides = budget_overrides(budget)
     changed = f" (overridden: {', '.join(sorted(overrides))})" if overrides else ""
@@ -381,19 +437,54 @@ def budget_differences(records: list[RunRecord], which: str = "runs in this fold
     ]
 
 
+def commit_runs(records: list[RunRecord]) -> dict[str, int]:
+    """lofit-bench commit (short, ``-dirty`` when the code differed from it; "unknown" when not
+    recorded) -> how many of ``records`` it ran, most runs first."""
+    counts = Counter(_short_commit(record.environment.git_commit if record.environment else None) or "unknown" for record in records)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def provenance_lines(records: list[RunRecord]) -> list[HeaderLine]:
+    """The code the runs come from: every commit with its run count (none hidden), a warning
+    when there are several or any ran uncommitted code."""
+    counts = commit_runs(records)
+    listing = ", ".join(
+        f"{commit} ({count} run{'s' if count != 1 else ''}{', uncommitted changes' if commit.endswith('-dirty') else ''})"
+        for commit, count in counts.items()
+    )
+    if len(counts) == 1 and not any(commit.endswith("-dirty") or commit == "unknown" for commit in counts):
+        return [HeaderLine(f"code: lofit-bench commit {listing}")]
+    return [HeaderLine(f"code: the runs come from {len(counts)} code state{'s' if len(counts) != 1 else ''}: {listing}; "
+                       "rerun them on one clean commit to compare (`lofit-bench report --strict` refuses such a folder)", warning=True)]
+
+
+def provenance_problems(records: list[RunRecord]) -> list[str]:
+    """Why ``records`` do not come from one clean commit (``report --strict``); empty when they do."""
+    counts = commit_runs(records)
+    problems = [f"{count} run(s) of uncommitted code ({commit})" for commit, count in counts.items() if commit.endswith("-dirty")]
+    problems += [f"{count} run(s) with no commit recorded" for commit, count in counts.items() if commit == "unknown"]
+    if len(counts) > 1:
+        problems.append(f"{len(counts)} code states ({', '.join(counts)})")
+    return problems
+
+
 def version_differences(records: list[RunRecord]) -> list[str]:
-    """One line per code or library version on which the folder's runs disagree."""
+    """One line per library version on which the folder's runs disagree, among the runs that
+    imported the library (an unrelated install never warns); the commit is :func:`provenance_lines`'."""
     with_environment = [record for record in records if record.environment]
+
+    def used(record: RunRecord, package: str) -> bool:
+        libraries = record.environment.used_libraries
+        return libraries is None or package in libraries
+
     packages = sorted({name for record in with_environment for name in record.environment.versions})
-    fields: dict[str, Any] = {"lofit-bench commit": lambda record: _short_commit(record.environment.git_commit)}
-    fields |= {name: (lambda record, name=name: record.environment.versions.get(name)) for name in packages}
     lines = []
-    for name, by_value in _differences(with_environment, fields):
-        values = sorted(by_value.items(), key=lambda item: (-len(item[1]), item[0]))
-        shown = "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in values[:3])
-        if len(values) > 3:
-            shown += f"; {len(values) - 3} more values for {sum(len(runs) for _, runs in values[3:])} runs (see results.csv)"
-        lines.append(f"runs in this folder come from different versions: {name} = {shown}; rerun them on one version to compare")
+    for package in packages:
+        users = [record for record in with_environment if used(record, package)]
+        for name, by_value in _differences(users, {package: lambda record, package=package: record.environment.versions.get(package)}):
+            values = sorted(by_value.items(), key=lambda item: (-len(item[1]), item[0]))
+            shown = "; ".join(f"{value} for {_describe_runs(runs)}" for value, runs in values)
+            lines.append(f"runs in this folder come from different versions: {name} = {shown}; rerun them on one version to compare")
     return lines
 
 
@@ -433,7 +524,7 @@ def tuning_label(records: list[RunRecord]) -> str:
     )
     extras = [f"{pruned:g} pruned"] + ([f"{failed:g} failed"] if failed else [])
     extras += ["no signal on dev: all tied, first kept"] if any(tuning.get("signal") == "no signal on dev" for tuning in tunings) else []
-    label = f"{run:g} trials ({', '.join(extras)})"
+    label = f"{run:g} trial{'' if run == 1 else 's'} ({', '.join(extras)})"
     if reused:
         label += f"; once per fold, {len(records) - len(tuned_records)} other seed(s) reuse the values (--tune-per fold)"
     return label
@@ -454,6 +545,18 @@ def chosen_label(records: list[RunRecord]) -> str:
     if len(distinct) == 1:
         return distinct[0]
     return "; ".join(f"{label}: {values}" for label, values in chosen)
+
+
+def range_edge_labels(records: list[RunRecord]) -> list[str]:
+    """The tuned fields of one row whose chosen value sat at an edge of its search range in any
+    fold or seed, e.g. ``learning_rate (upper edge)`` (the record's ``tuning.range_edges``)."""
+    edges = {
+        (name, edge)
+        for record in records
+        for tuning in fold_tunings(record).values()
+        for name, edge in (tuning.get("range_edges") or {}).items()
+    }
+    return [f"{name} ({edge} edge)" for name, edge in sorted(edges)]
 
 
 def _short_value(value: Any) -> str:

@@ -53,6 +53,16 @@ def paired_bootstrap_p_value(
     return float(min(1.0, 2 * (crossings + 1) / (samples + 1)))
 
 
+def paired_p_value(values: dict[tuple[str, str], float], reference: dict[tuple[str, str], float]) -> tuple[float | None, str]:
+    """The p-value of one method against the reference and the test that gave it: the exact
+    McNemar test when both are right/wrong per example (one seed), else the paired bootstrap
+    (continuous metrics such as MC2, or values averaged over several seeds)."""
+    exact = mcnemar_exact_p_value(values, reference)
+    if exact is not None:
+        return exact, "McNemar"
+    return paired_bootstrap_p_value(values, reference), "bootstrap"
+
+
 def is_binary(values: dict[tuple[str, str], float]) -> bool:
     """Whether every per-example value is 0 or 1 (exact match, MC1: McNemar applies)."""
     return bool(values) and all(value in (0.0, 1.0) for value in values.values())
@@ -107,9 +117,13 @@ def bootstrap_interval(
         return None
     table = np.array([[run[key] for key in shared] for run in runs])  # seeds x examples
     generator = np.random.default_rng(seed)
-    seed_draws = generator.integers(0, table.shape[0], size=(samples, table.shape[0]))
-    example_draws = generator.integers(0, table.shape[1], size=(samples, table.shape[1]))
-    means = np.array([table[np.ix_(seed_draws[i], example_draws[i])].mean() for i in range(samples)])
+    means = np.empty(samples)
+    chunk = max(1, 2_000_000 // table.size)  # bounded memory: chunk x seeds x examples draws at a time
+    for start in range(0, samples, chunk):
+        size = min(chunk, samples - start)
+        seed_draws = generator.integers(0, table.shape[0], size=(size, table.shape[0], 1))
+        example_draws = generator.integers(0, table.shape[1], size=(size, 1, table.shape[1]))
+        means[start:start + size] = table[seed_draws, example_draws].mean(axis=(1, 2))
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)

@@ -8,7 +8,7 @@ from pathlib import Path
 from lofit_bench.errors import UserError
 from lofit_bench.records.store import write_text_atomic
 from lofit_bench.report.formats import BUILTIN_FORMATS, report_formats
-from lofit_bench.report.model import ReportModel, build_report_model
+from lofit_bench.report.model import ReportModel, build_report_model, provenance_problems
 
 __all__ = ["build_report"]
 
@@ -19,10 +19,14 @@ def build_report(
     reference: str | None = None,
     out_dir: Path | None = None,
     formats: list[str] | None = None,
+    strict: bool = False,
 ) -> ReportModel:
     """The report of ``runs_dir``, written (unless ``write`` is false) into ``out_dir`` (default:
-    ``runs_dir``) in each of ``formats`` (default: every registered format)."""
+    ``runs_dir``) in each of ``formats`` (default: every registered format). ``strict``: refuse
+    a folder whose runs do not all come from one clean commit (nothing is written)."""
     report = build_report_model(runs_dir, reference)
+    if strict:
+        refuse_mixed_provenance(report.records, runs_dir)
     if write:
         registry = report_formats()
         chosen = registry.resolve(list(formats) if formats is not None else registry.names())
@@ -31,6 +35,14 @@ def build_report(
         for file_name, text in rendered:  # every format drawn before any file is replaced
             write_text_atomic((out_dir or runs_dir) / file_name, text)
     return report
+
+
+def refuse_mixed_provenance(records: list, runs_dir: Path) -> None:
+    """``--strict``: one line naming what keeps ``records`` from being one clean commit's."""
+    problems = provenance_problems(records)
+    if problems:
+        raise UserError(f"--strict: {runs_dir} does not hold one clean commit's runs: {'; '.join(problems)}. "
+                        "Rerun the sweep from a clean checkout of one commit, or leave out --strict")
 
 
 def _render(report_format, report: ReportModel, owner: str) -> str:

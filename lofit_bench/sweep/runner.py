@@ -245,5 +245,6 @@ def _finished(path: Path) -> bool:
 
 
 def _metric_text(name: str, value: float | None) -> str:
-    return f"{name} {value:.3f}" if value is not None else f"{name} -"
+    """A metric as the console prints it: in percent, as every report table does."""
+    return f"{name} {100 * value:.1f} %" if value is not None else f"{name} -"
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lofit_bench.errors import Diverged
-from lofit_bench.search_space import Space, contains
+from lofit_bench.search_space import Space, contains, range_edge
 from lofit_bench.sweep.faults import check_finite_outputs
 
 if TYPE_CHECKING:
@@ -56,15 +56,18 @@ SAMPLER = "TPE (optuna.samplers.TPESampler, seeded with the run's seed; first tr
 PRUNER = "median (optuna.pruners.MedianPruner, after 1 finished trial, from epoch 1)"
 
 
-def untuned_fill(method_class: type[Method], options: dict[str, Any], task: Task) -> tuple[dict[str, Any], dict[str, str]]:
+def untuned_fill(
+    method_class: type[Method], options: dict[str, Any], task: Task, lm: LoadedModel | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Values for the config fields the user left at None that the method cannot resolve itself
-    on ``task`` (no paper row: a plugin task): the task's declaration or the method's generic
-    value (:meth:`~lofit_bench.method.Method.untuned_values`), with their sources. A field the
+    on ``task`` (no paper row: a plugin task; a model the paper's value does not fit): the task's
+    declaration, the method's value for the loaded model ``lm`` or its generic value
+    (:meth:`~lofit_bench.method.Method.untuned_values`), with their sources. A field the
     method's :meth:`default_values` covers is left to the method, which records its source."""
     config = method_class.config_class.from_dict(options)
     own = method_class.default_values(task)
     filled, sources = {}, {}
-    for name, (value, source) in method_class.untuned_values(task).items():
+    for name, (value, source) in method_class.untuned_values(task, lm).items():
         if name in options or getattr(config, name, None) is not None:
             continue
         if name in own and own[name] == value:
@@ -88,12 +91,12 @@ class TuningPlan:
     start_sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def for_run(cls, method_class: type[Method], options: dict[str, Any], task: Task) -> TuningPlan:
+    def for_run(cls, method_class: type[Method], options: dict[str, Any], task: Task, lm: LoadedModel | None = None) -> TuningPlan:
         """The first trial is always a defined point (so ``trials=1`` is never a random draw):
         the config's value, else the untuned value, else the middle of the field's space."""
         space = method_class.search_space(set(options))
         config = method_class.config_class.from_dict(options)
-        untuned = method_class.untuned_values(task)
+        untuned = method_class.untuned_values(task, lm)
         start, sources = {}, {}
         for name, field_space in space.items():
             value, source = getattr(config, name), "the config's default"
@@ -102,7 +105,7 @@ class TuningPlan:
             if value is None or not contains(field_space, value):
                 value, source = field_space.center(), "the middle of its search space"
             start[name], sources[name] = value, source
-        filled, filled_sources = untuned_fill(method_class, options, task)
+        filled, filled_sources = untuned_fill(method_class, options, task, lm)
         filled = {name: value for name, value in filled.items() if name not in space}
         sources |= {name: filled_sources[name] for name in filled}
         return cls(space, start, dict(options), filled, sources)
@@ -368,11 +371,19 @@ class Tuner:
             "trials_resumed": resumed,
             "chosen_trial": best.number,
             "chosen": best.user_attrs["values"],
+            "range_edges": self._range_edges(best.user_attrs["values"]) if signal == "dev" else {},
             "signal": signal,
             "sources": {name: chosen_by for name in self.plan.space}
             | {name: "config (--method-set)" for name in self.plan.fixed}
             | {name: self.plan.start_sources[name] for name in self.plan.filled},
         }
+
+
+    def _range_edges(self, chosen: dict[str, Any]) -> dict[str, str]:
+        """Tuned field -> "lower"/"upper" for chosen values at an edge of their declared range
+        (:func:`lofit_bench.search_space.range_edge`)."""
+        edges = {name: range_edge(space, chosen.get(name)) for name, space in self.plan.space.items()}
+        return {name: edge for name, edge in edges.items() if edge}
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from lofit_bench.records.record import (
     TrainableParameters,
 )
 from lofit_bench.records.run_folder import RunFolder
-from lofit_bench.records.store import environment
+from lofit_bench.records.store import environment, imported_libraries
 from lofit_bench.search_space import declared_space
 from lofit_bench.shared_work import SharedWork, run_scope
 from lofit_bench.sweep.console import RunStatus, redirect_output, verbose
@@ -117,6 +117,8 @@ def execute_run(spec: RunSpec, folder: RunFolder, progress: bool = True) -> RunR
             plugin=raised_in_plugin(error.__traceback__),
         )
     record.finished_at = _now()
+    if record.environment is not None:
+        record.environment.used_libraries = imported_libraries()
     return record
 
 
@@ -264,9 +266,9 @@ def fit_method(
     split when the budget says so and the method declares something the user left free
     (:mod:`lofit_bench.sweep.tuning`), else one fit with the method's own values. ``guard`` checks
     the model after each tuning trial's ``remove()``."""
-    plan = TuningPlan.for_run(method_class, spec.method_options, task) if spec.budget.tune else None
+    plan = TuningPlan.for_run(method_class, spec.method_options, task, lm) if spec.budget.tune else None
     if plan is None or not plan.space:
-        filled, sources = untuned_fill(method_class, spec.method_options, task)
+        filled, sources = untuned_fill(method_class, spec.method_options, task, lm)
         method = method_class.from_options({**filled, **spec.method_options})
         method.prepare(lm)
         if plan is None:
