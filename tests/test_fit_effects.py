@@ -97,16 +97,17 @@ def smoke_sweep(methods, out, **changes):
 
 
 def test_runs_record_side_effects_retention_and_locality_per_fold(tmp_path):
-    """Zero-shot changes nothing; retention on the fitted task itself equals the task's own
-    evaluation of the same fitted model (after) and zero-shot's (before)."""
-    records = smoke_sweep(["zero-shot", "lofit"], tmp_path, also_eval=("mquake",))
+    """Zero-shot changes nothing; retention on another task starts from the same base score for
+    every method; the task a run trains on is not scored again as "retention"."""
+    records = smoke_sweep(["zero-shot", "lofit"], tmp_path, also_eval=("clutrr", "mquake"))
     zero, lofit = records["zero-shot"]["folds"]["main"], records["lofit"]["folds"]["main"]
     assert zero["side_effects"]["kl_from_base"] == 0.0 and zero["side_effects"]["cross_entropy_change"] == 0.0
     assert zero["locality"]["share_unchanged"] == 1.0 and zero["locality"]["facts"] >= 3
-    assert zero["retention"]["mquake"]["change"] == 0.0
-    kept = lofit["retention"]["mquake"]
-    assert kept["fitted_metrics"] == lofit["metrics"] and kept["examples"] == 3
-    assert kept["base_metrics"] == zero["metrics"] == zero["retention"]["mquake"]["fitted_metrics"]
+    assert set(zero["retention"]) == set(lofit["retention"]) == {"clutrr"}  # mquake is the fitted task
+    assert zero["retention"]["clutrr"]["change"] == 0.0
+    kept = lofit["retention"]["clutrr"]
+    assert kept["examples"] == 3
+    assert kept["base_metrics"] == zero["retention"]["clutrr"]["base_metrics"] == zero["retention"]["clutrr"]["fitted_metrics"]
     assert kept["metric"] == "exact_match" and kept["change"] == kept["fitted"] - kept["base"]
     assert lofit["side_effects"]["kl_from_base"] > 0 and lofit["side_effects"]["texts"] == 2
     assert records["lofit"]["task"]["secondary_metrics"] == ["efficacy", "new_answer_log_prob"]
@@ -127,12 +128,12 @@ def test_runs_record_side_effects_retention_and_locality_per_fold(tmp_path):
     from lofit_bench.report.side_effects import effects_rows, retention_table
 
     headers, table = retention_table(effects_rows(report.records))
-    assert headers == ["model", "fitted on", "method", "mquake"]
-    assert ["tiny-random-llama", "mquake", "zero-shot", f"{100 * zero['metrics']['exact_match']:.1f} (+0.0)"] in table
+    assert headers == ["model", "fitted on", "method", "clutrr"]
+    assert ["tiny-random-llama", "mquake", "zero-shot", f"{100 * zero['retention']['clutrr']['base']:.1f} (+0.0)"] in table
     assert "Pareto front of accuracy vs KL from base, mquake on tiny-random-llama: " in markdown
     beyond = render_json(report)["beyond_accuracy"]
     zero_row = next(row for row in beyond["rows"] if row["method"] == "zero-shot")
-    assert zero_row["kl_from_base"] == 0.0 and zero_row["locality"] == 1.0 and zero_row["retention"]["mquake"][1] == 0.0
+    assert zero_row["kl_from_base"] == 0.0 and zero_row["locality"] == 1.0 and zero_row["retention"]["clutrr"][1] == 0.0
     points = beyond["accuracy_vs_kl"][0]["points"]
     assert {point["method"] for point in points} == {"zero-shot", "lofit"}
     assert "Accuracy vs KL from the base model" in (tmp_path / "report.html").read_text()

@@ -73,6 +73,8 @@ def measure_base(
             base.speed_prompts = speed_prompts(budget.side_effect_texts)
             base.tokens_per_s = tokens_per_second(scorer, base.speed_prompts)
         for name in budget.also_eval:
+            if name == task.name:  # the task trained on is scored by the run itself, not retained
+                continue
             other = host.tasks.get(name)()
             metrics, examples = evaluate_every_fold(other, scorer, budget.eval_examples)
             base.retention[name] = RetentionBase(other, metrics, examples)
