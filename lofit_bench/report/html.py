@@ -26,12 +26,11 @@ from typing import Any
 from lofit_bench.records.record import RunRecord
 from lofit_bench.report.model import (
     COLUMN_HELP,
+    RecordLabels,
     ReportModel,
     SummaryRow,
     failure_line,
     format_percent,
-    method_label,
-    model_label,
     table_groups,
     task_table,
 )
@@ -208,28 +207,29 @@ class CurvePanel:
     curves: dict[str, Any] = field(default_factory=dict)
 
 
-def _panel_title(record: RunRecord, finished: list[RunRecord], fold: str, several_models: bool, several_seeds: bool) -> str:
+def _panel_title(record: RunRecord, labels: RecordLabels, fold: str, several_models: bool, several_seeds: bool) -> str:
     parts = [record.task.name, fold if fold != "main" else ""]
     if several_seeds:
         parts.append(f"seed {record.seed}")
     if several_models:
-        parts.append(model_label(record, finished))
+        parts.append(labels.model(record))
     return ", ".join(part for part in parts if part)
 
 
 def _curve_panels(records: list[RunRecord], read: Callable[[RunRecord, str], Any]) -> list[CurvePanel]:
     """Panels of the curves ``read(record, fold)`` gives (None: nothing to draw for that fold)."""
-    several_models = len({model_label(record, records) for record in records}) > 1
+    labels = RecordLabels(records)
+    several_models = len({labels.model(record) for record in records}) > 1
     several_seeds = len({record.seed for record in records}) > 1
     panels: dict[tuple, CurvePanel] = {}
-    for record in sorted(records, key=lambda record: (model_label(record, records), record.task.name, record.seed)):
+    for record in sorted(records, key=lambda record: (labels.model(record), record.task.name, record.seed)):
         for fold in record.folds:
             curve = read(record, fold)
             if curve is None:
                 continue
-            key = (model_label(record, records), record.task.name, fold, record.seed)
-            panel = panels.setdefault(key, CurvePanel(_panel_title(record, records, fold, several_models, several_seeds)))
-            panel.curves[method_label(record, records)] = curve
+            key = (labels.model(record), record.task.name, fold, record.seed)
+            panel = panels.setdefault(key, CurvePanel(_panel_title(record, labels, fold, several_models, several_seeds)))
+            panel.curves[labels.method(record)] = curve
             panel.metric = panel.metric or (record.folds[fold].tuning or {}).get("metric") or ""
     return [panels[key] for key in sorted(panels)]
 
@@ -412,7 +412,7 @@ class Page:
     @classmethod
     def of(cls, report: ReportModel) -> Page:
         labels = [row.method for row in report.summary]
-        labels += [method_label(record, report.finished) for record in report.finished]
+        labels += [report.finished_labels.method(record) for record in report.finished]
         return cls(report, method_styles(labels))
 
 
@@ -585,7 +585,7 @@ def _failed(page: Page) -> str | None:
     report = page.report
     if not report.failed:
         return None
-    return "<ul>" + "".join(f"<li>{html.escape(failure_line(record, report.records))}</li>" for record in report.failed) + "</ul>"
+    return "<ul>" + "".join(f"<li>{html.escape(failure_line(record, report.labels))}</li>" for record in report.failed) + "</ul>"
 
 
 def _details(page: Page) -> str:

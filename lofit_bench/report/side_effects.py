@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lofit_bench.records.record import RunRecord
-from lofit_bench.report.labels import method_label, model_label
+from lofit_bench.report.labels import RecordLabels
 from lofit_bench.report.stats import pareto_front
 
 EFFECTS_HELP = {
@@ -71,9 +71,10 @@ def _fold_mean(record: RunRecord, read: Callable[[Any], float | None]) -> float 
 def effects_rows(records: list[RunRecord]) -> list[EffectsRow]:
     """One row per (model, task, method) over the finished records that measured anything beyond accuracy."""
     finished = [record for record in records if record.ok]
+    labels = RecordLabels(finished)
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for record in finished:
-        key = (model_label(record, finished), record.task.name, method_label(record, finished))
+        key = (labels.model(record), record.task.name, labels.method(record))
         groups.setdefault(key, []).append(record)
     rows = []
     for (model, task, method), items in sorted(groups.items()):
