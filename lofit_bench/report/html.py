@@ -36,6 +36,13 @@ from lofit_bench.report.model import (
 )
 from lofit_bench.report.plot_style import PLOT_RC, MethodStyle, legend_handles, method_styles
 from lofit_bench.report.sections import Section as ReportSection
+from lofit_bench.report.side_effects import (
+    EFFECTS_HELP,
+    EffectsRow,
+    effects_rows,
+    effects_table,
+    retention_table,
+)
 from lofit_bench.report.stats import pareto_front
 
 #: Figures are drawn this wide (inches, at ``PLOT_RC`` dpi): about the page's width at 1400 px.
@@ -92,7 +99,7 @@ def figure_html(figure, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def _panels(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:
+def _panels(rows: list[PlotRow]) -> list[tuple[str, list[PlotRow]]]:
     """One plot panel per (model, task) table; the title names the model when there are several."""
     groups = table_groups(rows)
     several_models = len({model for model, _, _ in groups}) > 1
@@ -122,11 +129,15 @@ def figure_legend(figure, styles: dict[str, MethodStyle], labels: list[str], ext
     figure.tight_layout(rect=(0, 0, 1, 1 - band), w_pad=3)
 
 
-def _styles_for(rows: list[SummaryRow], styles: dict[str, MethodStyle] | None) -> dict[str, MethodStyle]:
+#: A row a plot draws: a method on a (model, task), its primary metric (``primary``) and costs.
+PlotRow = SummaryRow | EffectsRow
+
+
+def _styles_for(rows: list[PlotRow], styles: dict[str, MethodStyle] | None) -> dict[str, MethodStyle]:
     return styles if styles is not None else method_styles([row.method for row in rows])
 
 
-def scatter_figure(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | None], axis_label: str, log: bool,
+def scatter_figure(rows: list[PlotRow], cost: Callable[[Any], float | None], axis_label: str, log: bool,
                    styles: dict[str, MethodStyle] | None = None):
     """Primary metric against a cost per panel, one marker per method (legend above), the Pareto
     front outlined and dashed; None when no row has the cost."""
@@ -552,11 +563,25 @@ def _heads(page: Page) -> str | None:
 
 
 def _beyond_accuracy(page: Page) -> str | None:
-    """Side effects, retention and the accuracy-vs-KL front (:mod:`lofit_bench.report.side_effects`)."""
-    from lofit_bench.report.side_effects import side_effects_html
+    """Side effects, retention and accuracy against KL from the base model, drawn like the other
+    cost plots (:mod:`lofit_bench.report.side_effects`)."""
+    from tabulate import tabulate
 
-    parts = side_effects_html(page.report.records, _png)
-    return "".join(parts).replace("<h2>", "<h3>").replace("</h2>", "</h3>") if parts else None
+    rows = effects_rows(page.report.records)
+    if not rows:
+        return None
+    headers, table = effects_table(rows)
+    parts = ["<h3>Beyond accuracy: side effects, locality, inference speed</h3>", tabulate(table, headers=headers, tablefmt="html")]
+    retained = retention_table(rows)
+    if retained:
+        parts += ["<h3>Retention: other tasks after the fit</h3>", tabulate(retained[1], headers=retained[0], tablefmt="html")]
+    measured = [row for row in rows if row.kl_from_base is not None and row.accuracy is not None]
+    figure = scatter_figure(measured, lambda row: row.kl_from_base, "KL from base model (nats/token)", False, page.styles)
+    if figure is not None:
+        parts.append(figure_html(figure, "Accuracy vs KL from the base model, one point per method. Pareto front (no method "
+                                 "reaches at least that accuracy with less change) outlined in black and dashed."))
+    parts.append("<ul>" + "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(text)}</li>" for name, text in EFFECTS_HELP.items()) + "</ul>")
+    return "".join(parts)
 
 
 def report_sections_html(sections: list[ReportSection]) -> str | None:
