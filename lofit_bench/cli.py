@@ -284,14 +284,14 @@ def command_run(arguments: argparse.Namespace) -> int:
     quiet_libraries()  # before transformers or tqdm are imported: they read it once
     say = (lambda *_: None) if arguments.quiet else print
 
-    from lofit_bench.budget import Budget, get_budget
     from lofit_bench.engine.models import check_model
     from lofit_bench.report.build import render_markdown
     from lofit_bench.report.model import budget_name
     from lofit_bench.report.write import build_report
+    from lofit_bench.sweep.overrides import merge_sweep_settings
     from lofit_bench.sweep.preflight import check_reference, check_tune_storage
-    from lofit_bench.sweep.runner import check_output_folder, plan_sweep, run_sweep
-    from lofit_bench.sweep.sweep_file import SweepConfig, load_sweep_config
+    from lofit_bench.sweep.runner import check_output_folder, run_sweep
+    from lofit_bench.sweep.sweep_file import load_sweep_config
 
     if arguments.lm_eval_include:
         os.environ["LOFIT_BENCH_LM_EVAL_INCLUDE"] = os.pathsep.join(str(path.resolve()) for path in arguments.lm_eval_include)
@@ -304,45 +304,18 @@ def command_run(arguments: argparse.Namespace) -> int:
         study = find_study(arguments.study)
         config = study.config
     else:
-        config = load_sweep_config(arguments.config) if arguments.config else SweepConfig()
-    methods = arguments.methods or config.methods
-    tasks = arguments.tasks or config.tasks
-    if not methods or not tasks:
-        raise UserError("name the methods and tasks to run: --methods a,b --tasks c,d (or a --config file)")
-    budget = get_budget(arguments.budget or config.budget or "paper")
-    overrides = config.budget_overrides | _key_values(arguments.budget_set, "--budget-set")
-    if arguments.tune is not None:
-        overrides["tune"] = arguments.tune == "on"
-    if arguments.also_eval is not None:
-        overrides["also_eval"] = arguments.also_eval
-    if overrides:
-        budget = Budget.from_dict(budget.to_dict() | overrides)
-    # --methods narrowing a sweep file or study keeps only the file's options of those methods
-    kept = set(methods)
-    method_options = {name: options for name, options in config.method_options.items() if name in kept}
-    for name, options in _method_options(arguments.method_set).items():
-        method_options[name] = method_options.get(name, {}) | options
-    method_grid = {name: dict(grid) for name, grid in config.method_grid.items() if name in kept}
-    for name, grid in _grid(arguments.grid, "--grid", dotted=True).items():
-        method_grid[name] = method_grid.get(name, {}) | grid
-    budget_axis = config.budget_axis | _grid(arguments.budget_axis, "--budget-axis", dotted=False)
-    models = _model_settings(arguments, config)
-    seeds = arguments.seeds or config.seeds
-    _check_executor(arguments.executor or config.executor or "process", arguments.ray_address)
+        config = load_sweep_config(arguments.config) if arguments.config else None
+    settings = merge_sweep_settings(config, _sweep_overrides(arguments))
+    methods, models, budget = settings.methods, settings.models, settings.budget
+    _check_executor(settings.executor, arguments.ray_address)
     if arguments.tune_storage is not None:
         check_tune_storage(arguments.tune_storage)
     if arguments.reference is not None:
-        check_reference(arguments.reference, methods, arguments.out or (Path(config.out) if config.out else None))
-    specs = [
-        spec for model in models
-        for spec in plan_sweep(methods, tasks, budget, model, seeds, method_options, tune_storage=arguments.tune_storage,
-                               tune_per=arguments.tune_per or config.tune_per or "fold",
-                               share_work=not arguments.no_shared_work,
-                               method_grid=method_grid, budget_axis=budget_axis)
-    ]
+        check_reference(arguments.reference, methods, settings.out)
+    specs = settings.plan(tune_storage=arguments.tune_storage, share_work=not arguments.no_shared_work)
     from lofit_bench.records.run_folder import RunFolder
 
-    folder = RunFolder(arguments.out or (Path(config.out) if config.out else Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    folder = RunFolder(settings.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_folder(folder)
     from lofit_bench.sweep.folder_lock import out_folder_lock
 
@@ -359,13 +332,11 @@ def command_run(arguments: argparse.Namespace) -> int:
         from lofit_bench.sweep.tracking import check_trackers
 
         check_trackers(arguments.report_to)
-    executor = arguments.executor or config.executor or "process"
-    jobs = arguments.jobs if arguments.jobs is not None else config.jobs if config.jobs is not None else 1
     names = ", ".join(model.name for model in models)
     say(f"lofit-bench: {len(specs)} run(s) on {names} with budget {budget_name(budget.to_dict())} -> {folder}")
     outcomes = run_sweep(
         specs, folder, force=arguments.force, progress=arguments.verbose,
-        executor=executor, jobs=jobs, ray_address=arguments.ray_address, quiet=arguments.quiet,
+        executor=settings.executor, jobs=settings.jobs, ray_address=arguments.ray_address, quiet=arguments.quiet,
         trackers=arguments.report_to,
     )
     saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(folder)]
@@ -401,33 +372,24 @@ def _check_executor(name: str, address: str | None) -> None:
         )
 
 
-def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
-    """One ModelSettings per model, from (lowest precedence first) the sweep file's dtype, device
-    and ``model_args``, then ``--model-args``, then the single-option flags."""
-    from lofit_bench.engine.models import DEFAULT_MODEL
-    from lofit_bench.sweep.runner import ModelSettings
+def _sweep_overrides(arguments: argparse.Namespace) -> Any:
+    """The flags of ``run`` that override the sweep file (:mod:`lofit_bench.sweep.overrides`)."""
+    from lofit_bench.sweep.overrides import SweepOverrides
 
-    from_file = ModelSettings.from_args(config.model_args) if config.model_args else {}
-    from_command = ModelSettings.from_args(arguments.model_args) if arguments.model_args else {}
-    if "name" in from_command and arguments.model:
-        raise UserError("--model and --model-args pretrained=... both name the model; give it once")
-    names = (
-        arguments.model
-        or ([from_command.pop("name")] if "name" in from_command else None)
-        or config.models
-        or ([from_file.pop("name")] if "name" in from_file else None)
-        or [DEFAULT_MODEL]
+    budget_overrides = _key_values(arguments.budget_set, "--budget-set")
+    if arguments.tune is not None:
+        budget_overrides["tune"] = arguments.tune == "on"
+    if arguments.also_eval is not None:
+        budget_overrides["also_eval"] = arguments.also_eval
+    model_fields = {"dtype": arguments.dtype, "device": arguments.device, "gpus_per_run": arguments.gpus_per_run,
+                    "precision": arguments.precision, "trust_remote_code": arguments.trust_remote_code or None}
+    return SweepOverrides(
+        methods=arguments.methods, tasks=arguments.tasks, budget=arguments.budget, budget_overrides=budget_overrides,
+        method_options=_method_options(arguments.method_set), method_grid=_grid(arguments.grid, "--grid", dotted=True),
+        budget_axis=_grid(arguments.budget_axis, "--budget-axis", dotted=False), models=arguments.model,
+        model_args=arguments.model_args, model_fields={key: value for key, value in model_fields.items() if value is not None},
+        seeds=arguments.seeds, tune_per=arguments.tune_per, out=arguments.out, executor=arguments.executor, jobs=arguments.jobs,
     )
-    from_command.pop("name", None)
-    from_file.pop("name", None)
-    flags = {"dtype": arguments.dtype, "device": arguments.device, "gpus_per_run": arguments.gpus_per_run,
-             "precision": arguments.precision,
-             "trust_remote_code": arguments.trust_remote_code or None}
-    values = (
-        {key: value for key, value in (("dtype", config.dtype), ("device", config.device)) if value is not None}
-        | from_file | from_command | {key: value for key, value in flags.items() if value is not None}
-    )
-    return [ModelSettings(name, **values) for name in names]
 
 
 def command_report(arguments: argparse.Namespace) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
+import math
+from pathlib import Path
 
 import pytest
 
@@ -10,19 +14,54 @@ from lofit_bench.budget import BUDGETS, Budget, get_budget
 from lofit_bench.errors import UserError
 
 
-def test_paper_preset_is_the_papers_protocol() -> None:
-    paper = get_budget("paper")
-    assert paper.name == "paper"
-    assert (paper.epochs, paper.batch_size) == (5, 8)
-    assert paper.train_examples is paper.dev_examples is paper.eval_examples is None  # full splits
-    assert paper.lr_scheduler == "linear" and paper.warmup_ratio == 0.0
-    assert paper.seeds == (42, 43)
+def _readme_budget_table() -> tuple[list[str], dict[str, list[str]]]:
+    """The README's Budgets table: the preset names of its header, and field -> their cells."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = readme[readme.index("## Budgets"):].splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("| field |"))
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start:])]
+    names = [name.strip("`") for name in rows[0][1:]]
+    return names, {row[0].split(" (")[0]: row[1:] for row in rows[2:]}
 
 
-def test_smoke_preset_is_small() -> None:
-    smoke = get_budget("smoke")
-    assert (smoke.train_examples, smoke.dev_examples, smoke.eval_examples) == (16, 8, 12)
-    assert (smoke.epochs, smoke.batch_size, smoke.max_length, smoke.trials) == (1, 8, 768, 1)
+def _as_documented(budget: Budget, field: str) -> str:
+    """A budget field as the README's table writes it."""
+    if field == "lr_scheduler / warmup_ratio":
+        return f"{budget.lr_scheduler} / {budget.warmup_ratio:g}"
+    value = getattr(budget, "trials" if field == "trials on dev" else field)
+    if value is None or value == ():
+        return "all" if field in ("train_examples", "dev_examples", "eval_examples") else "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def test_the_readme_budget_table_is_every_preset_field_by_field() -> None:
+    names, table = _readme_budget_table()
+    assert sorted(names) == sorted(BUDGETS)
+    documented = {name for field in table for name in field.replace("trials on dev", "trials").split(" / ")}
+    assert documented == {item.name for item in dataclasses.fields(Budget)} - {"name"}
+    for field, cells in table.items():
+        assert cells == [_as_documented(BUDGETS[name], field) for name in names], field
+
+
+def test_the_smoke_budget_spends_what_its_fields_say(tmp_path) -> None:
+    """A smoke run of a trained, tuned method trains, tunes, scores and measures exactly as many
+    examples, steps and trials as the preset's fields give."""
+    from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
+
+    budget = get_budget("smoke")
+    specs = plan_sweep(["lora"], ["clutrr"], budget, ModelSettings("tiny-random-llama", device="cpu"))
+    assert [spec.seed for spec in specs] == list(budget.seeds)
+    [outcome] = run_sweep(specs, tmp_path, executor="inline", quiet=True)
+    fold = json.loads(outcome.path.read_text())["folds"]["main"]
+    training, tuning = fold["fit"]["training"], fold["tuning"]
+    assert len(fold["train_ids"]) == training["examples"] == budget.train_examples
+    assert fold["eval_size"] == len(fold["eval_ids"]) == budget.eval_examples
+    assert training["epochs"] == budget.epochs
+    assert training["steps"] == budget.epochs * math.ceil(budget.train_examples / budget.batch_size)
+    assert (tuning["trials_run"], tuning["dev_examples"]) == (budget.trials, budget.dev_examples)
+    assert fold["side_effects"]["texts"] == budget.side_effect_texts
 
 
 @pytest.mark.parametrize("name", list(BUDGETS))

@@ -35,14 +35,24 @@ def test_zero_shot_smoke_sweep_on_the_bundled_model(tmp_path, capsys, monkeypatc
     assert (out / "report.md").exists() and (out / "results.csv").exists()
 
 
+def readme_quick_start_arguments(out: Path) -> list[str]:
+    """The README's quick-start command as it is printed there, with ``--out`` pointed at ``out``."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if "lofit-bench run --methods zero-shot,lofit,lora" in line)
+    arguments = shlex.split(line.split("&& lofit-bench ", 1)[1])
+    arguments[arguments.index("--out") + 1] = str(out)
+    return arguments
+
+
 def test_readme_quick_start_shows_lofit_above_zero_shot(tmp_path, capsys, monkeypatch):
     """The README's quick start (about 4 minutes on 2 cores): LoFiT's 512 values lift MQuAKE from
     zero-shot's 0 %, LoRA trains 460,800 values, and the command ends by naming report.html."""
     monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "")
     plugins.reset_host()
     out = tmp_path / "demo"
-    code = main(["run", "--methods", "zero-shot,lofit,lora", "--tasks", "mquake", "--budget", "demo",
-                 "--method-set", "lofit.stage2_learning_rate=0.3", "--jobs", "2", "--out", str(out)])
+    code = main(readme_quick_start_arguments(out))
     printed = capsys.readouterr().out
     plugins.reset_host()
     assert code == 0

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 
 from lofit_bench.records.run_folder import RunFolder
 from lofit_bench.sweep.console import RunStatus, SweepConsole
@@ -51,31 +48,30 @@ def test_live_line_is_drawn_and_cleared_on_a_terminal(tmp_path):
     assert lines == ["[1/1] lofit on clutrr: done"]
 
 
-def _sweep(tmp_path, *flags):
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "lofit_bench", "run", "--methods", "zero-shot", "--tasks", "mquake",
-               "--model", "tiny-random-llama", "--device", "cpu", "--budget", "smoke", "--budget-set", "eval_examples=2",
-               "--out", str(out), *flags]
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("LOFIT_BENCH_QUIET", "TQDM_", "TRANSFORMERS_VERBOSITY"))}
-    return out, subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+def test_a_sweep_prints_its_own_lines_and_keeps_the_runs_output_in_a_log(tmp_path, capfd):
+    """run_sweep here, its run in a child process (the default executor): the console's lines
+    are all that is printed, the run's own output (library bars, logs) is in its log, and a
+    quiet rerun prints nothing."""
+    from lofit_bench.budget import get_budget
+    from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
+    specs = plan_sweep(["zero-shot"], ["mquake"], get_budget("smoke").replace(eval_examples=2), ModelSettings("tiny-random-llama", device="cpu"))
+    folder = RunFolder(tmp_path)
+    lines: list[str] = []
+    [outcome] = run_sweep(specs, tmp_path, progress=False, echo=lines.append, live=False)
+    record = json.loads(outcome.path.read_text())
+    metrics = ", ".join(f"{name} {100 * value:.1f} %" for name, value in record["metrics"].items())
+    assert lines == [
+        f"running 1 run(s) (process executor, 1 at a time; each run's own output goes to {folder.logs})",
+        f"[1/1] zero-shot on mquake (seed 42, tiny-random-llama): {metrics} ({record['timings']['total_s']:.0f} s)",
+    ]
+    assert metrics.startswith("exact_match 0.0 %")
+    assert capfd.readouterr() == ("", "")  # no library bar or log line reached the terminal
+    assert record["log"].startswith("logs/") and (tmp_path / record["log"]).is_file()
+    assert not list(folder.root.joinpath(".status").glob("*.json"))  # finished runs leave no status behind
 
-def test_a_sweep_prints_its_own_lines_and_keeps_the_runs_output_in_a_log(tmp_path):
-    out, result = _sweep(tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert "[1/1] zero-shot on mquake (seed 42, tiny-random-llama): exact_match 0.0 %" in result.stdout
-    assert "it/s]" not in result.stdout and "Loading" not in result.stdout  # no library bars
-    record = json.loads(next((out / "records").glob("*.json")).read_text())
-    assert record["log"].startswith("logs/") and (out / record["log"]).exists()
-    assert not list((out / ".status").glob("*.json"))  # finished runs leave no status behind
-
-
-def test_quiet_prints_nothing(tmp_path):
-    out, result = _sweep(tmp_path, "--quiet")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "" and result.stderr == ""
-    assert len(list((out / "records").glob("*.json"))) == 1
+    [again] = run_sweep(specs, tmp_path, progress=False, echo=lines.append, quiet=True)
+    assert again.status == "skipped" and len(lines) == 2 and capfd.readouterr() == ("", "")
 
 
 def test_the_eta_uses_the_runs_expected_costs_fitted_to_what_finished_runs_took(tmp_path):

@@ -411,8 +411,11 @@ def test_run_command_with_an_lm_eval_task_from_an_include_path(tmp_path, monkeyp
     record = json.loads(path.read_text())
     assert record["status"] == "ok" and record["task"]["name"] == "lm_eval:my_colours"
     assert record["task"]["objective"] == "none" and record["task"]["split_sizes"]["main"] == {"train": 0, "dev": 0, "test": 2}
-    assert set(record["metrics"]) == {"acc"} and 0 <= record["metrics"]["acc"] <= 1
+    assert set(record["metrics"]) == {"acc"}
     fold = record["folds"]["main"]
+    # acc is the share of questions whose gold choice (0, then 1) has the highest log-probability
+    chosen = [max(range(2), key=lambda index: example["response"][index][0]) for example in fold["per_example"]]
+    assert record["metrics"]["acc"] == sum(choice == gold for choice, gold in zip(chosen, [0, 1], strict=True)) / 2
     assert fold["eval_ids"] == ["0", "1"] and fold["eval_tokens"] > 0
     assert [len(example["response"]) for example in fold["per_example"]] == [2, 2]  # (log-prob, greedy) per choice
     details = fold["evaluation_details"]

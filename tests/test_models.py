@@ -142,7 +142,11 @@ def test_cuda_without_cuda_is_a_user_error(monkeypatch) -> None:
 def test_base_parameters_are_frozen_and_model_in_eval_mode(tiny_lm) -> None:
     assert all(not parameter.requires_grad for parameter in tiny_lm.model.parameters())
     assert not tiny_lm.model.training
-    assert tiny_lm.parameter_count == sum(p.numel() for p in tiny_lm.model.parameters())
+    # Counted by hand: the embeddings and the untied head, 259 byte-level tokens x 64 each; per layer
+    # q and o 64x64, k and v 64x32 (2 key-value heads of 16), gate, up and down 64x128, two norms
+    # of 64; the final norm, 64.
+    per_layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64
+    assert tiny_lm.parameter_count == 2 * 259 * 64 + 2 * per_layer + 64 == 107_200
     described = tiny_lm.describe()
     assert (described["layers"], described["heads_per_layer"], described["head_dim"]) == (2, 4, 16)
 
@@ -199,3 +203,24 @@ def test_gemma3_270m_loads_with_its_layout_and_answers() -> None:
     assert all(not parameter.requires_grad for parameter in lm.model.parameters())
     (generation,) = Scorer(lm.model, lm.tokenizer).generate(["Q: What is the largest planet?\nA:"], max_new_tokens=8)
     assert "Jupiter" in generation.new_text
+
+
+def test_a_model_holding_a_gguf_quantizer_is_refused_by_save_pretrained_until_forgotten(tmp_path) -> None:
+    """The bundled Gemma's GGUF load leaves a quantizer on the model: transformers refuses to save
+    it, and forget_quantizer (its public remove_quantization_config) makes the same weights saveable."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+
+    from lofit_bench.engine.models import forget_quantizer
+
+    model, _ = build_tiny_model("tiny-random-llama")
+    model.hf_quantizer = GgufHfQuantizer(GgufConfig(gguf_file="model.gguf"))
+    model.config.quantization_config = model.hf_quantizer.quantization_config
+    with pytest.raises(ValueError, match="not serializable"):
+        model.save_pretrained(tmp_path / "refused")
+    forget_quantizer(model)
+    assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config") and not model.is_quantized
+    model.save_pretrained(tmp_path / "plain")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    for (name, saved), loaded in zip(model.state_dict().items(), reloaded.state_dict().values(), strict=True):
+        assert torch.equal(saved, loaded), name

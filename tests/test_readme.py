@@ -31,6 +31,14 @@ def test_the_python_api_example_runs_as_written(tmp_path):
     assert list((tmp_path / "runs" / "api" / "records").glob("zero-shot--clutrr--seed42--*.json"))
 
 
+def test_the_sweep_file_example_plans_the_files_sweep_with_the_override(tmp_path):
+    script = tmp_path / "sweep_example.py"
+    script.write_text(code_block_after("### A sweep file from Python"))
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "['seeds'] [('zero-shot', 7)] smoke"
+
+
 def test_the_executor_plugin_example_defines_a_working_executor():
     namespace: dict = {}
     exec(code_block_after("`register_executors(register)`"), namespace)  # noqa: S102 - our own README

@@ -313,3 +313,41 @@ def test_the_readme_report_format_plugin_runs(tmp_path):
     write(tmp_path, [fake_record("lofit", 1, 0.5), fake_record("iti", 1, 0.25)])
     assert main(["report", str(tmp_path), "--formats", "latex"]) == 0
     assert (tmp_path / "table.tex").read_text() == "clutrr & iti & 25.0 \\\\\nclutrr & lofit & 50.0 \\\\\n"
+
+
+def with_kl(record: dict, kl: float) -> dict:
+    """``record`` whose fold measured ``kl`` nats of KL from the base model on held-out text."""
+    record["folds"]["main"]["side_effects"] = {"kl_from_base": kl, "cross_entropy_base": 2.0, "cross_entropy_fitted": 2.0 + kl,
+                                               "cross_entropy_change": kl, "texts": 2, "tokens": 64}
+    return record
+
+
+def test_accuracy_vs_kl_is_drawn_in_the_methods_styles_through_the_shared_figure_markup(tmp_path, monkeypatch):
+    """The beyond-accuracy plot is the cost scatter of every other plot: each method in its report
+    style, named in the legend (no annotations), the front outlined; its markup is figure_html's."""
+    from matplotlib.colors import to_rgba
+
+    from lofit_bench.report import html as page_module
+
+    write(tmp_path, [with_kl(fake_record("lofit", 1, 0.5), 0.02), with_kl(fake_record("lora", 1, 0.4), 0.05),
+                     with_kl(fake_record("zero-shot", 1, 0.1), 0.0)])
+    page = page_module.Page.of(build_report(tmp_path, write=False))
+    drawn = []
+    monkeypatch.setattr(page_module, "figure_html", lambda figure, caption: drawn.append((figure, caption)) or "<figure>spy</figure>")
+    section = page_module._beyond_accuracy(page)
+
+    [(figure, caption)] = drawn
+    assert "<figure>spy</figure>" in section and caption.startswith("Accuracy vs KL from the base model")
+    (axes,) = figure.axes
+    assert axes.get_xlabel() == "KL from base model (nats/token)" and axes.get_ylabel() == "exact_match (%)"
+    points = {collection.get_gid(): collection for collection in axes.collections}
+    assert set(points) == {"lofit", "lora", "zero-shot"} and not axes.texts
+    for method, collection in points.items():
+        assert tuple(collection.get_facecolor()[0]) == to_rgba(page.styles[method].colour)
+        assert collection.get_offsets().tolist() == [[{"lofit": 0.02, "lora": 0.05, "zero-shot": 0.0}[method],
+                                                       100 * {"lofit": 0.5, "lora": 0.4, "zero-shot": 0.1}[method]]]
+    # lora has more KL and less accuracy than lofit: off the front, the only one not outlined in black.
+    outlined = {method for method, collection in points.items() if tuple(collection.get_edgecolor()[0]) == to_rgba("black")}
+    assert outlined == {"lofit", "zero-shot"}
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["lofit", "lora", "zero-shot"]

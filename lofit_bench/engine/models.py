@@ -155,6 +155,18 @@ def _gemma3_270m(cache: Path) -> tuple[Path | None, nn.Module | None, object]:
     return folder, None, None
 
 
+def forget_quantizer(model: nn.Module) -> None:
+    """Make a model loaded from a GGUF file, its weights dequantised to fp32 on load, saveable as
+    a plain checkpoint: ``save_pretrained`` refuses a model that still holds a quantizer that is
+    not serializable (GGUF's), and ``dequantize()`` is not implemented for GGUF. The quantizer's
+    public ``remove_quantization_config`` (what transformers runs itself after loading with
+    ``dequantize=True``) drops it and the config's ``quantization_config``; tests/test_models.py
+    fails loudly if transformers changes either behaviour."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+
+
 def _dequantised(target: Path, gguf: Callable[[], Path], package: str) -> Path:
     """A plain fp32 Hugging Face folder at ``target``, built once from the GGUF file ``gguf()``
     returns (called only when the folder is missing) and written atomically."""
@@ -165,12 +177,7 @@ def _dequantised(target: Path, gguf: Callable[[], Path], package: str) -> Path:
     source = gguf()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    # The weights are plain fp32 after dequantisation; without this save_pretrained refuses. There is
-    # no public way to drop a GGUF quantizer from a model already dequantised (``dequantize()`` is
-    # not implemented for GGUF); the bundled model's slow load test fails loudly if this changes.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    forget_quantizer(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     model.save_pretrained(staging)

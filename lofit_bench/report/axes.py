@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from lofit_bench.records.record import RunRecord
-from lofit_bench.report.labels import method_label, model_label
+from lofit_bench.report.labels import RecordLabels
 from lofit_bench.report.sections import Section, Table
 
 
@@ -33,28 +33,32 @@ def _show(value: Any) -> str:
     return "all" if value is None else json.dumps(value)
 
 
-def axis_series(records: list[RunRecord], axis: str) -> dict[tuple[str, str], dict[str, dict[Any, list[float]]]]:
-    """(model, task) -> series label -> axis value -> the primary metric of each seed."""
+def axis_series(records: list[RunRecord], axis: str, labels: RecordLabels | None = None) -> dict[tuple[str, str], dict[str, dict[Any, list[float]]]]:
+    """(model, task) -> series label -> axis value -> the primary metric of each seed (``labels``:
+    those of ``records``, when the caller has them; a series is named without the axis)."""
+    labels = labels or RecordLabels(records)
     on_axis = [record for record in records if axis in record.axes and record.metrics]
+    series_labels = RecordLabels(on_axis, leave_out=(axis,))
     found: dict[tuple[str, str], dict[str, dict[Any, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for record in on_axis:
         value = record.metrics.get(record.task.primary_metric)
         if value is None:
             continue
-        series = method_label(record, on_axis, leave_out=(axis,))
-        found[(model_label(record, records), record.task.name)][series][json.dumps(axis_value(record, axis))].append(value)
+        series = series_labels.method(record)
+        found[(labels.model(record), record.task.name)][series][json.dumps(axis_value(record, axis))].append(value)
     return {
         key: {series: {json.loads(x): values for x, values in points.items()} for series, points in by_series.items()}
         for key, by_series in found.items()
     }
 
 
-def axis_sections(records: list[RunRecord]) -> list[Section]:
+def axis_sections(records: list[RunRecord], labels: RecordLabels | None = None) -> list[Section]:
     """One section per numeric declared axis (None counts: a budget's "all")."""
     axes = sorted({axis for record in records for axis in record.axes})
+    labels = labels or RecordLabels(records)
     sections = []
     for axis in axes:
-        series = axis_series(records, axis)
+        series = axis_series(records, axis, labels)
         values = [x for by_series in series.values() for points in by_series.values() for x in points]
         if not series or not all(x is None or (isinstance(x, int | float) and not isinstance(x, bool)) for x in values):
             continue  # a plot needs numbers along the axis (a grid of names is in the tables above)

@@ -56,7 +56,7 @@ def render_markdown(report: ReportModel) -> str:
     lines += side_effects_markdown(report.records)
     if report.failed:
         lines += ["## Failed runs", ""]
-        lines += [f"- {failure_line(record, report.records)}" for record in report.failed]
+        lines += [f"- {failure_line(record, report.labels)}" for record in report.failed]
         lines.append("")
     lines += ["## Columns", ""]
     lines += [f"- **{name}**: {text}" for name, text in COLUMN_HELP.items()]

@@ -26,10 +26,9 @@ from lofit_bench.errors import UserError
 from lofit_bench.records.record import RunRecord
 from lofit_bench.records.store import read_record_folder
 from lofit_bench.report.model import (
+    RecordLabels,
     budget_differences,
     failure_line,
-    method_label,
-    model_label,
     provenance_lines,
     provenance_problems,
     summarize,
@@ -118,16 +117,17 @@ def compare_folders(folders: list[Path], tasks: list[str] | None = None, strict:
     finished = [record for record in records if record.ok]
     if not finished:
         raise UserError(f"no finished runs in {', '.join(map(str, folders))}; nothing to compare")
-    _refuse_duplicates(finished)
-    models = list(dict.fromkeys(model_label(record, finished) for record in finished))  # in the folders' order
+    labels = RecordLabels(finished)
+    _refuse_duplicates(finished, labels)
+    models = list(dict.fromkeys(labels.model(record) for record in finished))  # in the folders' order
     if len(models) < 2:
         raise UserError(
             f"these folders hold runs of one model only ({models[0]}); compare needs runs of at least two models "
             "(e.g. `lofit-bench compare runs/model-a runs/model-b`)"
         )
-    summary = summarize(finished)
+    summary = summarize(finished, labels=labels)
     comparisons = [
-        _compare_task(task, [row for row in summary if row.task == task], models, finished)
+        _compare_task(task, [row for row in summary if row.task == task], models, finished, labels)
         for task in sorted({row.task for row in summary})
     ]
     warnings = budget_differences(records, which="the runs compared")
@@ -137,12 +137,13 @@ def compare_folders(folders: list[Path], tasks: list[str] | None = None, strict:
         if len(set(comparison.test_examples.values())) > 1:
             sizes = ", ".join(f"{model}: {count}" for model, count in comparison.test_examples.items())
             warnings.append(f"{comparison.task}: the models were scored on different numbers of test examples ({sizes})")
+    all_labels = RecordLabels(records)  # a failed run is named among every run read
     return Comparison(
         folders=folders,
         models=models,
         tasks=comparisons,
         warnings=warnings,
-        failed=[failure_line(record, records) for record in records if not record.ok],
+        failed=[failure_line(record, all_labels) for record in records if not record.ok],
         skipped=skipped,
     )
 
@@ -158,11 +159,11 @@ def _read(folders: list[Path]) -> tuple[list[RunRecord], list[tuple[Path, str]]]
     return list(records.values()), skipped
 
 
-def _refuse_duplicates(finished: list[RunRecord]) -> None:
+def _refuse_duplicates(finished: list[RunRecord], labels: RecordLabels) -> None:
     """Two different records of one (model, method, task, seed) would be averaged as seeds."""
     seen: dict[tuple[str, str, str, int], RunRecord] = {}
     for record in finished:
-        where = (model_label(record, finished), method_label(record, finished), record.task.name, record.seed)
+        where = (labels.model(record), labels.method(record), record.task.name, record.seed)
         if where in seen:
             raise UserError(
                 f"two runs of {where[1]} on {where[2]} (seed {where[3]}, {where[0]}) with different keys "
@@ -172,7 +173,7 @@ def _refuse_duplicates(finished: list[RunRecord]) -> None:
         seen[where] = record
 
 
-def _compare_task(task: str, rows: list, all_models: list[str], records: list[RunRecord]) -> TaskComparison:
+def _compare_task(task: str, rows: list, all_models: list[str], records: list[RunRecord], labels: RecordLabels) -> TaskComparison:
     models = [model for model in all_models if any(row.model == model for row in rows)]
     cells: dict[tuple[str, str], Cell] = {}
     for model in models:
@@ -183,7 +184,7 @@ def _compare_task(task: str, rows: list, all_models: list[str], records: list[Ru
             cells[(method, model)] = Cell(score=row.primary, rank=1 + higher, tied=tied, seeds=len(row.seeds))
     methods = sorted({row.method for row in rows}, key=lambda method: (*_ranks(method, models, cells), method))
     primary = rows[0].primary_metric
-    values = _per_example(task, primary, records)
+    values = _per_example(task, primary, records, labels)
     agreements = [_agreement(pair, methods, cells, values) for pair in itertools.combinations(models, 2)]
     test_examples = {model: next(row.test_examples for row in rows if row.model == model) for model in models}
     return TaskComparison(task, primary, models, methods, cells, test_examples, agreements)
@@ -200,12 +201,12 @@ def _ranks(method: str, models: list[str], cells: dict[tuple[str, str], Cell]) -
     return [cells[(method, model)].rank if (method, model) in cells else float("inf") for model in models]
 
 
-def _per_example(task: str, metric: str, records: list[RunRecord]) -> dict[tuple[str, str], dict]:
+def _per_example(task: str, metric: str, records: list[RunRecord], labels: RecordLabels) -> dict[tuple[str, str], dict]:
     """(method, model) -> the primary metric per test example, averaged over seeds."""
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
         if record.task.name == task:
-            groups[(method_label(record, records), model_label(record, records))].append(record)
+            groups[(labels.method(record), labels.model(record))].append(record)
     return {key: per_example_values(items, metric) for key, items in groups.items()}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lofit_bench.engine.interventions import Head
 from lofit_bench.records.record import RunRecord
-from lofit_bench.report.labels import method_label, model_label
+from lofit_bench.report.labels import RecordLabels
 from lofit_bench.report.sections import Section, Table
 
 #: (seed, fold, chosen heads) of one selection.
@@ -30,17 +30,19 @@ def jaccard(first: frozenset[Head] | set[Head], second: frozenset[Head] | set[He
     return len(set(first) & set(second)) / len(union) if union else 1.0
 
 
-def head_sets(records: list[RunRecord]) -> dict[str, dict[str, list[Selection]]]:
-    """model -> "METHOD-LABEL on TASK" -> every (seed, fold, chosen heads) the finished runs recorded."""
+def head_sets(records: list[RunRecord], labels: RecordLabels | None = None) -> dict[str, dict[str, list[Selection]]]:
+    """model -> "METHOD-LABEL on TASK" -> every (seed, fold, chosen heads) the finished runs
+    recorded (``labels``: those of the finished records, when the caller has them)."""
     found: dict[str, dict[str, list[Selection]]] = defaultdict(lambda: defaultdict(list))
     finished = [record for record in records if record.ok]
+    labels = labels or RecordLabels(finished)
     for record in finished:
         for fold, values in record.folds.items():
             heads = values.fit.get("heads") if isinstance(values.fit, dict) else None
             chosen = heads.get("chosen") if isinstance(heads, dict) else None  # RED records a head count here
             if chosen:
-                entry = f"{method_label(record, finished)} on {record.task.name}"
-                found[model_label(record, finished)][entry].append((record.seed, fold, frozenset((int(layer), int(head)) for layer, head in chosen)))
+                entry = f"{labels.method(record)} on {record.task.name}"
+                found[labels.model(record)][entry].append((record.seed, fold, frozenset((int(layer), int(head)) for layer, head in chosen)))
     return {model: dict(entries) for model, entries in found.items()}
 
 
@@ -65,9 +67,9 @@ def overlap_matrix(entries: dict[str, list[Selection]]) -> tuple[list[str], list
     ]
 
 
-def overlap_tables(records: list[RunRecord]) -> list[Table]:
+def overlap_tables(records: list[RunRecord], labels: RecordLabels | None = None) -> list[Table]:
     tables = []
-    for model, entries in sorted(head_sets(records).items()):
+    for model, entries in sorted(head_sets(records, labels).items()):
         names, matrix = overlap_matrix(entries)
         if len(names) < 2 and all(value is None for row in matrix for value in row):
             continue
@@ -77,8 +79,8 @@ def overlap_tables(records: list[RunRecord]) -> list[Table]:
     return tables
 
 
-def overlap_sections(runs_dir: Path, records: list[RunRecord]) -> list[Section]:
-    tables = overlap_tables(records)
+def overlap_sections(runs_dir: Path, records: list[RunRecord], labels: RecordLabels | None = None) -> list[Section]:
+    tables = overlap_tables(records, labels)
     if not tables:
         return []
     return [Section("Head overlap (Jaccard, paper Appendix G)", tables=tables,

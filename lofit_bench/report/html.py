@@ -26,17 +26,23 @@ from typing import Any
 from lofit_bench.records.record import RunRecord
 from lofit_bench.report.model import (
     COLUMN_HELP,
+    RecordLabels,
     ReportModel,
     SummaryRow,
     failure_line,
     format_percent,
-    method_label,
-    model_label,
     table_groups,
     task_table,
 )
 from lofit_bench.report.plot_style import PLOT_RC, MethodStyle, legend_handles, method_styles
 from lofit_bench.report.sections import Section as ReportSection
+from lofit_bench.report.side_effects import (
+    EFFECTS_HELP,
+    EffectsRow,
+    effects_rows,
+    effects_table,
+    retention_table,
+)
 from lofit_bench.report.stats import pareto_front
 
 #: Figures are drawn this wide (inches, at ``PLOT_RC`` dpi): about the page's width at 1400 px.
@@ -93,7 +99,7 @@ def figure_html(figure, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def _panels(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:
+def _panels(rows: list[PlotRow]) -> list[tuple[str, list[PlotRow]]]:
     """One plot panel per (model, task) table; the title names the model when there are several."""
     groups = table_groups(rows)
     several_models = len({model for model, _, _ in groups}) > 1
@@ -123,11 +129,15 @@ def figure_legend(figure, styles: dict[str, MethodStyle], labels: list[str], ext
     figure.tight_layout(rect=(0, 0, 1, 1 - band), w_pad=3)
 
 
-def _styles_for(rows: list[SummaryRow], styles: dict[str, MethodStyle] | None) -> dict[str, MethodStyle]:
+#: A row a plot draws: a method on a (model, task), its primary metric (``primary``) and costs.
+PlotRow = SummaryRow | EffectsRow
+
+
+def _styles_for(rows: list[PlotRow], styles: dict[str, MethodStyle] | None) -> dict[str, MethodStyle]:
     return styles if styles is not None else method_styles([row.method for row in rows])
 
 
-def scatter_figure(rows: list[SummaryRow], cost: Callable[[SummaryRow], float | None], axis_label: str, log: bool,
+def scatter_figure(rows: list[PlotRow], cost: Callable[[Any], float | None], axis_label: str, log: bool,
                    styles: dict[str, MethodStyle] | None = None):
     """Primary metric against a cost per panel, one marker per method (legend above), the Pareto
     front outlined and dashed; None when no row has the cost."""
@@ -208,28 +218,29 @@ class CurvePanel:
     curves: dict[str, Any] = field(default_factory=dict)
 
 
-def _panel_title(record: RunRecord, finished: list[RunRecord], fold: str, several_models: bool, several_seeds: bool) -> str:
+def _panel_title(record: RunRecord, labels: RecordLabels, fold: str, several_models: bool, several_seeds: bool) -> str:
     parts = [record.task.name, fold if fold != "main" else ""]
     if several_seeds:
         parts.append(f"seed {record.seed}")
     if several_models:
-        parts.append(model_label(record, finished))
+        parts.append(labels.model(record))
     return ", ".join(part for part in parts if part)
 
 
 def _curve_panels(records: list[RunRecord], read: Callable[[RunRecord, str], Any]) -> list[CurvePanel]:
     """Panels of the curves ``read(record, fold)`` gives (None: nothing to draw for that fold)."""
-    several_models = len({model_label(record, records) for record in records}) > 1
+    labels = RecordLabels(records)
+    several_models = len({labels.model(record) for record in records}) > 1
     several_seeds = len({record.seed for record in records}) > 1
     panels: dict[tuple, CurvePanel] = {}
-    for record in sorted(records, key=lambda record: (model_label(record, records), record.task.name, record.seed)):
+    for record in sorted(records, key=lambda record: (labels.model(record), record.task.name, record.seed)):
         for fold in record.folds:
             curve = read(record, fold)
             if curve is None:
                 continue
-            key = (model_label(record, records), record.task.name, fold, record.seed)
-            panel = panels.setdefault(key, CurvePanel(_panel_title(record, records, fold, several_models, several_seeds)))
-            panel.curves[method_label(record, records)] = curve
+            key = (labels.model(record), record.task.name, fold, record.seed)
+            panel = panels.setdefault(key, CurvePanel(_panel_title(record, labels, fold, several_models, several_seeds)))
+            panel.curves[labels.method(record)] = curve
             panel.metric = panel.metric or (record.folds[fold].tuning or {}).get("metric") or ""
     return [panels[key] for key in sorted(panels)]
 
@@ -412,7 +423,7 @@ class Page:
     @classmethod
     def of(cls, report: ReportModel) -> Page:
         labels = [row.method for row in report.summary]
-        labels += [method_label(record, report.finished) for record in report.finished]
+        labels += [report.finished_labels.method(record) for record in report.finished]
         return cls(report, method_styles(labels))
 
 
@@ -552,11 +563,25 @@ def _heads(page: Page) -> str | None:
 
 
 def _beyond_accuracy(page: Page) -> str | None:
-    """Side effects, retention and the accuracy-vs-KL front (:mod:`lofit_bench.report.side_effects`)."""
-    from lofit_bench.report.side_effects import side_effects_html
+    """Side effects, retention and accuracy against KL from the base model, drawn like the other
+    cost plots (:mod:`lofit_bench.report.side_effects`)."""
+    from tabulate import tabulate
 
-    parts = side_effects_html(page.report.records, _png)
-    return "".join(parts).replace("<h2>", "<h3>").replace("</h2>", "</h3>") if parts else None
+    rows = effects_rows(page.report.records)
+    if not rows:
+        return None
+    headers, table = effects_table(rows)
+    parts = ["<h3>Beyond accuracy: side effects, locality, inference speed</h3>", tabulate(table, headers=headers, tablefmt="html")]
+    retained = retention_table(rows)
+    if retained:
+        parts += ["<h3>Retention: other tasks after the fit</h3>", tabulate(retained[1], headers=retained[0], tablefmt="html")]
+    measured = [row for row in rows if row.kl_from_base is not None and row.accuracy is not None]
+    figure = scatter_figure(measured, lambda row: row.kl_from_base, "KL from base model (nats/token)", False, page.styles)
+    if figure is not None:
+        parts.append(figure_html(figure, "Accuracy vs KL from the base model, one point per method. Pareto front (no method "
+                                 "reaches at least that accuracy with less change) outlined in black and dashed."))
+    parts.append("<ul>" + "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(text)}</li>" for name, text in EFFECTS_HELP.items()) + "</ul>")
+    return "".join(parts)
 
 
 def report_sections_html(sections: list[ReportSection]) -> str | None:
@@ -585,7 +610,7 @@ def _failed(page: Page) -> str | None:
     report = page.report
     if not report.failed:
         return None
-    return "<ul>" + "".join(f"<li>{html.escape(failure_line(record, report.records))}</li>" for record in report.failed) + "</ul>"
+    return "<ul>" + "".join(f"<li>{html.escape(failure_line(record, report.labels))}</li>" for record in report.failed) + "</ul>"
 
 
 def _details(page: Page) -> str:

@@ -5,6 +5,7 @@ formats every table shares."""
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 from lofit_bench.records.record import RunRecord
 
@@ -48,34 +49,57 @@ def run_label(record: RunRecord) -> str:
     return record.label
 
 
-def model_label(record: RunRecord, records: list[RunRecord]) -> str:
-    """The model's name, plus its fingerprint when the folder holds several models of that name
-    (two different weights under one folder name are never averaged together)."""
-    name = record.model_name
-    fingerprints = {_fingerprint(other) for other in records if other.model_name == name}
-    if len(fingerprints) < 2:
-        return name
-    return f"{name} ({str(_fingerprint(record))[:8]})"
+class RecordLabels:
+    """The method and model labels of one set of records, computed in one pass over them (a
+    report asks for a label per record; scanning every record for each would be quadratic).
+
+    A record's method label is its method's name, plus the options that differ between the
+    set's configs of that method and the values of its declared budget axes, so two configs,
+    or two points of an axis, are never averaged together as if they were seeds; its model
+    label is the model's name, plus its fingerprint when the set holds several models of that
+    name (two different weights under one folder name are never averaged together).
+    ``leave_out``: axes not to name (``lofit.heads``, ``train_examples``), for a plot along them.
+    Labels depend on the whole set, so ask only about records of the set.
+    """
+
+    def __init__(self, records: list[RunRecord], leave_out: tuple[str, ...] = ()) -> None:
+        by_method: dict[str, list[RunRecord]] = defaultdict(list)
+        fingerprints: dict[str, set[str | None]] = defaultdict(set)
+        for record in records:
+            by_method[record.method.name].append(record)
+            fingerprints[record.model_name].add(_fingerprint(record))
+        self._method: dict[int, str] = {}
+        for name, siblings in by_method.items():
+            first = siblings[0].method.options
+            keys = {key for sibling in siblings for key in sibling.method.options}
+            differing = sorted(
+                key for key in keys
+                if f"{name}.{key}" not in leave_out and any(sibling.method.options.get(key) != first.get(key) for sibling in siblings)
+            )
+            for record in siblings:
+                self._method[id(record)] = _method_label(record, differing, leave_out)
+        self._model = {
+            id(record): record.model_name if len(fingerprints[record.model_name]) < 2
+            else f"{record.model_name} ({str(_fingerprint(record))[:8]})"
+            for record in records
+        }
+
+    def method(self, record: RunRecord) -> str:
+        return self._method[id(record)]
+
+    def model(self, record: RunRecord) -> str:
+        return self._model[id(record)]
+
+
+def _method_label(record: RunRecord, differing: list[str], leave_out: tuple[str, ...]) -> str:
+    options = record.method.options
+    parts = [f"{key}={json.dumps(options[key])}" for key in differing if key in options]
+    parts += [f"{axis}={json.dumps(record.budget.get(axis))}" for axis in budget_axes(record) if axis not in leave_out]
+    return f"{record.method.name} [{', '.join(parts)}]" if parts else record.method.name
 
 
 def _fingerprint(record: RunRecord) -> str | None:
     return record.model.fingerprint if record.model else None
-
-
-def method_label(record: RunRecord, records: list[RunRecord], leave_out: tuple[str, ...] = ()) -> str:
-    """The method's name, plus the options that differ between the folder's configs of it and
-    the values of its declared budget axes (so two configs, or two points of an axis, are
-    never averaged together as if they were seeds). ``leave_out``: axes not to name
-    (``lofit.heads``, ``train_examples``), for a plot along them."""
-    name = record.method.name
-    siblings = [other for other in records if other.method.name == name]
-    differing = sorted({
-        key for other in siblings for key in {*other.method.options, *record.method.options}
-        if other.method.options.get(key) != record.method.options.get(key) and f"{name}.{key}" not in leave_out
-    })
-    parts = [f"{key}={json.dumps(record.method.options[key])}" for key in differing if key in record.method.options]
-    parts += [f"{axis}={json.dumps(record.budget.get(axis))}" for axis in budget_axes(record) if axis not in leave_out]
-    return f"{name} [{', '.join(parts)}]" if parts else name
 
 
 def budget_axes(record: RunRecord) -> list[str]:

@@ -21,14 +21,13 @@ from lofit_bench.errors import UserError, did_you_mean
 from lofit_bench.records.record import RunRecord, Timings
 from lofit_bench.records.store import read_record_folder
 from lofit_bench.report.labels import (  # noqa: F401 - re-exported: the report's label and number formats
+    RecordLabels,
     budget_axes,
     format_count,
     format_interval,
     format_p,
     format_parameter_share,
     format_percent,
-    method_label,
-    model_label,
     run_label,
 )
 from lofit_bench.report.stats import (
@@ -128,14 +127,16 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def resolve_reference(records: list[RunRecord], reference: str | None) -> str | None:
+def resolve_reference(records: list[RunRecord], reference: str | None, labels: RecordLabels | None = None) -> str | None:
     """The method the p-values compare against: the one asked for (``--reference``), which
-    must be in the folder; none when none is asked for (no method is special to the core)."""
+    must be in the folder; none when none is asked for (no method is special to the core).
+    ``labels``: those of ``records``, when the caller has them already."""
     if reference is None or not records:
         return reference
     names = sorted({record.method.name for record in records})
-    labels = sorted({method_label(record, records) for record in records})
-    if reference not in names and reference not in labels:
+    labels = labels or RecordLabels(records)
+    method_labels = sorted({labels.method(record) for record in records})
+    if reference not in names and reference not in method_labels:
         raise UserError(
             f"--reference {reference}: no finished run of that method in this folder.{did_you_mean(reference, names)} "
             f"Methods here: {', '.join(names) or '(none)'}"
@@ -155,23 +156,25 @@ def _reference_label(reference: str, labels: list[str], method_names: dict[str, 
     return candidates[0]
 
 
-def summarize(records: list[RunRecord], reference: str | None = None) -> list[SummaryRow]:
+def summarize(records: list[RunRecord], reference: str | None = None, labels: RecordLabels | None = None) -> list[SummaryRow]:
     """Aggregate finished records per (model, task, method); p-values against the reference's
-    examples on the same model and task."""
+    examples on the same model and task. ``labels``: those of the finished records, when the
+    caller has them already."""
     finished = [record for record in records if record.ok]
-    reference = resolve_reference(finished, reference)
+    labels = labels or RecordLabels(finished)
+    reference = resolve_reference(finished, reference, labels)
     groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
     method_names: dict[str, str] = {}
     for record in finished:
-        label = method_label(record, finished)
+        label = labels.method(record)
         method_names[label] = record.method.name
-        groups[(model_label(record, finished), record.task.name, label)].append(record)
+        groups[(labels.model(record), record.task.name, label)].append(record)
     summary = []
     for (model, task, method), items in sorted(groups.items()):
         first = items[0]
         primary = first.task.primary_metric
-        labels = [label for (other_model, other_task, label) in groups if (other_model, other_task) == (model, task)]
-        reference_label = _reference_label(reference, labels, method_names) if reference else None
+        table_labels = [label for (other_model, other_task, label) in groups if (other_model, other_task) == (model, task)]
+        reference_label = _reference_label(reference, table_labels, method_names) if reference else None
         p_value, p_test = None, None
         if reference_label is not None and method != reference_label:
             p_value, p_test = paired_p_value(
@@ -239,9 +242,12 @@ def precisions(records: list[RunRecord]) -> list[str]:
     return sorted(kinds)
 
 
-def header_lines(records: list[RunRecord], finished: list[RunRecord], reference: str | None) -> list[HeaderLine]:
-    """What every format states above the tables: models, budgets as used, the reference, warnings."""
-    models = sorted({model_label(record, records) for record in finished})
+def header_lines(records: list[RunRecord], finished: list[RunRecord], reference: str | None,
+                 labels: RecordLabels | None = None) -> list[HeaderLine]:
+    """What every format states above the tables: models, budgets as used, the reference,
+    warnings. ``labels``: those of ``records``, when the caller has them already."""
+    labels = labels or RecordLabels(records)
+    models = sorted({labels.model(record) for record in finished})
     budgets = sorted({budget_label(record.budget) for record in records})
     lines = [
         HeaderLine(f"model{'s' if len(models) > 1 else ''}: {', '.join(models) or '-'}"
@@ -321,15 +327,17 @@ def task_table(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
     return headers, table
 
 
-def timing_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
-    """One row per finished run: loading, each part of the fit as the method timed it, evaluation."""
+def timing_table(records: list[RunRecord], labels: RecordLabels | None = None) -> tuple[list[str], list[list[str]]]:
+    """One row per finished run: loading, each part of the fit as the method timed it,
+    evaluation. ``labels``: those of the finished records, when the caller has them already."""
     headers = ["model", "method", "task", "seed", "load s", "fit s", "fit parts (s)", "shared work", "eval s", "total s"]
     finished = [record for record in records if record.ok]
+    labels = labels or RecordLabels(finished)
     rows = []
     for record in finished:
         timings = record.timings or Timings()
         rows.append([
-            model_label(record, finished), method_label(record, finished), record.task.name, str(record.seed),
+            labels.model(record), labels.method(record), record.task.name, str(record.seed),
             f"{timings.load_model:.1f}", f"{timings.fit:.1f}",
             ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.fit_phases.items()) or "-",
             shared_work_label(record), f"{timings.evaluate:.1f}", f"{timings.total_s:.1f}",
@@ -356,10 +364,11 @@ def shared_work_label(record: RunRecord) -> str:
     return "; ".join(parts) or "-"
 
 
-def failure_line(record: RunRecord, records: list[RunRecord]) -> str:
+def failure_line(record: RunRecord, labels: RecordLabels) -> str:
+    """One failed run as a line; ``labels``: those of the records the run is listed among."""
     error = record.error
     what = f"{error.type}: {error.message}" if error else f"no error recorded (status {record.status})"
-    return f"{record.method.name} on {record.task.name} (seed {record.seed}, {model_label(record, records)}): {what}"
+    return f"{record.method.name} on {record.task.name} (seed {record.seed}, {labels.model(record)}): {what}"
 
 
 # -- budgets and versions as the runs used them ----------------------------------------------------
@@ -578,8 +587,9 @@ def trial_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
 
 
 # -- CSV -------------------------------------------------------------------------------------------
-def csv_row(record: RunRecord, records: list[RunRecord]) -> dict[str, Any]:
-    """One record as a flat row (results.csv; results.json "runs")."""
+def csv_row(record: RunRecord, labels: RecordLabels) -> dict[str, Any]:
+    """One record as a flat row (results.csv; results.json "runs"); ``labels``: those of the
+    records it is listed among."""
     params = record.trainable_parameters
     memory = record.memory
     timings = record.timings
@@ -587,11 +597,11 @@ def csv_row(record: RunRecord, records: list[RunRecord]) -> dict[str, Any]:
     model = record.model
     row: dict[str, Any] = {
         "method": record.method.name,
-        "method_label": method_label(record, records),
+        "method_label": labels.method(record),
         "task": record.task.name,
         "seed": record.seed,
         "status": record.status,
-        "model": model_label(record, records),
+        "model": labels.model(record),
         "model_fingerprint": model.fingerprint if model else None,
         "lofit_bench_commit": record.environment.git_commit if record.environment else None,
         "dtype": model.dtype if model else None,
@@ -632,6 +642,10 @@ class ReportModel:
     timing_headers: list[str]
     timing_rows: list[list[str]]
     trials: list[dict[str, Any]]
+    #: The method and model labels of every record (CSV rows, failed runs), computed once.
+    labels: RecordLabels
+    #: The labels of the finished records (tables, plots), computed once.
+    finished_labels: RecordLabels
     #: Record files left out, with why (unreadable, invalid, another schema).
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     #: The run folder the records came from (artefacts such as head selections are read there).
@@ -643,9 +657,10 @@ class ReportModel:
         return table_groups(self.summary)
 
 
-def build_sections(runs_dir: Path, records: list[Any]) -> list[Any]:
+def build_sections(runs_dir: Path, records: list[Any], finished_labels: RecordLabels | None = None) -> list[Any]:
     """Every extra section the folder's records (and its study, when it was run as one) call for:
-    the paper-shaped tables, the declared axes' plots and the head overlap."""
+    the paper-shaped tables, the declared axes' plots and the head overlap. ``finished_labels``:
+    those of the finished records, when the caller has them already."""
     from lofit_bench.report.axes import axis_sections
     from lofit_bench.report.head_overlap import overlap_sections
     from lofit_bench.report.paper_tables import paper_table_sections
@@ -653,10 +668,11 @@ def build_sections(runs_dir: Path, records: list[Any]) -> list[Any]:
     finished = [record for record in records if record.ok]
     if not finished:
         return []
+    labels = finished_labels or RecordLabels(finished)
     return [
-        *paper_table_sections(runs_dir, finished),
-        *axis_sections(finished),
-        *overlap_sections(runs_dir, finished),
+        *paper_table_sections(runs_dir, finished, labels),
+        *axis_sections(finished, labels),
+        *overlap_sections(runs_dir, finished, labels),
     ]
 
 
@@ -668,23 +684,27 @@ def build_report_model(runs_dir: Path, reference: str | None = None) -> ReportMo
         skipped = f" ({len(folder.skipped)} file(s) could not be read; see the warnings)" if folder.skipped else ""
         raise UserError(f"no run records in {runs_dir}{skipped}; run `lofit-bench run --out {runs_dir}` first")
     finished = [record for record in records if record.ok]
-    reference = resolve_reference(finished, reference)
-    header = header_lines(records, finished, reference)
+    labels = RecordLabels(records)
+    finished_labels = labels if len(finished) == len(records) else RecordLabels(finished)
+    reference = resolve_reference(finished, reference, finished_labels)
+    header = header_lines(records, finished, reference, labels)
     header += [HeaderLine(f"left out {path.name}: {problem}", warning=True) for path, problem in folder.skipped]
-    timing_headers, timing_rows = timing_table(records)
+    timing_headers, timing_rows = timing_table(records, finished_labels)
     return ReportModel(
         title=f"lofit-bench report: {runs_dir}",
         records=records,
         finished=finished,
         failed=[record for record in records if not record.ok],
-        summary=summarize(records, reference),
+        summary=summarize(records, reference, finished_labels),
         header=header,
         reference=reference,
-        rows=[csv_row(record, records) for record in records],
+        rows=[csv_row(record, labels) for record in records],
         timing_headers=timing_headers,
         timing_rows=timing_rows,
         trials=trial_rows(finished),
+        labels=labels,
+        finished_labels=finished_labels,
         skipped=folder.skipped,
         runs_dir=runs_dir,
-        sections=build_sections(runs_dir, records),
+        sections=build_sections(runs_dir, records, finished_labels),
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 from lofit_bench.records.record import RunRecord
 from lofit_bench.records.run_folder import RunFolder
-from lofit_bench.report.labels import format_count, method_label, model_label
+from lofit_bench.report.labels import RecordLabels, format_count
 from lofit_bench.report.sections import Section, Table
 from lofit_bench.report.stats import paired_bootstrap_p_value, per_example_values
 
@@ -61,16 +61,17 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def paper_table(records: list[RunRecord], compare_against: str | None = None) -> list[tuple[str, Table]]:
-    """(model, table) per model of the finished ``records``."""
+def paper_table(records: list[RunRecord], compare_against: str | None = None, labels: RecordLabels | None = None) -> list[tuple[str, Table]]:
+    """(model, table) per model of the finished ``records`` (``labels``: theirs, when the caller has them)."""
+    labels = labels or RecordLabels(records)
     tables = []
-    for model in sorted({model_label(record, records) for record in records}):
-        mine = [record for record in records if model_label(record, records) == model and record.metrics]
+    for model in sorted({labels.model(record) for record in records}):
+        mine = [record for record in records if labels.model(record) == model and record.metrics]
         cols = columns(mine)
         cells: dict[str, dict[tuple[str, str], dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
         runs: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
         for record in mine:
-            label = method_label(record, records)
+            label = labels.method(record)
             runs[(label, record.task.name)].append(record)
             for task, metric in cols:
                 value = record.metrics.get(metric) if record.task.name == task else None
@@ -148,10 +149,10 @@ def _paper_value(value: Any) -> str:
     return str(value)
 
 
-def paper_table_sections(runs_dir: Path, records: list[RunRecord]) -> list[Section]:
+def paper_table_sections(runs_dir: Path, records: list[RunRecord], labels: RecordLabels | None = None) -> list[Section]:
     study = read_study(runs_dir)
     compare_against = (study or {}).get("compare_against")
-    tables = [table for _, table in paper_table(records, compare_against)]
+    tables = [table for _, table in paper_table(records, compare_against, labels)]
     notes = []
     title = "Summary in the paper's layout"
     if study:

@@ -12,19 +12,19 @@ Three views of the fold records' ``side_effects``, ``retention``, ``locality`` a
 - accuracy against KL from the base model, one point per method per task, with the Pareto
   front (no other method reaches at least that accuracy with less change).
 
-The markdown, JSON and HTML reports each call one function of this module.
+The markdown and JSON reports each call one function of this module; the HTML page
+(:mod:`lofit_bench.report.html`) draws the same rows with its shared tables, figures and method styles.
 """
 
 from __future__ import annotations
 
-import html
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lofit_bench.records.record import RunRecord
-from lofit_bench.report.labels import method_label, model_label
+from lofit_bench.report.labels import RecordLabels
 from lofit_bench.report.stats import pareto_front
 
 EFFECTS_HELP = {
@@ -58,6 +58,11 @@ class EffectsRow:
     #: retention task -> (fitted score, change from the base model's), primary metric.
     retention: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
+    @property
+    def primary(self) -> float | None:
+        """The accuracy, under the name the report's plots read (as :class:`SummaryRow`'s)."""
+        return self.accuracy
+
 
 def _mean(values: list[float | None]) -> float | None:
     present = [value for value in values if value is not None]
@@ -71,9 +76,10 @@ def _fold_mean(record: RunRecord, read: Callable[[Any], float | None]) -> float 
 def effects_rows(records: list[RunRecord]) -> list[EffectsRow]:
     """One row per (model, task, method) over the finished records that measured anything beyond accuracy."""
     finished = [record for record in records if record.ok]
+    labels = RecordLabels(finished)
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for record in finished:
-        key = (model_label(record, finished), record.task.name, method_label(record, finished))
+        key = (labels.model(record), record.task.name, labels.method(record))
         groups.setdefault(key, []).append(record)
     rows = []
     for (model, task, method), items in sorted(groups.items()):
@@ -210,48 +216,3 @@ def side_effects_json(records: list[RunRecord]) -> dict[str, Any]:
             {"model": model, "task": task, "points": points} for (model, task), points in accuracy_vs_kl(rows).items()
         ],
     }
-
-
-def accuracy_vs_kl_figure(rows: list[EffectsRow]):
-    """One panel per (model, task): accuracy against KL from base, Pareto front dashed; None without points."""
-    panels = accuracy_vs_kl(rows)
-    if not panels:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes_list = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    for axes, ((model, task), points) in zip(axes_list[0], panels.items(), strict=True):
-        for point in points:
-            axes.scatter(point["kl_from_base"], 100 * point["accuracy"], edgecolors="black" if point["pareto"] else "none")
-            axes.annotate(point["method"][:24], (point["kl_from_base"], 100 * point["accuracy"]), fontsize=8,
-                          xytext=(3, 3), textcoords="offset points")
-        front = sorted((point["kl_from_base"], 100 * point["accuracy"]) for point in points if point["pareto"])
-        axes.plot([x for x, _ in front], [y for _, y in front], linestyle="--", color="grey", linewidth=1)
-        axes.set_title(f"{task}" if len(panels) == 1 else f"{task} ({model})", fontsize=9)
-        axes.set_xlabel("KL from base model (nats/token)")
-        axes.set_ylabel("accuracy (%)")
-    return figure
-
-
-def side_effects_html(records: list[RunRecord], png: Callable[[Any], str]) -> list[str]:
-    """The HTML section; ``png`` turns a matplotlib figure into base64 PNG (the page's own helper)."""
-    from tabulate import tabulate
-
-    rows = effects_rows(records)
-    if not rows:
-        return []
-    headers, table = effects_table(rows)
-    parts = ["<h2>Beyond accuracy: side effects, locality, inference speed</h2>", tabulate(table, headers=headers, tablefmt="html")]
-    retained = retention_table(rows)
-    if retained:
-        parts += ["<h2>Retention: other tasks after the fit</h2>", tabulate(retained[1], headers=retained[0], tablefmt="html")]
-    figure = accuracy_vs_kl_figure(rows)
-    if figure is not None:
-        caption = "Accuracy vs KL from the base model, one point per method. Pareto front outlined and dashed."
-        parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{png(figure)}">'
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    parts.append("<ul>" + "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(text)}</li>" for name, text in EFFECTS_HELP.items()) + "</ul>")
-    return parts
