@@ -707,3 +707,36 @@ def test_plugin_warnings_are_one_line_once_and_typos_in_the_allowlist_are_named(
     assert len(lines) == 2 and all(line.startswith("lofit-bench: warning: ") for line in lines), lines
     assert "'lofit_bench_broken' (broken-plugin) failed to import" in result.stderr
     assert "names typo, which no installed plugin provides" in result.stderr
+
+
+def test_a_full_tuning_database_stops_the_sweep_cleanly_with_exit_3(capsys, tmp_path, monkeypatch):
+    """SQLite's own "database or disk is full", raised under Optuna's storage as a full disk
+    raises it (wrapped by SQLAlchemy, then by Optuna): the documented clean stop, not exit 1."""
+    import sqlite3
+
+    import optuna
+
+    from lofit_bench.sweep.tuning import Tuner
+
+    class FullDisk(sqlite3.Connection):
+        def cursor(self, *args, **kwargs):
+            return super().cursor(FullDiskCursor)
+
+    class FullDiskCursor(sqlite3.Cursor):
+        def execute(self, sql, *args, **kwargs):
+            if sql.lstrip().upper().startswith("INSERT INTO TRIALS"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return super().execute(sql, *args, **kwargs)
+
+    def full_storage(self):
+        return optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {"factory": FullDisk}})
+
+    monkeypatch.setattr(Tuner, "_storage", full_storage)
+    out_dir = tmp_path / "out"
+    arguments = ["run", "--methods", "repe", "--tasks", "mquake", *QUICK, "--tune", "on", "--seeds", "1,2", "--out", out_dir]
+    code, out, err = run_cli(capsys, arguments)
+    assert_one_error_line(code, out, err, 3, "the disk is full")
+    assert "database or disk is full" in err and "rerun the same command" in err
+    (path,) = records_in(out_dir)  # the sweep stopped after the first run: seed 2 never started
+    record = strict_json(path)
+    assert (record["seed"], record["status"], record["error"]["disk_full"]) == (1, "failed", True)

@@ -54,7 +54,12 @@ from lofit_bench.records.store import environment
 from lofit_bench.search_space import declared_space
 from lofit_bench.shared_work import SharedWork, run_scope
 from lofit_bench.sweep.console import RunStatus, redirect_output, verbose
-from lofit_bench.sweep.faults import check_finite_outputs, save_artifacts
+from lofit_bench.sweep.faults import (
+    check_finite_outputs,
+    error_message,
+    is_disk_full,
+    save_artifacts,
+)
 from lofit_bench.sweep.identity import device_kind, run_identity
 from lofit_bench.sweep.spec import RunSpec
 from lofit_bench.sweep.tune_per_fold import fit_with_values_of_first_seed, run_tuner
@@ -112,9 +117,10 @@ def execute_run(spec: RunSpec, folder: RunFolder, progress: bool = True) -> RunR
         record.status = "failed"
         record.error = RunError(
             type=type(error).__name__,
-            message=str(error).splitlines()[0] if str(error) else "",
+            message=error_message(error),
             traceback=traceback.format_exc(),
             plugin=raised_in_plugin(error.__traceback__),
+            disk_full=is_disk_full(error),
         )
     record.finished_at = _now()
     return record
