@@ -286,7 +286,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     from lofit_bench.engine.models import check_model
     from lofit_bench.report.build import render_markdown
     from lofit_bench.report.model import budget_name
-    from lofit_bench.report.write import build_report
+    from lofit_bench.report.write import build_report, write_report
     from lofit_bench.sweep.preflight import check_reference, check_tune_storage
     from lofit_bench.sweep.runner import check_output_folder, plan_sweep, run_sweep
     from lofit_bench.sweep.sweep_file import SweepConfig, load_sweep_config
@@ -368,9 +368,10 @@ def command_run(arguments: argparse.Namespace) -> int:
     )
     saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(folder)]
     if any(outcome.status in ("ok", "skipped") for outcome in saved):
-        report = build_report(folder.root, reference=arguments.reference)
+        report = build_report(folder.root, reference=arguments.reference, write=False)
         say()
-        say(render_markdown(report))
+        say(render_markdown(report))  # the summary comes first: a report file that cannot be written loses nothing
+        write_report(report, folder.root, runs_dir=folder.root)
         say(f"records: {folder.records}; also report.md, results.csv, results.json")
         say(f"open the report: {folder.root / 'report.html'}")
     unsaved = [outcome for outcome in outcomes if outcome.path != outcome.spec.record_path(folder)]
@@ -431,14 +432,15 @@ def _model_settings(arguments: argparse.Namespace, config: Any) -> list[Any]:
 def command_report(arguments: argparse.Namespace) -> int:
     from lofit_bench.report.build import render_markdown
     from lofit_bench.report.formats import report_formats
-    from lofit_bench.report.write import build_report
+    from lofit_bench.report.write import build_report, write_report
 
     registry = report_formats()
     names = arguments.formats if arguments.formats is not None else registry.names()
     files = ", ".join(format_.file_name for format_ in registry.resolve(names))
     out_dir = arguments.out or arguments.runs_dir
-    report = build_report(arguments.runs_dir, reference=arguments.reference, out_dir=out_dir, formats=names)
+    report = build_report(arguments.runs_dir, reference=arguments.reference, write=False)
     print(render_markdown(report))
+    write_report(report, out_dir, names, runs_dir=arguments.runs_dir)
     print(f"\nwrote {files} in {out_dir}")
     return 0
 

@@ -740,3 +740,51 @@ def test_a_full_tuning_database_stops_the_sweep_cleanly_with_exit_3(capsys, tmp_
     (path,) = records_in(out_dir)  # the sweep stopped after the first run: seed 2 never started
     record = strict_json(path)
     assert (record["seed"], record["status"], record["error"]["disk_full"]) == (1, "failed", True)
+
+
+def test_under_a_file_size_limit_the_report_names_its_file_and_the_records_stay(copy_of_run):
+    """``ulimit -f``: the real limit (RLIMIT_FSIZE) in a real process; Python ignores SIGXFSZ,
+    so the write gets EFBIG. The summary is printed, the small files are written, the one
+    that is too large is named with what to do, and the records are untouched."""
+    import resource
+
+    sizes = {path.name: path.stat().st_size for path in copy_of_run.glob("report.*") if path.is_file()}
+    assert sizes["report.html"] > 4 * sizes["report.md"]
+    for name in ("report.md", "report.html"):
+        (copy_of_run / name).unlink()
+    records = {path: path.read_bytes() for path in records_in(copy_of_run)}
+    limit = 2 * sizes["report.md"]  # above every small file, below report.html
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "lofit_bench", "report", str(copy_of_run)], capture_output=True,
+                            text=True, preexec_fn=limit_file_size, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{copy_of_run / 'report.html'} (File too large)" in line, line
+    assert "ulimit -f" in line and f"lofit-bench report {copy_of_run}" in line
+    assert "| zero-shot" in result.stdout  # the summary was printed before the file failed
+    assert (copy_of_run / "report.md").is_file() and not (copy_of_run / "report.html").exists()
+    assert not [path for path in copy_of_run.iterdir() if path.name.startswith(".report")]  # no half file left
+    assert {path: path.read_bytes() for path in records_in(copy_of_run)} == records
+
+
+def test_a_report_file_that_cannot_be_written_after_a_sweep_keeps_the_summary_and_the_records(capsys, tmp_path, monkeypatch):
+    import lofit_bench.report.write
+
+    real = lofit_bench.report.write.write_text_atomic
+
+    def too_large(path, text):
+        if Path(path).name == "report.html":
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        return real(path, text)
+
+    monkeypatch.setattr(lofit_bench.report.write, "write_text_atomic", too_large)
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, [*ZERO_SHOT[:-1], "--out", out_dir])  # not --quiet: the summary is printed
+    assert_one_error_line(code, out, err, 2, f"{out_dir / 'report.html'} (File too large)")
+    assert "| zero-shot" in out and "[1/1] zero-shot on mquake" in out
+    (path,) = records_in(out_dir)
+    assert strict_json(path)["status"] == "ok"
+    assert (out_dir / "report.md").is_file() and (out_dir / "results.json").is_file()
