@@ -788,3 +788,30 @@ def test_a_report_file_that_cannot_be_written_after_a_sweep_keeps_the_summary_an
     (path,) = records_in(out_dir)
     assert strict_json(path)["status"] == "ok"
     assert (out_dir / "report.md").is_file() and (out_dir / "results.json").is_file()
+
+
+def test_a_prompt_text_longer_than_max_length_is_refused_before_any_model_load(capsys, tmp_path, no_model_load):
+    arguments = ["run", "--methods", "repe", "--tasks", "mquake", *QUICK, "--out", tmp_path / "out",
+                 "--method-set", f"repe.negative_instruction={'x' * 100_000}"]
+    code, out, err = run_cli(capsys, arguments)
+    assert_one_error_line(code, out, err, 2, "repe.negative_instruction is 100,000 characters")
+    assert "max_length 768 tokens (at most 98,304 characters, 128 per token)" in err and "--budget-set max_length=N" in err
+
+
+def test_a_prompt_text_of_more_tokens_than_max_length_fails_its_run_as_soon_as_the_tokenizer_loads(capsys, tmp_path, monkeypatch):
+    import lofit_bench.sweep.worker
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run went on past the prompt-text check")
+
+    monkeypatch.setattr(lofit_bench.sweep.worker, "measure_base", no_work)  # the first work after loading
+    out_dir = tmp_path / "out"
+    arguments = ["run", "--methods", "repe", "--tasks", "mquake", *QUICK, "--out", out_dir,
+                 "--budget-set", "max_length=64", "--method-set", f"repe.positive_instruction={'y' * 100}"]
+    code, out, err = run_cli(capsys, arguments)  # 100 characters pass the bound (64 x 128) but not the tokenizer
+    assert code == 1 and "Traceback" not in out + err, err
+    (path,) = records_in(out_dir)
+    error = strict_json(path)["error"]
+    assert error["type"] == "UserError"
+    assert error["message"].startswith("repe.positive_instruction is 100 tokens (100 characters)")
+    assert "max_length 64 tokens" in error["message"]

@@ -61,6 +61,7 @@ from lofit_bench.sweep.faults import (
     save_artifacts,
 )
 from lofit_bench.sweep.identity import device_kind, run_identity
+from lofit_bench.sweep.preflight import check_prompt_texts
 from lofit_bench.sweep.spec import RunSpec
 from lofit_bench.sweep.tune_per_fold import fit_with_values_of_first_seed, run_tuner
 from lofit_bench.sweep.tuning import TuningPlan, untuned_fill
@@ -171,6 +172,8 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
                 revision=spec.model.revision, attn_implementation=spec.model.attn_implementation,
                 device_map=spec.model.effective_device_map,
             )
+        check_prompt_texts(spec.method, method_class.config_class.from_dict(spec.method_options), spec.budget.max_length,
+                           lm.tokenizer)  # before any work: a text the budget cannot hold fails the run at once
         record.model = record.model or ModelInfo(**lm.describe(), precision=precision)  # every fold loads the same model
         if record.environment is not None and record.environment.gpus is None:
             record.environment.gpus, record.environment.gpu_driver, record.environment.cuda = gpu_environment(lm.devices)
