@@ -9,7 +9,9 @@ import datetime as _dt
 import errno
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -248,10 +250,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the command stops the way Ctrl-C always did (its cleanup runs, the
+    runs' processes are ended, finished records are kept), then exits with 128 + the signal."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop(signal_number: int, _frame: Any) -> None:
+    for number in STOP_SIGNALS:  # a second Ctrl-C (or a kill) must not cut the cleanup short with a traceback
+        signal.signal(number, signal.SIG_IGN)
+    raise Interrupted(signal_number)
+
+
+@contextlib.contextmanager
+def _stopping_on_signals():
+    """SIGINT and SIGTERM raise :class:`Interrupted` while a command runs (main thread only).
+    The previous handlers come back after a command that was not interrupted (e.g. pytest's
+    when the tests call :func:`main`); after an interrupt both stay ignored, so a second Ctrl-C
+    while the process exits cannot kill it with a traceback or by the signal itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        if all(signal.getsignal(number) is _stop for number in STOP_SIGNALS):  # not interrupted
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
     install_warning_format()
+    with _stopping_on_signals():
+        return _run_command(arguments)
+
+
+def _run_command(arguments: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as cleanup:  # what a command holds (the --out lock) ends with it
             arguments.cleanup = cleanup
@@ -267,9 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({error.filename})" if error.filename else ""
         print(f"lofit-bench: error: {error.strerror or error}{where}", file=sys.stderr)
         return EXIT_DISK_FULL if error.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("lofit-bench: interrupted; finished runs are saved in their records", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        number = getattr(interrupt, "signal_number", signal.SIGINT)
+        what = "interrupted" if number == signal.SIGINT else f"stopped by {signal.Signals(number).name}"
+        print(f"lofit-bench: {what}; finished runs are saved in their records", file=sys.stderr)
+        return 128 + number
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -287,7 +332,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     from lofit_bench.engine.models import check_model
     from lofit_bench.report.build import render_markdown
     from lofit_bench.report.model import budget_name
-    from lofit_bench.report.write import build_report
+    from lofit_bench.report.write import build_report, write_report
     from lofit_bench.sweep.overrides import merge_sweep_settings
     from lofit_bench.sweep.preflight import check_reference, check_tune_storage
     from lofit_bench.sweep.runner import check_output_folder, run_sweep
@@ -341,9 +386,10 @@ def command_run(arguments: argparse.Namespace) -> int:
     )
     saved = [outcome for outcome in outcomes if outcome.path == outcome.spec.record_path(folder)]
     if any(outcome.status in ("ok", "skipped") for outcome in saved):
-        report = build_report(folder.root, reference=arguments.reference)
+        report = build_report(folder.root, reference=arguments.reference, write=False)
         say()
-        say(render_markdown(report))
+        say(render_markdown(report))  # the summary comes first: a report file that cannot be written loses nothing
+        write_report(report, folder.root, runs_dir=folder.root)
         say(f"records: {folder.records}; also report.md, results.csv, results.json")
         say(f"open the report: {folder.root / 'report.html'}")
     unsaved = [outcome for outcome in outcomes if outcome.path != outcome.spec.record_path(folder)]
@@ -395,14 +441,15 @@ def _sweep_overrides(arguments: argparse.Namespace) -> Any:
 def command_report(arguments: argparse.Namespace) -> int:
     from lofit_bench.report.build import render_markdown
     from lofit_bench.report.formats import report_formats
-    from lofit_bench.report.write import build_report
+    from lofit_bench.report.write import build_report, write_report
 
     registry = report_formats()
     names = arguments.formats if arguments.formats is not None else registry.names()
     files = ", ".join(format_.file_name for format_ in registry.resolve(names))
     out_dir = arguments.out or arguments.runs_dir
-    report = build_report(arguments.runs_dir, reference=arguments.reference, out_dir=out_dir, formats=names, strict=arguments.strict)
+    report = build_report(arguments.runs_dir, reference=arguments.reference, write=False, strict=arguments.strict)
     print(render_markdown(report))
+    write_report(report, out_dir, names, runs_dir=arguments.runs_dir)
     print(f"\nwrote {files} in {out_dir}")
     return 0
 

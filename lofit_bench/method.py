@@ -39,7 +39,9 @@ CONFIG_FILE = "method_config.json"
 class MethodConfig:
     """Base of method configs. Subclasses add fields with ``metadata={"help": ...}``, bounds in
     the metadata (``minimum``, ``exclusive_minimum``, ``maximum``, ``exclusive_maximum``,
-    ``choices``, ``min_items``, ``min_length``; :mod:`lofit_bench.config_fields`) and a search
+    ``choices``, ``min_items``, ``min_length``; :mod:`lofit_bench.config_fields`), ``prompt_text``
+    for a text that becomes part of the model's input (checked against the budget's
+    ``max_length``: :func:`lofit_bench.sweep.preflight.check_prompt_texts`) and a search
     space under ``tune`` (:mod:`lofit_bench.search_space`). Every field is checked against its
     type annotation and bounds when the config is built; a subclass's ``__post_init__`` calls
     ``super().__post_init__()`` first and adds only the rules between fields."""

@@ -105,10 +105,12 @@ class RepEConfig(MethodConfig):
         default=None, metadata={"help": "control this layer (0-based) instead of scanning", "minimum": 0}
     )
     positive_instruction: str = field(
-        default="Give a correct answer.\n", metadata={"help": "contrast vector: prefix of the positive copy", "min_length": 1}
+        default="Give a correct answer.\n",
+        metadata={"help": "contrast vector: prefix of the positive copy", "min_length": 1, "prompt_text": True},
     )
     negative_instruction: str = field(
-        default="Give an incorrect answer.\n", metadata={"help": "contrast vector: prefix of the negative copy", "min_length": 1}
+        default="Give an incorrect answer.\n",
+        metadata={"help": "contrast vector: prefix of the negative copy", "min_length": 1, "prompt_text": True},
     )
 
 

@@ -609,6 +609,7 @@ def test_a_model_folder_with_truncated_weights_is_one_line(capsys, tmp_path):
     tokenizer.save_pretrained(folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
+    capsys.readouterr()  # the save's own progress bar is not the CLI's output
     code, out, err = run_cli(capsys, ["run", "--methods", "zero-shot", "--tasks", "mquake", "--model", folder,
                                       "--executor", "inline", "--out", tmp_path / "out"])
     assert_failed_run(code, out, err, tmp_path / "out", "deserializing")
@@ -618,9 +619,11 @@ def assert_failed_run(code: int, out: str, err: str, out_dir: Path, message: str
     """A fault the CLI cannot see without loading the model (it never does): one failed record."""
     assert code == 1 and "Traceback" not in out + err
     assert len(err.strip().splitlines()) == 1, err
-    (path,) = records_in(out_dir)
-    record = strict_json(path)
-    assert record["status"] == "failed" and message in record["error"]["message"], record["error"]
+    paths = records_in(out_dir)
+    assert paths  # one failed record per seed of the budget
+    for path in paths:
+        record = strict_json(path)
+        assert record["status"] == "failed" and message in record["error"]["message"], record["error"]
 
 
 def test_cuda_without_cuda_is_one_line(capsys, tmp_path):
@@ -707,3 +710,111 @@ def test_plugin_warnings_are_one_line_once_and_typos_in_the_allowlist_are_named(
     assert len(lines) == 2 and all(line.startswith("lofit-bench: warning: ") for line in lines), lines
     assert "'lofit_bench_broken' (broken-plugin) failed to import" in result.stderr
     assert "names typo, which no installed plugin provides" in result.stderr
+
+
+def test_a_full_tuning_database_stops_the_sweep_cleanly_with_exit_3(capsys, tmp_path, monkeypatch):
+    """SQLite's own "database or disk is full", raised under Optuna's storage as a full disk
+    raises it (wrapped by SQLAlchemy, then by Optuna): the documented clean stop, not exit 1."""
+    import sqlite3
+
+    import optuna
+
+    from lofit_bench.sweep.tuning import Tuner
+
+    class FullDisk(sqlite3.Connection):
+        def cursor(self, *args, **kwargs):
+            return super().cursor(FullDiskCursor)
+
+    class FullDiskCursor(sqlite3.Cursor):
+        def execute(self, sql, *args, **kwargs):
+            if sql.lstrip().upper().startswith("INSERT INTO TRIALS"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return super().execute(sql, *args, **kwargs)
+
+    def full_storage(self):
+        return optuna.storages.RDBStorage(self.storage, engine_kwargs={"connect_args": {"factory": FullDisk}})
+
+    monkeypatch.setattr(Tuner, "_storage", full_storage)
+    out_dir = tmp_path / "out"
+    arguments = ["run", "--methods", "repe", "--tasks", "mquake", *QUICK, "--tune", "on", "--seeds", "1,2", "--out", out_dir]
+    code, out, err = run_cli(capsys, arguments)
+    assert_one_error_line(code, out, err, 3, "the disk is full")
+    assert "database or disk is full" in err and "rerun the same command" in err
+    (path,) = records_in(out_dir)  # the sweep stopped after the first run: seed 2 never started
+    record = strict_json(path)
+    assert (record["seed"], record["status"], record["error"]["disk_full"]) == (1, "failed", True)
+
+
+def test_under_a_file_size_limit_the_report_names_its_file_and_the_records_stay(copy_of_run):
+    """``ulimit -f``: the real limit (RLIMIT_FSIZE) in a real process; Python ignores SIGXFSZ,
+    so the write gets EFBIG. The summary is printed, the small files are written, the one
+    that is too large is named with what to do, and the records are untouched."""
+    import resource
+
+    sizes = {path.name: path.stat().st_size for path in copy_of_run.glob("report.*") if path.is_file()}
+    assert sizes["report.html"] > 4 * sizes["report.md"]
+    for name in ("report.md", "report.html"):
+        (copy_of_run / name).unlink()
+    records = {path: path.read_bytes() for path in records_in(copy_of_run)}
+    limit = 2 * sizes["report.md"]  # above every small file, below report.html
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "lofit_bench", "report", str(copy_of_run)], capture_output=True,
+                            text=True, preexec_fn=limit_file_size, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{copy_of_run / 'report.html'} (File too large)" in line, line
+    assert "ulimit -f" in line and f"lofit-bench report {copy_of_run}" in line
+    assert "| zero-shot" in result.stdout  # the summary was printed before the file failed
+    assert (copy_of_run / "report.md").is_file() and not (copy_of_run / "report.html").exists()
+    assert not [path for path in copy_of_run.iterdir() if path.name.startswith(".report")]  # no half file left
+    assert {path: path.read_bytes() for path in records_in(copy_of_run)} == records
+
+
+def test_a_report_file_that_cannot_be_written_after_a_sweep_keeps_the_summary_and_the_records(capsys, tmp_path, monkeypatch):
+    import lofit_bench.report.write
+
+    real = lofit_bench.report.write.write_text_atomic
+
+    def too_large(path, text):
+        if Path(path).name == "report.html":
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        return real(path, text)
+
+    monkeypatch.setattr(lofit_bench.report.write, "write_text_atomic", too_large)
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, [*ZERO_SHOT[:-1], "--out", out_dir])  # not --quiet: the summary is printed
+    assert_one_error_line(code, out, err, 2, f"{out_dir / 'report.html'} (File too large)")
+    assert "| zero-shot" in out and "[1/1] zero-shot on mquake" in out
+    (path,) = records_in(out_dir)
+    assert strict_json(path)["status"] == "ok"
+    assert (out_dir / "report.md").is_file() and (out_dir / "results.json").is_file()
+
+
+def test_a_prompt_text_longer_than_max_length_is_refused_before_any_model_load(capsys, tmp_path, no_model_load):
+    arguments = ["run", "--methods", "repe", "--tasks", "mquake", *QUICK, "--out", tmp_path / "out",
+                 "--method-set", f"repe.negative_instruction={'x' * 100_000}"]
+    code, out, err = run_cli(capsys, arguments)
+    assert_one_error_line(code, out, err, 2, "repe.negative_instruction is 100,000 characters")
+    assert "max_length 768 tokens (at most 98,304 characters, 128 per token)" in err and "--budget-set max_length=N" in err
+
+
+def test_a_prompt_text_of_more_tokens_than_max_length_fails_its_run_as_soon_as_the_tokenizer_loads(capsys, tmp_path, monkeypatch):
+    import lofit_bench.sweep.worker
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run went on past the prompt-text check")
+
+    monkeypatch.setattr(lofit_bench.sweep.worker, "measure_base", no_work)  # the first work after loading
+    out_dir = tmp_path / "out"
+    arguments = ["run", "--methods", "repe", "--tasks", "mquake", *QUICK, "--out", out_dir,
+                 "--budget-set", "max_length=64", "--method-set", f"repe.positive_instruction={'y' * 100}"]
+    code, out, err = run_cli(capsys, arguments)  # 100 characters pass the bound (64 x 128) but not the tokenizer
+    assert code == 1 and "Traceback" not in out + err, err
+    (path,) = records_in(out_dir)
+    error = strict_json(path)["error"]
+    assert error["type"] == "UserError"
+    assert error["message"].startswith("repe.positive_instruction is 100 tokens (100 characters)")
+    assert "max_length 64 tokens" in error["message"]

@@ -297,6 +297,9 @@ class RunError:
     #: The installed plugin whose code raised it, with its distribution and the function
     #: (``'bitfit' (lofit-bench-bitfit 0.1.0), in BitFit.fit``); None: no plugin code raised it.
     plugin: str | None = None
+    #: The run stopped because the disk (or a quota) was full, e.g. the tuning database could
+    #: not grow: the sweep stops after recording it (exit code 3) instead of failing every run.
+    disk_full: bool = False
 
 
 @_strict

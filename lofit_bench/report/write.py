@@ -3,14 +3,15 @@ every registered format (:mod:`lofit_bench.report.formats`), each file written a
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
-from lofit_bench.errors import UserError
+from lofit_bench.errors import DiskFull, UserError
 from lofit_bench.records.store import write_text_atomic
 from lofit_bench.report.formats import BUILTIN_FORMATS, report_formats
 from lofit_bench.report.model import ReportModel, build_report_model, provenance_problems
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "write_report"]
 
 
 def build_report(
@@ -28,12 +29,7 @@ def build_report(
     if strict:
         refuse_mixed_provenance(report.records, runs_dir)
     if write:
-        registry = report_formats()
-        chosen = registry.resolve(list(formats) if formats is not None else registry.names())
-        rendered = [(report_format.file_name, _render(report_format, report, registry.owner(report_format.name)))
-                    for report_format in chosen]
-        for file_name, text in rendered:  # every format drawn before any file is replaced
-            write_text_atomic((out_dir or runs_dir) / file_name, text)
+        write_report(report, out_dir or runs_dir, formats, runs_dir=runs_dir)
     return report
 
 
@@ -43,6 +39,37 @@ def refuse_mixed_provenance(records: list, runs_dir: Path) -> None:
     if problems:
         raise UserError(f"--strict: {runs_dir} does not hold one clean commit's runs: {'; '.join(problems)}. "
                         "Rerun the sweep from a clean checkout of one commit, or leave out --strict")
+
+
+def write_report(report: ReportModel, out_dir: Path, formats: list[str] | None = None, runs_dir: Path | None = None) -> list[Path]:
+    """Write ``report`` into ``out_dir`` in each of ``formats`` (default: every registered one)
+    and return the files written. Every format is drawn before any file is replaced; a file
+    that cannot be written (a full disk, ``ulimit -f``, a folder in its place) does not stop
+    the others, and then one error names each file, what the system said and what to do (the
+    records are never touched: ``lofit-bench report RUNS_DIR`` writes the report again)."""
+    registry = report_formats()
+    chosen = registry.resolve(list(formats) if formats is not None else registry.names())
+    rendered = [(report_format.file_name, _render(report_format, report, registry.owner(report_format.name)))
+                for report_format in chosen]
+    written, failed = [], []
+    for file_name, text in rendered:
+        path = out_dir / file_name
+        try:
+            write_text_atomic(path, text)
+            written.append(path)
+        except OSError as error:
+            failed.append((path, error))
+    if failed:
+        problems = ", ".join(f"{path} ({error.strerror or error})" for path, error in failed)
+        full = any(error.errno in (errno.ENOSPC, errno.EDQUOT) for _, error in failed)
+        too_large = any(error.errno == errno.EFBIG for _, error in failed)
+        fix = "free space" if full else "raise the file-size limit (ulimit -f)" if too_large else "make the folder writable"
+        again = f"lofit-bench report {runs_dir or out_dir}" + (f" --out {out_dir}" if runs_dir not in (None, out_dir) else "")
+        records = (runs_dir or out_dir) / "records"
+        message = (f"could not write the report file(s) {problems}; {len(written)} other file(s) were written and the "
+                   f"records in {records} are kept: {fix}, then run `{again}`")
+        raise (DiskFull if full else UserError)(message)
+    return written
 
 
 def _render(report_format, report: ReportModel, owner: str) -> str:

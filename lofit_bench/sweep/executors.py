@@ -14,7 +14,9 @@ return the record; the parent writes it, so remote workers need no shared filesy
   none. The parent never initialises CUDA: it only counts the GPUs. On CPU each run is given
   its share of the cores as torch threads (unless ``OMP_NUM_THREADS`` says otherwise): N runs
   fighting over every core are several times slower than N runs with a share each. A child
-  whose parent sweep dies (killed, Ctrl-C) stops too, instead of computing a result nobody
+  ignores SIGINT (a terminal's Ctrl-C reaches the whole process group): the sweep ends its
+  children itself when interrupted (Ctrl-C, SIGTERM), and a child whose sweep died
+  (``kill -9``) notices within a second and stops, instead of computing a result nobody
   will write.
 - ``ray``: Ray tasks on a local or remote cluster (``pip install lofit-bench[ray]``), each
   asking Ray for ``gpus_per_run`` GPUs when the cluster has GPUs (Ray then sets the task's
@@ -27,9 +29,11 @@ each one's record, computed by :func:`run_in_worker` wherever the executor runs 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -96,8 +100,7 @@ def run_in_worker(spec: RunSpec, folder: RunFolder, progress: bool = False) -> R
 
 
 def _run_in_child(spec: RunSpec, folder: RunFolder, progress: bool, threads: int | None) -> Record:
-    """The process executor's worker: :func:`run_in_worker` with a thread share and a parent watch."""
-    _exit_with_parent(os.getppid())
+    """The process executor's worker: :func:`run_in_worker` with a thread share."""
     if threads is not None:
         import torch
 
@@ -108,14 +111,20 @@ def _run_in_child(spec: RunSpec, folder: RunFolder, progress: bool, threads: int
     return record
 
 
-def _see_only(devices: str | None) -> None:
-    """Pool initializer, run in the child before any task (hence before torch) is unpickled."""
+def _start_child(devices: str | None, parent: int) -> None:
+    """Pool initializer, run in the child before any task (hence before torch) is unpickled:
+    its visible GPUs, and a watch that ends it when the sweep's process ``parent`` is gone."""
     if devices is not None:
         os.environ[VISIBLE_DEVICES] = devices
+    _exit_with_parent(parent)
 
 
-def _exit_with_parent(parent: int, interval: float = 2.0) -> None:
-    """End this process when ``parent`` is gone (its sweep was killed): the record has no reader."""
+def _exit_with_parent(parent: int, interval: float = 0.25) -> None:
+    """End this process when ``parent`` is gone (its sweep was killed, even with ``kill -9``):
+    the record has no reader, and a child waiting for its task would otherwise wait forever
+    (it holds the task queue's write end itself) and keep multiprocessing's resource tracker
+    alive with it. ``parent`` is passed in, not read here: the sweep may have died before this
+    process got this far."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -123,6 +132,36 @@ def _exit_with_parent(parent: int, interval: float = 2.0) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="lofit-bench-parent-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def children_ignore_interrupts() -> Iterator[None]:
+    """Processes started inside start with SIGINT ignored. Ctrl-C reaches the terminal's whole
+    process group; a run's process must not print a ``KeyboardInterrupt`` traceback at any point
+    of its life, not even while its interpreter still imports ``site`` or torch, and Python keeps
+    an ignored SIGINT it inherits (a handler would not survive ``exec``). The sweep's process
+    ends its children itself (:func:`_end_workers`). A Ctrl-C in the few milliseconds of a
+    process start is lost (press it again); off the main thread this changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _end_workers(process_pool: ProcessPoolExecutor) -> None:
+    """Terminate a pool's worker processes and wait for them: ``shutdown()`` alone would let a
+    running run compute on for a result nobody will write (its process ignores SIGINT)."""
+    terminate = getattr(process_pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+    else:
+        for process in list((process_pool._processes or {}).values()):  # noqa: SLF001 - no public way before 3.14
+            process.terminate()
+    process_pool.shutdown(wait=True, cancel_futures=True)
 
 
 def threads_per_job(jobs: int, cpu_count: int | None = None, environ: dict[str, str] | None = None) -> int | None:
@@ -297,8 +336,10 @@ def _execute_in_processes(
             return False
         spec = pending.pop(0)
         child_spec, visible = _visible_for(spec, devices)
-        process_pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_see_only, initargs=(visible,))
-        future = process_pool.submit(_run_in_child, child_spec, folder, progress and jobs == 1, threads)
+        process_pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start_child,
+                                           initargs=(visible, os.getpid()))
+        with children_ignore_interrupts():  # the pool starts its process here
+            future = process_pool.submit(_run_in_child, child_spec, folder, progress and jobs == 1, threads)
         running[future] = (spec, devices, visible)
         pools[future] = process_pool
         return True
@@ -322,9 +363,9 @@ def _execute_in_processes(
                 process_pool.shutdown(wait=True)
                 pool.release(devices)  # after the process is gone: its CUDA memory is freed
                 yield spec, record
-    finally:
+    finally:  # interrupted (Ctrl-C, SIGTERM) or stopped (a full disk): end the runs still running
         for process_pool in pools.values():
-            process_pool.shutdown(wait=False, cancel_futures=True)
+            _end_workers(process_pool)
 
 
 def _execute_on_ray(

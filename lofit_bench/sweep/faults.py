@@ -29,7 +29,7 @@ def save_artifacts(method: Any, directory: Path) -> ArtifactsError | None:
         if not isinstance(error, OSError) and not _is_io_error(error):
             raise
         shutil.rmtree(directory, ignore_errors=True)
-        disk_full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _says_disk_full(error)
+        disk_full = is_disk_full(error)
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
         message = f"could not save the method's state to {directory}: {reason}"
         warn(f"{message}; the run's result is kept in its record, without artefacts")
@@ -40,9 +40,51 @@ def _is_io_error(error: BaseException) -> bool:
     return "IoError" in str(error) or _says_disk_full(error)
 
 
+#: How libraries that wrap an OSError say ENOSPC/EDQUOT: the OS's words, safetensors' Rust
+#: ``Io`` error code, and SQLite's ``SQLITE_FULL`` (Optuna's database, through SQLAlchemy).
+DISK_FULL_WORDS = ("No space left", "code: 28", "Disk quota exceeded", "database or disk is full")
+
+
 def _says_disk_full(error: BaseException) -> bool:
     text = str(error)
-    return "No space left" in text or "code: 28" in text or "Disk quota exceeded" in text
+    return any(words in text for words in DISK_FULL_WORDS)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, says the disk (or quota) is full."""
+    return disk_full_cause(error) is not None
+
+
+def disk_full_cause(error: BaseException) -> BaseException | None:
+    """The error in ``error``'s chain that says the disk (or quota) is full, or None.
+
+    Follows ``__cause__``/``__context__`` and SQLAlchemy's ``orig``: Optuna reports a full
+    SQLite file as ``StorageInternalError`` ("An exception is raised during the commit...")
+    raised from SQLAlchemy's ``OperationalError``, which wraps ``sqlite3.OperationalError:
+    database or disk is full``."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if getattr(current, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _says_disk_full(current):
+            return current
+        orig = getattr(current, "orig", None)
+        pending += [current.__cause__, current.__context__, orig if isinstance(orig, BaseException) else None]
+    return None
+
+
+def error_message(error: BaseException) -> str:
+    """A failed run's one-line message: the error's first line, and when a full disk lies
+    underneath a library's own words, what the disk said."""
+    message = str(error).splitlines()[0] if str(error) else ""
+    cause = disk_full_cause(error)
+    if cause is not None and cause is not error:
+        said = getattr(cause, "strerror", None) or (str(cause).splitlines() or [type(cause).__name__])[0]
+        message = f"{message} ({type(cause).__name__}: {said})" if message else f"{type(cause).__name__}: {said}"
+    return message
 
 
 #: A short text every fitted model is run on once before it is scored (its logits must be finite).

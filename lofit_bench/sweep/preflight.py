@@ -8,6 +8,7 @@ a folder's ``config.json``, or from what lofit-bench knows about its named model
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,46 @@ def check_device(device: str) -> None:
         raise UserError("--device mps was asked for, but torch sees no MPS device here; use --device cpu or auto")
 
 
+#: More characters than any token of a tokenizer we know spans (SmolLM2's longest: 81, a newline and
+#: 80 spaces): a prompt text longer than this many characters per token of ``max_length`` is too long
+#: whatever the model, and is refused before any model loads.
+MAX_TOKEN_CHARACTERS = 128
+
+
+def prompt_texts(config: Any) -> dict[str, str]:
+    """The config's text fields that become part of the model's input (metadata ``prompt_text``:
+    RepE's instructions), by name."""
+    return {
+        item.name: getattr(config, item.name)
+        for item in dataclasses.fields(config)
+        if item.metadata.get("prompt_text") and isinstance(getattr(config, item.name), str)
+    }
+
+
+def check_prompt_texts(method: str, config: Any, max_length: int, tokenizer: Any = None) -> None:
+    """A prompt text (:func:`prompt_texts`) longer than the budget's ``max_length`` makes every
+    prompt built from it longer too (a 100,000-character RepE instruction asked for 80 GB after
+    two minutes): without ``tokenizer``, a cheap bound on characters (before any model loads);
+    with it, the text's own tokens (once the run has loaded its tokenizer)."""
+    for name, text in prompt_texts(config).items():
+        option = f"{method}.{name}"
+        if tokenizer is None:
+            limit = MAX_TOKEN_CHARACTERS * max_length
+            if len(text) > limit:
+                raise UserError(
+                    f"{option} is {len(text):,} characters: every prompt built from it is longer than the budget's "
+                    f"max_length {max_length} tokens (at most {limit:,} characters, {MAX_TOKEN_CHARACTERS} per token); "
+                    "shorten it, or raise --budget-set max_length=N"
+                )
+            continue
+        tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokens > max_length:
+            raise UserError(
+                f"{option} is {tokens:,} tokens ({len(text):,} characters): every prompt built from it is longer than "
+                f"the budget's max_length {max_length} tokens; shorten it, or raise --budget-set max_length=N"
+            )
+
+
 def check_before_runs(
     method_classes: dict[str, type],
     method_options: dict[str, dict[str, Any]],
@@ -113,6 +154,10 @@ def check_before_runs(
 ) -> None:
     """Every check that needs no loaded model, for one model of a sweep."""
     check_budget(budget)
+    for name, method_class in method_classes.items():
+        with plugin_code("method", name, f"its config ({method_class.config_class.__name__})"):
+            config = method_class.config_class.from_dict(method_options.get(name, {}))
+        check_prompt_texts(name, config, budget.max_length)
     for seed in seeds or list(budget.seeds):
         check_seed(seed)
     check_model_name(model.name)

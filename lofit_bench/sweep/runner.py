@@ -206,6 +206,12 @@ def run_sweep(
                 if quiet:  # an error is said even then
                     print(f"lofit-bench: {labels[spec.key]}: {failure}", file=sys.stderr)
                 outcomes[spec.key] = RunOutcome(spec, "failed", path, f"{error.type}: {error.message}")
+            if record.error is not None and record.error.disk_full:
+                raise DiskFull(
+                    f"the disk is full ({labels[spec.key]} failed writing: {record.error.message}; its record is "
+                    f"kept in {path}); the sweep stopped. Free space and rerun the same command: finished runs are "
+                    "skipped and the rest resume"
+                )
             if record.artifacts_error and record.artifacts_error.disk_full:
                 raise DiskFull(
                     f"the disk is full (saving the artefacts of {path.name}, whose record is kept); the sweep "

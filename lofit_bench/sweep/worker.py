@@ -54,8 +54,14 @@ from lofit_bench.records.store import environment, imported_libraries
 from lofit_bench.search_space import declared_space
 from lofit_bench.shared_work import SharedWork, run_scope
 from lofit_bench.sweep.console import RunStatus, redirect_output, verbose
-from lofit_bench.sweep.faults import check_finite_outputs, save_artifacts
+from lofit_bench.sweep.faults import (
+    check_finite_outputs,
+    error_message,
+    is_disk_full,
+    save_artifacts,
+)
 from lofit_bench.sweep.identity import device_kind, run_identity
+from lofit_bench.sweep.preflight import check_prompt_texts
 from lofit_bench.sweep.spec import RunSpec
 from lofit_bench.sweep.tune_per_fold import fit_with_values_of_first_seed, run_tuner
 from lofit_bench.sweep.tuning import TuningPlan, untuned_fill
@@ -112,9 +118,10 @@ def execute_run(spec: RunSpec, folder: RunFolder, progress: bool = True) -> RunR
         record.status = "failed"
         record.error = RunError(
             type=type(error).__name__,
-            message=str(error).splitlines()[0] if str(error) else "",
+            message=error_message(error),
             traceback=traceback.format_exc(),
             plugin=raised_in_plugin(error.__traceback__),
+            disk_full=is_disk_full(error),
         )
     record.finished_at = _now()
     if record.environment is not None:
@@ -167,6 +174,8 @@ def _execute(spec: RunSpec, folder: RunFolder, record: RunRecord, progress: bool
                 revision=spec.model.revision, attn_implementation=spec.model.attn_implementation,
                 device_map=spec.model.effective_device_map,
             )
+        check_prompt_texts(spec.method, method_class.config_class.from_dict(spec.method_options), spec.budget.max_length,
+                           lm.tokenizer)  # before any work: a text the budget cannot hold fails the run at once
         record.model = record.model or ModelInfo(**lm.describe(), precision=precision)  # every fold loads the same model
         if record.environment is not None and record.environment.gpus is None:
             record.environment.gpus, record.environment.gpu_driver, record.environment.cuda = gpu_environment(lm.devices)
