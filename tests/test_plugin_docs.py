@@ -7,12 +7,14 @@ import inspect
 import json
 import re
 import shlex
+import sys
+import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from lofit_bench import plugins
+from lofit_bench import plugins, testing
 from lofit_bench.cli import main
 from lofit_bench.engine.heads import SCHEMA_FILE, HeadSelection
 
@@ -139,3 +141,74 @@ def test_the_example_readme_commands_run(tmp_path, monkeypatch, capsys):
     assert ran == ["plugins", "list", "list", "run"]
     assert "lofit-bench-bitfit" in shown and "bitfit" in shown and "local-qa" in shown
     assert sorted((tmp_path / "runs" / "bitfit-smoke" / "records").glob("*.json"))
+
+
+# -- the guide's complete plugin, installed as written ----------------------------------------------
+def guide_plugin_blocks() -> tuple[str, str, str]:
+    """The section's pyproject.toml, its module and its contract test, as the guide shows them."""
+    section = GUIDE.read_text().split("## A complete plugin on one page", 1)[1].split("\n## ", 1)[0]
+    (toml,) = re.findall(r"```toml\n(.*?)```", section, flags=re.DOTALL)
+    module, contract = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    return toml, module, contract
+
+
+@pytest.fixture
+def guide_plugin(tmp_path, monkeypatch):
+    """The guide's plugin on sys.path behind a dist-info as pip writes it from its pyproject.toml."""
+    toml, module, contract = guide_plugin_blocks()
+    project = tomllib.loads(toml)
+    ((entry_name, module_name),) = project["project"]["entry-points"]["lofit_bench"].items()
+    assert project["tool"]["setuptools"]["py-modules"] == [module_name]
+    site = tmp_path / "site"
+    info = site / f"{module_name}-{project['project']['version']}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['project']['name']}\nVersion: {project['project']['version']}\n"
+    )
+    (info / "entry_points.txt").write_text(f"[lofit_bench]\n{entry_name} = {module_name}\n")
+    (site / f"{module_name}.py").write_text(module)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, module_name, raising=False)
+    monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, entry_name)
+    monkeypatch.chdir(tmp_path)
+    plugins.reset_host()
+    namespace: dict = {}
+    exec(compile(contract, "tests/test_contract.py (guide)", "exec"), namespace)
+    yield namespace
+    plugins.reset_host()
+    sys.modules.pop(module_name, None)
+
+
+def test_the_guides_plugin_passes_its_contract(guide_plugin, tmp_path):
+    method_contract, task_contract = guide_plugin["TestScaledBiasContract"], guide_plugin["TestArithContract"]
+    life = testing.live_method(method_contract, tmp_path / "contract")
+    testing.check_identity_at_start(life)
+    testing.check_removal(life)
+    testing.check_round_trip(method_contract, life)
+    testing.check_trainable_count(life)
+    testing.check_test_split_untouched(life)
+    testing.check_capabilities(life)
+    assert life.trainable == 2 * 64  # one bias of hidden_size 64 per layer of the tiny Llama's 2
+    checks = task_contract()
+    for name in dir(checks):
+        if name.startswith("test_"):
+            getattr(checks, name)()
+
+
+def test_the_guides_plugin_runs_tunes_and_checks_its_bounds(guide_plugin, tmp_path, capsys):
+    common = ["--tasks", "arith", "--model", "tiny-random-llama", "--budget", "smoke", "--executor", "inline", "--quiet",
+              "--budget-set", "train_examples=4", "--budget-set", "eval_examples=2", "--budget-set", "dev_examples=2"]
+    assert main(["run", "--methods", "scaled-bias", "--budget-set", "trials=2", "--out", str(tmp_path / "runs"), *common]) == 0
+    (path,) = (tmp_path / "runs" / "records").glob("scaled-bias--*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok"
+    assert record["method"]["plugin_distribution"]["name"] == record["task"]["plugin_distribution"]["name"] == "lofit-bench-extras"
+    assert record["trainable_parameters"]["count"] == 128
+    fold = record["folds"]["main"]
+    assert fold["tuning"]["trials_run"] == 2 and fold["tuning"]["trials"][0]["values"] == {"learning_rate": 1e-2}
+    assert all("answer_log_prob" in trial["dev"] for trial in fold["tuning"]["trials"])
+    assert {"prediction", "gold", "generation", "exact_match", "answer_log_prob"} <= set(fold["per_example"][0])
+    capsys.readouterr()
+    bad = ["run", "--methods", "scaled-bias", "--method-set", "scaled-bias.learning_rate=-1", "--out", str(tmp_path / "bad"), *common]
+    assert main(bad) == 2
+    assert "scaled-bias.learning_rate must be > 0, got -1" in capsys.readouterr().err
