@@ -57,12 +57,14 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        """The config from ``values`` (field -> value); an unknown field is named as the user
+        types it (``lora.lr``) with the known ones."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise UserError(
-                f"unknown option(s) for {cls.__name__}: {', '.join(unknown)}. "
-                f"Known: {', '.join(fields) or '(none)'}"
+                f"unknown option(s) for {cls.__name__}: {', '.join(_option_names(cls, unknown))}. "
+                f"Known: {', '.join(_option_names(cls, list(fields))) or '(none)'}"
             )
         for name, value in values.items():  # hyper-parameters must be finite (JSON lets Infinity and NaN in)
             if _has_non_finite(value):
@@ -83,6 +85,12 @@ class MethodConfig:
                  "tune": space.describe() if space is not None else None}
             )
         return rows
+
+
+def _option_names(config_class: type, names: list[str]) -> list[str]:
+    """``names`` as `--method-set` takes them: ``lora.lr`` for a config whose method is known."""
+    prefix = getattr(config_class, "option_prefix", None)
+    return [f"{prefix}.{name}" if prefix else name for name in names]
 
 
 def _has_non_finite(value: Any) -> bool:

@@ -179,9 +179,17 @@ class GenerationTask(Task):
         return {}
 
     def items(self, fold: str, split: Split) -> list[Any]:
+        """The items of ``fold``'s ``split``. :meth:`load_split` has no fold, so a task with
+        several folds overrides this method (else every fold would get the same items, and
+        their average would count one split twice)."""
         self.check_fold(fold)
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        if len(self.folds) > 1 and type(self).items is GenerationTask.items:
+            raise UserError(
+                f"task {self.name!r} declares {len(self.folds)} folds but reads its items with load_split(split), "
+                "which has no fold; override items(fold, split) to give each fold its own splits"
+            )
         if split not in self._items_by_split:
             self._items_by_split[split] = self.load_split(split)
         return self._items_by_split[split]
