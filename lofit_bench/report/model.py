@@ -609,6 +609,7 @@ def csv_row(record: RunRecord, labels: RecordLabels) -> dict[str, Any]:
         "budget": budget_name(record.budget),
         "trainable_parameters": params.count if params else None,
         "percent_parameters": params.percent_of_base if params else None,
+        "stored_values": params.stored_values if params else None,
         "memory_kind": memory.kind if memory else None,
         "peak_memory_mib": memory.peak_mib if memory else None,
         "train_s": timings.fit if timings else None,
