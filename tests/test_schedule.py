@@ -17,7 +17,7 @@ def names(specs):
 
 
 def test_longest_first_puts_trained_methods_on_the_largest_task_first():
-    specs = plan_sweep(["zero-shot", "iti", "lora", "lofit"], ["mquake", "clutrr"], get_budget("paper"), TINY)
+    specs = plan_sweep(["zero-shot", "iti", "lora", "lofit"], ["mquake", "clutrr"], get_budget("paper").replace(seeds=(42,)), TINY)
     order = names(longest_first(specs))
     assert training_characters("clutrr", None) > training_characters("mquake", None)
     # LoFiT trains twice (head selection, then biases): it outlasts LoRA on the same task.
