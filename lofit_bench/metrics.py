@@ -96,3 +96,15 @@ def mean(values: Iterable[float]) -> float:
     """Arithmetic mean (accuracy, when the values are 0/1 or booleans); nan when empty."""
     values = [float(value) for value in values]
     return sum(values) / len(values) if values else math.nan
+
+
+# -- how a metric is shown ---------------------------------------------------------------------------
+def is_fraction(metric: str) -> bool:
+    """Whether a metric's values are fractions, shown in percent (accuracies, efficacy); a
+    summed log-probability (``*_log_prob``, a secondary metric) is shown as it is."""
+    return not metric.endswith("log_prob")
+
+
+def format_metric(metric: str, value: float) -> str:
+    """A metric's value as the console and the reports print it: ``30.0 %`` or ``-6.25``."""
+    return f"{100 * value:.1f} %" if is_fraction(metric) else f"{value:.2f}"

@@ -53,6 +53,7 @@ def test_a_sweep_prints_its_own_lines_and_keeps_the_runs_output_in_a_log(tmp_pat
     are all that is printed, the run's own output (library bars, logs) is in its log, and a
     quiet rerun prints nothing."""
     from lofit_bench.budget import get_budget
+    from lofit_bench.metrics import format_metric
     from lofit_bench.sweep.runner import ModelSettings, plan_sweep, run_sweep
 
     specs = plan_sweep(["zero-shot"], ["mquake"], get_budget("smoke").replace(eval_examples=2), ModelSettings("tiny-random-llama", device="cpu"))
@@ -60,7 +61,7 @@ def test_a_sweep_prints_its_own_lines_and_keeps_the_runs_output_in_a_log(tmp_pat
     lines: list[str] = []
     [outcome] = run_sweep(specs, tmp_path, progress=False, echo=lines.append, live=False)
     record = json.loads(outcome.path.read_text())
-    metrics = ", ".join(f"{name} {100 * value:.1f} %" for name, value in record["metrics"].items())
+    metrics = ", ".join(f"{name} {format_metric(name, value)}" for name, value in record["metrics"].items())
     assert lines == [
         f"running 1 run(s) (process executor, 1 at a time; each run's own output goes to {folder.logs})",
         f"[1/1] zero-shot on mquake (seed 42, tiny-random-llama): {metrics} ({record['timings']['total_s']:.0f} s)",

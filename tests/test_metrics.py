@@ -141,3 +141,11 @@ def test_clutrr_parser_follows_lo_fit() -> None:
 def test_mean_of_nothing_is_nan() -> None:
     assert math.isnan(mean([]))
     assert mean([True, False, True, True]) == 0.75
+
+
+def test_fractions_print_in_percent_and_log_probabilities_as_they_are():
+    from lofit_bench.metrics import format_metric
+
+    assert format_metric("exact_match", 0.3) == "30.0 %"
+    assert format_metric("efficacy", 0.7) == "70.0 %"
+    assert format_metric("new_answer_log_prob", -6.249) == "-6.25"  # not "-624.9 %"

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lofit_bench.metrics import is_fraction
 from lofit_bench.records.record import RunRecord
 from lofit_bench.report.labels import RecordLabels
 from lofit_bench.report.stats import pareto_front
@@ -133,7 +134,7 @@ def _signed_percent(value: float | None) -> str:
 
 
 def _secondary(value: float, name: str) -> str:
-    return f"{value:.2f}" if name.endswith("log_prob") else _percent(value)
+    return _percent(value) if is_fraction(name) else f"{value:.2f}"
 
 
 def effects_table(rows: list[EffectsRow]) -> tuple[list[str], list[list[str]]]:

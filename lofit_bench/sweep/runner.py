@@ -17,6 +17,7 @@ from typing import Any
 
 from lofit_bench.budget import Budget
 from lofit_bench.errors import DiskFull, UserError, warn
+from lofit_bench.metrics import format_metric
 from lofit_bench.plugin_boundary import plugin_code
 from lofit_bench.plugins import get_host
 from lofit_bench.records.run_folder import RunFolder
@@ -251,6 +252,6 @@ def _finished(path: Path) -> bool:
 
 
 def _metric_text(name: str, value: float | None) -> str:
-    """A metric as the console prints it: in percent, as every report table does."""
-    return f"{name} {100 * value:.1f} %" if value is not None else f"{name} -"
+    """A metric as the console prints it: fractions in percent, as every report table does."""
+    return f"{name} {format_metric(name, value)}" if value is not None else f"{name} -"
 
