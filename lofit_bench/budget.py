@@ -157,7 +157,7 @@ BUDGETS: dict[str, Budget] = {
     # mean of two seeds (Table 1's caption).
     "paper": Budget(name="paper", seeds=(42, 43)),
     # The README's quick start on the bundled model: enough training for the methods to show
-    # their effect (MQuAKE's 134 training cases, 2 epochs), 100 test examples, ~5 minutes on 2
+    # their effect (MQuAKE's 134 training cases, 2 epochs), 100 test examples, about 6.5 minutes on 2
     # cores. Every method at its defaults (no tuning: one trial would choose nothing), and side
     # effects on 4 held-out passages.
     "demo": Budget(

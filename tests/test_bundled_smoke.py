@@ -47,7 +47,7 @@ def readme_quick_start_arguments(out: Path) -> list[str]:
 
 
 def test_readme_quick_start_shows_lofit_above_zero_shot(tmp_path, capsys, monkeypatch):
-    """The README's quick start (about 4 minutes on 2 cores): LoFiT's 512 values lift MQuAKE from
+    """The README's quick start (about 6.5 minutes on 2 idle cores): LoFiT's 512 values lift MQuAKE from
     zero-shot's 0 %, LoRA trains 460,800 values, and the command ends by naming report.html."""
     monkeypatch.setenv(plugins.ALLOWLIST_VARIABLE, "")
     plugins.reset_host()
@@ -59,7 +59,7 @@ def test_readme_quick_start_shows_lofit_above_zero_shot(tmp_path, capsys, monkey
     assert printed.strip().endswith(f"open the report: {out / 'report.html'}")
     records = {record["method"]["name"]: record for record in map(json.loads, map(Path.read_text, (out / "records").glob("*.json")))}
     assert records["zero-shot"]["metrics"]["exact_match"] == 0.0
-    assert records["lofit"]["metrics"]["exact_match"] >= 0.1  # 0.20 measured
+    assert records["lofit"]["metrics"]["exact_match"] >= 0.1  # 0.21 measured (reports/smollm2-demo)
     assert records["lofit"]["trainable_parameters"]["count"] == 512
     assert records["lora"]["trainable_parameters"]["count"] == 460_800
 
