@@ -183,3 +183,12 @@ def test_lofit_uses_its_small_model_rate_below_a_billion_parameters():
     assert LoFiT.untuned_values(task, small)["stage2_learning_rate"][0] == 0.1
     assert LoFiT.untuned_values(task, large)["stage2_learning_rate"][0] == 1e-2  # paper Table 6
     assert LoFiT.untuned_values(task)["stage2_learning_rate"][0] == 1e-2  # no model: the paper's
+
+
+def test_an_installed_release_is_one_clean_code_state(tmp_path):
+    records = [fake_record(method, 1, 0.5) for method in ("lofit", "lora")]
+    for record in records:
+        record["environment"] = {"git_commit": None, "git_dirty": None, "versions": {"lofit-bench": "0.2.0"}}
+    write(tmp_path, records)
+    report = build_report(tmp_path, strict=True)
+    assert [line.text for line in report.header if line.text.startswith("code:")] == ["code: lofit-bench release 0.2.0 (2 runs)"]

@@ -447,10 +447,21 @@ def budget_differences(records: list[RunRecord], which: str = "runs in this fold
 
 
 def commit_runs(records: list[RunRecord]) -> dict[str, int]:
-    """lofit-bench commit (short, ``-dirty`` when the code differed from it; "unknown" when not
+    """lofit-bench's code state (the short commit, ``-dirty`` when the code differed from it;
+    ``release X`` for an installed package outside a git checkout; "unknown" when nothing was
     recorded) -> how many of ``records`` it ran, most runs first."""
-    counts = Counter(_short_commit(record.environment.git_commit if record.environment else None) or "unknown" for record in records)
+    counts = Counter(_code_state(record) for record in records)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _code_state(record: RunRecord) -> str:
+    environment = record.environment
+    if environment is None:
+        return "unknown"
+    if environment.git_commit:
+        return _short_commit(environment.git_commit)
+    version = environment.versions.get("lofit-bench")
+    return f"release {version}" if version else "unknown"
 
 
 def provenance_lines(records: list[RunRecord]) -> list[HeaderLine]:
@@ -462,7 +473,7 @@ def provenance_lines(records: list[RunRecord]) -> list[HeaderLine]:
         for commit, count in counts.items()
     )
     if len(counts) == 1 and not any(commit.endswith("-dirty") or commit == "unknown" for commit in counts):
-        return [HeaderLine(f"code: lofit-bench commit {listing}")]
+        return [HeaderLine(f"code: lofit-bench {'' if listing.startswith('release ') else 'commit '}{listing}")]
     return [HeaderLine(f"code: the runs come from {len(counts)} code state{'s' if len(counts) != 1 else ''}: {listing}; "
                        "rerun them on one clean commit to compare (`lofit-bench report --strict` refuses such a folder)", warning=True)]
 
