@@ -15,12 +15,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lofit_bench.report.labels import (  # the report's own number formats
+    format_interval,
+    format_p,
+    format_percent,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _summary(folder: str) -> dict:
@@ -41,69 +43,15 @@ def task_table(folder: str, task: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        mean, std = row["metrics"][primary]
-        value = _percent(mean) + (f" ± {_percent(std)}" if std is not None else "")
-        interval = row.get("interval")
-        ci = f"[{_percent(interval[0])}, {_percent(interval[1])}]" if interval else "-"
+        value = format_percent(tuple(row["metrics"][primary]))
+        ci = format_interval(row.get("interval"))
         p = row.get("p_value")
-        p_text = "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}") + (f" ({row['p_test']})" if row.get("p_test") else "")
+        p_text = format_p(p) + (f" ({row['p_test']})" if row.get("p_test") and p is not None else "")
         params = row.get("trainable_parameters")
         stored = row.get("stored_values")
         params_text = "-" if params is None else f"{params:,}" + (f" (+{stored:,} stored)" if stored else "")
         lines.append(f"| {row['method']} | {value} | {ci} | {p_text} | {params_text} | {row['train_seconds']:.0f} | {row['eval_seconds']:.0f} |")
     return "\n".join(lines)
-
-
-def section_table(folder: str, title: str) -> str:
-    """The first table of a report section (e.g. "Summary in the paper's layout") as markdown."""
-    data = _summary(folder)
-    section = next((section for section in data["sections"] if section["title"] == title), None)
-    if section is None:
-        raise SystemExit(f"{folder}: no section {title!r} in results.json")
-    table = section["tables"][0]
-    lines = [f"*{table['caption']}*", "", "| " + " | ".join(table["headers"]) + " |", "|" + "---|" * len(table["headers"])]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table["rows"]]
-    return "\n".join(lines)
-
-
-def busy_hours(folder: str) -> float:
-    """Hours during which at least one run of ``folder`` was running: the union of the records'
-    [started_at, finished_at] intervals (a sweep resumed across days is not charged its pauses)."""
-    from datetime import datetime
-
-    spans = sorted(
-        (datetime.fromisoformat(record["started_at"]), datetime.fromisoformat(record["finished_at"]))
-        for record in map(json.loads, map(Path.read_text, (ROOT / folder / "records").glob("*.json")))
-        if record.get("started_at") and record.get("finished_at")
-    )
-    total, current_start, current_end = 0.0, None, None
-    for start, end in spans:
-        if current_end is None or start > current_end:
-            if current_end is not None:
-                total += (current_end - current_start).total_seconds()
-            current_start, current_end = start, end
-        else:
-            current_end = max(current_end, end)
-    if current_end is not None:
-        total += (current_end - current_start).total_seconds()
-    return total / 3600
-
-
-def run_minutes(folder: str) -> float:
-    """Minutes of all runs of ``folder`` added up (each record's total time)."""
-    records = map(json.loads, map(Path.read_text, (ROOT / folder / "records").glob("*.json")))
-    return sum((record.get("timings") or {}).get("total_s", 0.0) for record in records) / 60
-
-
-def commit_of(folder: str) -> str:
-    """The one commit ``folder``'s records come from (the reports are built with --strict)."""
-    commits = {
-        (record.get("environment") or {}).get("git_commit")
-        for record in map(json.loads, map(Path.read_text, (ROOT / folder / "records").glob("*.json")))
-    }
-    if len(commits) != 1:
-        raise SystemExit(f"{folder}: records of {len(commits)} commits; regenerate it from one clean commit")
-    return str(commits.pop())[:12]
 
 
 BLOCKS: dict[str, Callable[[], str]] = {

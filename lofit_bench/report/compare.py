@@ -30,7 +30,7 @@ from lofit_bench.report.model import (
     budget_differences,
     failure_line,
     provenance_lines,
-    provenance_problems,
+    refuse_mixed_provenance,
     summarize,
     version_differences,
 )
@@ -104,10 +104,7 @@ def compare_folders(folders: list[Path], tasks: list[str] | None = None, strict:
     ``strict``: refuse records that do not all come from one clean commit."""
     records, skipped = _read(folders)
     if strict:
-        problems = provenance_problems(records)
-        if problems:
-            raise UserError(f"--strict: {', '.join(map(str, folders))} do not hold one clean commit's runs: {'; '.join(problems)}. "
-                            "Rerun the sweeps from a clean checkout of one commit, or leave out --strict")
+        refuse_mixed_provenance(records, ", ".join(map(str, folders)))
     if tasks:
         unknown = sorted(set(tasks) - {record.task.name for record in records})
         if unknown:

@@ -488,6 +488,15 @@ def provenance_problems(records: list[RunRecord]) -> list[str]:
     return problems
 
 
+def refuse_mixed_provenance(records: list[RunRecord], where: str) -> None:
+    """``--strict`` (report and compare): one line naming what keeps ``records`` (read from
+    ``where``) from being one clean commit's runs."""
+    problems = provenance_problems(records)
+    if problems:
+        raise UserError(f"--strict: the runs in {where} do not all come from one clean commit: {'; '.join(problems)}. "
+                        "Rerun them from a clean checkout of one commit, or leave out --strict")
+
+
 def version_differences(records: list[RunRecord]) -> list[str]:
     """One line per library version on which the folder's runs disagree, among the runs that
     imported the library (an unrelated install never warns); the commit is :func:`provenance_lines`'."""

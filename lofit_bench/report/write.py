@@ -9,7 +9,7 @@ from pathlib import Path
 from lofit_bench.errors import DiskFull, UserError
 from lofit_bench.records.store import write_text_atomic
 from lofit_bench.report.formats import BUILTIN_FORMATS, report_formats
-from lofit_bench.report.model import ReportModel, build_report_model, provenance_problems
+from lofit_bench.report.model import ReportModel, build_report_model, refuse_mixed_provenance
 
 __all__ = ["build_report", "write_report"]
 
@@ -27,18 +27,10 @@ def build_report(
     a folder whose runs do not all come from one clean commit (nothing is written)."""
     report = build_report_model(runs_dir, reference)
     if strict:
-        refuse_mixed_provenance(report.records, runs_dir)
+        refuse_mixed_provenance(report.records, str(runs_dir))
     if write:
         write_report(report, out_dir or runs_dir, formats, runs_dir=runs_dir)
     return report
-
-
-def refuse_mixed_provenance(records: list, runs_dir: Path) -> None:
-    """``--strict``: one line naming what keeps ``records`` from being one clean commit's."""
-    problems = provenance_problems(records)
-    if problems:
-        raise UserError(f"--strict: {runs_dir} does not hold one clean commit's runs: {'; '.join(problems)}. "
-                        "Rerun the sweep from a clean checkout of one commit, or leave out --strict")
 
 
 def write_report(report: ReportModel, out_dir: Path, formats: list[str] | None = None, runs_dir: Path | None = None) -> list[Path]:
